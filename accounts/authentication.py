@@ -1,0 +1,35 @@
+import hmac
+import re
+
+from rest_framework import authentication, exceptions
+
+from .models import KEY_PREFIX, LOOKUP_LEN, ApiKey, hash_key
+
+KEY_RE = re.compile(r"^" + re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{40,200}$")
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """Authorization: Bearer msk_live_... (CONTRACT section 1)."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None  # -> 401 not_authenticated
+        scheme, _, raw = header.partition(" ")
+        raw = raw.strip()
+        if scheme.lower() != "bearer" or not KEY_RE.match(raw):
+            raise exceptions.AuthenticationFailed("The API key is invalid.")
+        lookup = raw[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_LEN]
+        key = (
+            ApiKey.objects.select_related("user", "user__plan")
+            .filter(lookup=lookup, revoked_at__isnull=True, user__is_active=True)
+            .first()
+        )
+        if key is None or not hmac.compare_digest(key.key_hash, hash_key(raw)):
+            raise exceptions.AuthenticationFailed("The API key is invalid.")
+        return key.user, key
+
+    def authenticate_header(self, request):
+        return self.keyword

@@ -1,0 +1,21 @@
+from django.contrib import admin
+
+from billing.admin import ReadOnlyAdmin
+
+from .models import Agent, Run
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "model", "created_at"]
+    list_select_related = ["owner"]
+    search_fields = ["name", "owner__username", "id"]
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin):
+    list_display = ["id", "user", "status", "model", "tier", "period", "billed_tokens", "created_at", "finished_at"]
+    list_filter = ["status", "tier", "model", "period"]
+    list_select_related = ["user"]
+    search_fields = ["id", "user__username", "model"]
+    date_hierarchy = "created_at"

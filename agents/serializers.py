@@ -1,0 +1,121 @@
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from maschina.fields import StrictCharField, StrictIntegerField
+from routing.serializers import normalized_multiplier
+from routing.snapshot import get_rules
+
+from .models import Agent, Run
+
+DEFAULT_TIMEOUT_SECS = 300
+MAX_PROMPT_CHARS = 100_000
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Agent
+        fields = ["id", "name", "description", "system_prompt", "model", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+
+class AgentWriteSerializer(serializers.Serializer):
+    name = StrictCharField(max_length=200)
+    description = StrictCharField(required=False, allow_blank=True, max_length=10_000)
+    system_prompt = StrictCharField(required=False, allow_blank=True, max_length=MAX_PROMPT_CHARS)
+    model = StrictCharField(required=False, allow_null=True, max_length=200)
+
+    def validate_model(self, value):
+        # An agent may name any catalog model; whether its owner may run it is decided at run time.
+        if value is not None and get_rules().lookup(value) is None:
+            raise serializers.ValidationError(f"Unknown model: {value}")
+        return value
+
+
+class RunInputSerializer(serializers.Serializer):
+    """`input` is an object with a non-empty string `message`; other keys are kept as given.
+    The message's length is checked by the gate (input_too_long), not here."""
+
+    message = StrictCharField(trim_whitespace=False)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(["Must be an object."])
+        validated = super().to_internal_value(data)
+        if not validated["message"].strip():
+            raise serializers.ValidationError({"message": ["Must not be empty."]})
+        return {**data, "message": validated["message"]}
+
+
+class RunCreateSerializer(serializers.Serializer):
+    """The run body. The context's `tier` (a TierInfo) caps timeout_secs and max_tokens."""
+
+    input = RunInputSerializer()
+    model = StrictCharField(required=False, allow_null=True, allow_blank=False, max_length=200)
+    timeout_secs = StrictIntegerField(required=False, min_value=1)
+    max_tokens = StrictIntegerField(required=False, min_value=1)
+
+    def validate_timeout_secs(self, value):
+        tier = self.context["tier"]
+        if value > tier.max_timeout_secs:
+            raise serializers.ValidationError(f"Must be at most {tier.max_timeout_secs} on the {tier.slug} plan.")
+        return value
+
+    def validate_max_tokens(self, value):
+        tier = self.context["tier"]
+        if value > tier.max_tokens:
+            raise serializers.ValidationError(f"Must be at most {tier.max_tokens} on the {tier.slug} plan.")
+        return value
+
+    def validate(self, attrs):
+        tier = self.context["tier"]
+        attrs.setdefault("timeout_secs", min(DEFAULT_TIMEOUT_SECS, tier.max_timeout_secs))
+        attrs.setdefault("max_tokens", tier.max_tokens)
+        attrs.setdefault("model", None)
+        return attrs
+
+
+class RunUsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField(allow_null=True)
+    output_tokens = serializers.IntegerField(allow_null=True)
+    multiplier = serializers.CharField()
+    billed_tokens = serializers.IntegerField(allow_null=True)
+
+
+class RunErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class RunOutputSerializer(serializers.Serializer):
+    text = serializers.CharField()
+
+
+class RunSerializer(serializers.ModelSerializer):
+    agent = serializers.UUIDField(source="agent_id", allow_null=True)
+    usage = serializers.SerializerMethodField()
+    output = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = [
+            "id", "agent", "status", "requested_model", "model", "provider", "input", "output", "usage", "error",
+            "timeout_secs", "max_tokens", "created_at", "started_at", "finished_at",
+        ]  # fmt: skip
+
+    @extend_schema_field(RunUsageSerializer)
+    def get_usage(self, run):
+        return {
+            "input_tokens": run.input_tokens,
+            "output_tokens": run.output_tokens,
+            "multiplier": normalized_multiplier(run.multiplier),
+            "billed_tokens": run.billed_tokens,
+        }
+
+    @extend_schema_field(RunOutputSerializer(allow_null=True))
+    def get_output(self, run):
+        return run.output
+
+    @extend_schema_field(RunErrorSerializer(allow_null=True))
+    def get_error(self, run):
+        return run.error

@@ -1,0 +1,117 @@
+"""Writes for agents and runs. run_create is the gate of CONTRACT section 5 after the body is valid:
+risk -> model -> quota, then the run row and its dispatch after commit. Every refusal is raised
+before anything is written, and the reservation shares the run's transaction."""
+from django.db import transaction
+from django.utils import timezone
+
+from billing.periods import period_of
+from billing.pricing import input_token_bound, reservation
+from billing.services import limits_for, quota_reserve, usage_settle
+from routing.access import Allowed, Denied, decide
+from routing.snapshot import get_rules
+from runtime.dispatch import dispatch_run
+
+from .models import Agent, Run, RunStatus
+from .risk import MAX_MESSAGE_CHARS, risk_flags
+
+
+class InputTooLong(Exception):
+    pass
+
+
+class RiskBlocked(Exception):
+    def __init__(self, flags):
+        super().__init__(", ".join(flags))
+        self.flags = flags
+
+
+class ModelDenied(Exception):
+    def __init__(self, denial: Denied, rules):
+        super().__init__(denial.code)
+        self.denial, self.rules = denial, rules
+
+
+class RunFinished(Exception):
+    pass
+
+
+def default_system_prompt(agent_name: str) -> str:
+    return f'You are a Maschina agent named "{agent_name}". Complete the task provided.'
+
+
+def agent_create(*, owner, name, description="", system_prompt="", model=None) -> Agent:
+    agent = Agent(owner=owner, name=name, description=description, system_prompt=system_prompt, model=model)
+    agent.full_clean()
+    agent.save()
+    return agent
+
+
+def agent_update(*, agent: Agent, **fields) -> Agent:
+    for name, value in fields.items():
+        setattr(agent, name, value)
+    agent.full_clean()
+    agent.save()
+    return agent
+
+
+def agent_delete(*, agent: Agent) -> None:
+    agent.delete()  # its runs stay, with agent = null: they are billing history
+
+
+def run_create(*, user, plan, agent: Agent, input: dict, model: str | None, timeout_secs: int, max_tokens: int) -> Run:
+    message = input["message"]
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise InputTooLong()
+    flags = risk_flags(message)
+    if flags:
+        raise RiskBlocked(flags)
+
+    rules = get_rules()
+    tier = rules.tiers[plan.tier_id]
+    decision = decide(rules, tier, model or agent.model)
+    if not isinstance(decision, Allowed):
+        raise ModelDenied(decision, rules)
+
+    system_prompt = agent.system_prompt or default_system_prompt(agent.name)
+    entry = decision.entry
+    reserve = reservation(input_token_bound(system_prompt, message), max_tokens, entry.multiplier)
+    now = timezone.now()
+    period = period_of(now)
+    with transaction.atomic():
+        quota_reserve(user_id=user.pk, period=period, tokens=reserve, limits=limits_for(plan, tier))
+        run = Run.objects.create(
+            user=user,
+            agent=agent,
+            tier=tier.slug,
+            requested_model=decision.requested,
+            model=decision.model_id,
+            catalog_model=entry.id,
+            provider=entry.provider,
+            multiplier=entry.multiplier,
+            system_prompt=system_prompt,
+            input=input,
+            timeout_secs=timeout_secs,
+            max_tokens=max_tokens,
+            period=period,
+            reserved_tokens=reserve,
+            created_at=now,
+        )
+        # Only once the run is committed: a worker must never look for a row that is not there yet.
+        transaction.on_commit(lambda: dispatch_run(run.pk, run.timeout_secs))
+    return run
+
+
+def run_cancel(*, run: Run) -> Run:
+    """Cancel a queued or executing run; RunFinished if it already ended.
+
+    A queued run is settled at once (its reservation released) and its claim will fail, so it never
+    starts. An executing run is settled by its worker, which notices the cancel while waiting on the
+    provider, bills whatever the provider had reported, and never changes the status again."""
+    now = timezone.now()
+    canceled = {"status": RunStatus.CANCELED, "finished_at": now, "error": {"code": "canceled", "message": "The run was canceled."}}
+    if Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(**canceled):
+        usage_settle(run.pk)
+    elif not Run.objects.filter(pk=run.pk, status=RunStatus.EXECUTING).update(**canceled):
+        raise RunFinished()
+    run.refresh_from_db()
+    return run

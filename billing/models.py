@@ -1,0 +1,96 @@
+"""The user's plan, the per-period counters and the append-only ledger.
+
+Counters are rows updated with conditional F() expressions (billing.services), so admission and
+GET /usage never sum over the ledger. The ledger has exactly one row per billed run."""
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Plan(models.Model):
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="plan")
+    tier = models.ForeignKey("routing.Tier", on_delete=models.PROTECT, related_name="plans")
+    token_quota_override = models.BigIntegerField(null=True, blank=True, help_text="Replaces the tier's monthly token quota.")
+    run_quota_override = models.IntegerField(null=True, blank=True, help_text="Replaces the tier's monthly run quota.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                name="plan_token_override_gte_0", condition=Q(token_quota_override__gte=0) | Q(token_quota_override__isnull=True)
+            ),
+            models.CheckConstraint(
+                name="plan_run_override_gte_0", condition=Q(run_quota_override__gte=0) | Q(run_quota_override__isnull=True)
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.user} on {self.tier_id}"
+
+
+class UsagePeriod(models.Model):
+    """A user's counters for one UTC calendar month (`period` is its first day)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_periods")
+    period = models.DateField()
+    tokens_used = models.BigIntegerField(default=0)  # billed tokens of settled runs
+    tokens_reserved = models.BigIntegerField(default=0)  # worst cases of admitted, unsettled runs
+    runs_used = models.IntegerField(default=0)  # admitted runs
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "period"], name="one_usage_row_per_user_period"),
+            models.CheckConstraint(name="usage_tokens_used_gte_0", condition=Q(tokens_used__gte=0)),
+            models.CheckConstraint(name="usage_tokens_reserved_gte_0", condition=Q(tokens_reserved__gte=0)),
+            models.CheckConstraint(name="usage_runs_used_gte_0", condition=Q(runs_used__gte=0)),
+        ]
+
+    def __str__(self):
+        return f"{self.user} {self.period:%Y-%m}"
+
+
+class ModelUsage(models.Model):
+    """Per model that actually ran: the `by_model` lines of GET /usage, kept as counters."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    period = models.DateField()
+    model = models.CharField(max_length=200)
+    runs = models.IntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    billed_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["model"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "period", "model"], name="one_model_usage_row"),
+            models.CheckConstraint(
+                name="model_usage_gte_0",
+                condition=Q(runs__gte=0, input_tokens__gte=0, output_tokens__gte=0, billed_tokens__gte=0),
+            ),
+        ]
+
+
+class LedgerEntry(models.Model):
+    """What one run was billed. Append-only; the unique run makes a second settlement impossible."""
+
+    run = models.OneToOneField("agents.Run", on_delete=models.PROTECT, related_name="ledger_entry")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    period = models.DateField()
+    model = models.CharField(max_length=200)
+    input_tokens = models.BigIntegerField()
+    output_tokens = models.BigIntegerField()
+    multiplier = models.DecimalField(max_digits=12, decimal_places=4)
+    billed_tokens = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "period"])]
+        constraints = [
+            models.CheckConstraint(
+                name="ledger_figures_gte_0",
+                condition=Q(input_tokens__gte=0, output_tokens__gte=0, multiplier__gte=0, billed_tokens__gte=0),
+            ),
+        ]

@@ -1,0 +1,30 @@
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from maschina.errors import ApiError
+from routing.snapshot import get_rules
+
+from .periods import parse_period, period_of
+from .selectors import plan_for, usage_report
+from .serializers import UsageSerializer
+from .services import limits_for
+
+
+class UsageApi(APIView):
+    @extend_schema(
+        operation_id="usage_retrieve",
+        responses=UsageSerializer,
+        parameters=[OpenApiParameter("period", str, description="YYYY-MM; default: the current UTC month.")],
+    )
+    def get(self, request):
+        raw = request.query_params.get("period")
+        try:
+            period = parse_period(raw) if raw else period_of(timezone.now())
+        except ValueError:
+            raise ApiError("invalid", "The request has invalid fields.", fields={"period": ["Must be a month as YYYY-MM."]})
+        plan = plan_for(request.user)
+        tier = get_rules().tiers[plan.tier_id]
+        report = usage_report(user=request.user, tier_slug=tier.slug, limits=limits_for(plan, tier), period=period)
+        return Response(UsageSerializer(report).data)

@@ -1,0 +1,206 @@
+"""The one settings module. Everything that differs between machines comes from the environment
+(CONTRACT section 8); nothing here has a production secret."""
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("MASCHINA_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name, default=False):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_float(name, default):
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+DEBUG = env_bool("DEBUG")
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is required unless DEBUG=1")
+    SECRET_KEY = "insecure-development-key-only-used-with-DEBUG"
+
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "accounts",
+    "routing",
+    "billing",
+    "agents",
+    "runtime",
+]
+
+MIDDLEWARE = [
+    "maschina.middleware.RequestSizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "maschina.urls"
+WSGI_APPLICATION = "maschina.wsgi.application"
+# Paths are exact (CONTRACT section 1): never redirect /x to /x/.
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'maschina.sqlite3'}",
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web process and the worker share the file: wait for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+# Transactions are opened by services where they are needed, never per request.
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# CONTRACT section 1: bodies over 1 MiB are refused with 413 (see maschina.middleware).
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "maschina.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 20,
+    "EXCEPTION_HANDLER": "maschina.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Maschina run API",
+    "DESCRIPTION": "Tier-gated LLM runs, billed exactly. See CONTRACT.md.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
+
+# --- Celery --------------------------------------------------------------------------------------
+# With no CELERY_BROKER_URL the broker is kombu's filesystem transport: a folder shared by the web
+# process and a separate worker process, so the service runs with no server installed.
+BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+RUN_TIMEOUT_CAP_SECS = 3600  # the largest max_timeout_secs a tier may set (CONTRACT section 4)
+
+# Time budget of one execution task, derived from the run's own timeout_secs (see runtime.dispatch):
+# soft limit = timeout + TASK_SOFT_MARGIN, hard limit = timeout + TASK_HARD_MARGIN, and the broker's
+# visibility timeout is above the largest possible hard limit, so Redis never hands a message that is
+# still being worked on to a second worker just because the run is long.
+TASK_SOFT_MARGIN_SECS = 20
+TASK_HARD_MARGIN_SECS = 40
+BROKER_VISIBILITY_TIMEOUT_SECS = RUN_TIMEOUT_CAP_SECS + TASK_HARD_MARGIN_SECS + 300
+
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "control_folder": str(BROKER_DIR / "control"),
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECS,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+    }
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A publish that fails must fail fast: the run is already committed and the sweeper dispatches it
+# later, so the API never makes a client wait on a dead broker (CONTRACT section 5).
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_DEFAULT_QUEUE = "maschina"
+
+# Periodic work: re-dispatch runs left queued, reap runs stuck executing (runtime.sweeper).
+SWEEP_INTERVAL_SECS = env_float("MASCHINA_SWEEP_INTERVAL_SECS", 10.0)
+SWEEP_REDISPATCH_AFTER_SECS = env_float("MASCHINA_SWEEP_REDISPATCH_AFTER_SECS", 30.0)
+SWEEP_REAP_GRACE_SECS = 45  # executing runs end within timeout_secs + 60 s (CONTRACT section 7)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-runs": {"task": "runtime.sweep_runs", "schedule": SWEEP_INTERVAL_SECS},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Providers -----------------------------------------------------------------------------------
+ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
+ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL") or None
+OLLAMA_BASE_URL = (os.environ.get("OLLAMA_BASE_URL") or "http://localhost:11434").rstrip("/")
+PROVIDER_CONNECT_TIMEOUT_SECS = 5.0
+# Retries of transient provider errors are ours (the SDK's own retries are off): attempts per model,
+# and an exponential backoff base and cap. The cap keeps any sleep far below the task's soft limit.
+PROVIDER_MAX_ATTEMPTS = int(os.environ.get("MASCHINA_PROVIDER_MAX_ATTEMPTS", "3"))
+PROVIDER_BACKOFF_BASE_SECS = env_float("MASCHINA_PROVIDER_BACKOFF_BASE_SECS", 1.0)
+PROVIDER_BACKOFF_CAP_SECS = 8.0
+# How often an executing task looks for a cancel while the provider call is in flight.
+CANCEL_POLL_SECS = env_float("MASCHINA_CANCEL_POLL_SECS", 0.5)
+
+# How often a process checks whether an operator changed tiers, models or rules (routing.snapshot).
+RULES_REFRESH_SECS = env_float("MASCHINA_RULES_REFRESH_SECS", 0.5)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}

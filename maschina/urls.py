@@ -1,0 +1,37 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView
+
+from agents import views as agents
+from billing import views as billing
+from routing import views as routing
+
+from .errors import handler404 as handler404_view
+from .health import healthz
+
+api = [
+    path("tiers", routing.TierListApi.as_view()),
+    path("models", routing.ModelListApi.as_view()),
+    path("agents", agents.AgentListCreateApi.as_view()),
+    path("agents/<uuid:agent_id>", agents.AgentDetailApi.as_view()),
+    path("agents/<uuid:agent_id>/run", agents.RunCreateApi.as_view()),
+    path("agents/<uuid:agent_id>/runs", agents.AgentRunListApi.as_view()),
+    path("runs", agents.RunListApi.as_view()),
+    path("runs/<uuid:run_id>", agents.RunDetailApi.as_view()),
+    path("runs/<uuid:run_id>/cancel", agents.RunCancelApi.as_view()),
+    path("usage", billing.UsageApi.as_view()),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("healthz", healthz),
+    path("admin/", admin.site.urls),
+    # Anything else: the JSON 404 (Django's DEBUG page is HTML).
+    re_path(r"^", handler404_view),
+]
+
+handler400 = "maschina.errors.handler400"
+handler403 = "maschina.errors.handler403"
+handler404 = "maschina.errors.handler404"
+handler500 = "maschina.errors.handler500"

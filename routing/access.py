@@ -1,0 +1,127 @@
+"""The gate: may this tier use this model, and which model runs.
+
+Pure functions of (tier, requested model id, Rules): no database, no clock, so they can be tested
+over every combination and benchmarked alone. `Rules` is an immutable snapshot built by
+routing.snapshot from the catalog tables."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    display_name: str
+    provider: str
+    multiplier: Decimal
+    min_tier: str
+    is_active: bool
+    is_local: bool
+    fallback: str | None
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.id.endswith("*")
+
+
+@dataclass(frozen=True)
+class TierInfo:
+    slug: str
+    name: str
+    rank: int
+    monthly_token_quota: int | None
+    monthly_run_quota: int | None
+    quota_exempt: bool
+    default_model: str | None
+    max_tokens: int
+    max_timeout_secs: int
+
+
+@dataclass(frozen=True)
+class Rules:
+    tiers: dict[str, TierInfo]
+    models: dict[str, ModelInfo]  # every row, patterns included, by id
+    # (tier slug, model id) -> True (allow) / False (deny); overrides the min-tier rank comparison.
+    overrides: dict[tuple[str, str], bool] = field(default_factory=dict)
+    revision: int = 0
+
+    def __post_init__(self):
+        # Patterns longest prefix first, so the most specific pattern matches.
+        patterns = sorted((m for m in self.models.values() if m.is_pattern), key=lambda m: -len(m.id))
+        object.__setattr__(self, "_patterns", tuple((m.id[:-1], m) for m in patterns))
+
+    def lookup(self, model_id: str) -> ModelInfo | None:
+        """The catalog row for a model id: the exact row, else the longest matching pattern."""
+        if "*" in model_id:
+            return None  # a pattern row describes models; it is not one
+        exact = self.models.get(model_id)
+        if exact is not None:
+            return exact
+        for prefix, entry in self._patterns:
+            # A pattern matches ids that extend its prefix; "ollama/" alone names no model.
+            if len(model_id) > len(prefix) and model_id.startswith(prefix):
+                return entry
+        return None
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Allowed:
+    model_id: str  # the id that runs (a pattern match keeps the id asked for)
+    entry: ModelInfo  # its catalog row (for a pattern match, the pattern row)
+    requested: str | None  # what the body or agent asked for; None when the tier default was used
+
+
+@dataclass(frozen=True)
+class Denied:
+    code: str  # unknown_model | model_unavailable | model_not_allowed
+    model_id: str
+    entry: ModelInfo | None = None
+    tier: str | None = None
+
+
+def is_allowed(rules: Rules, tier: TierInfo, entry: ModelInfo) -> bool:
+    """A per-tier rule wins; otherwise the tier must rank at or above the model's min tier."""
+    override = rules.overrides.get((tier.slug, entry.id))
+    if override is not None:
+        return override
+    min_tier = rules.tiers.get(entry.min_tier)
+    return min_tier is not None and tier.rank >= min_tier.rank
+
+
+def decide(rules: Rules, tier: TierInfo, requested: str | None) -> Allowed | Denied:
+    """Resolve the model for a run and check the tier may use it.
+
+    `requested` is the body's model, else the agent's, else None for the tier default."""
+    model_id = requested if requested else tier.default_model
+    if not model_id:
+        return Denied("model_unavailable", "", tier=tier.slug)
+    entry = rules.lookup(model_id)
+    if entry is None:
+        return Denied("unknown_model", model_id, tier=tier.slug)
+    if not entry.is_active:
+        return Denied("model_unavailable", model_id, entry, tier.slug)
+    if not is_allowed(rules, tier, entry):
+        return Denied("model_not_allowed", model_id, entry, tier.slug)
+    return Allowed(model_id, entry, requested or None)
+
+
+def usable_fallback(rules: Rules, tier: TierInfo, entry: ModelInfo) -> ModelInfo | None:
+    """The model a run continues on when `entry` is out of retries: its fallback, if the tier may use it."""
+    fallback = rules.models.get(entry.fallback) if entry.fallback else None
+    if fallback is None or not fallback.is_active or not is_allowed(rules, tier, fallback):
+        return None
+    return fallback
+
+
+def required_tier(rules: Rules, tier: TierInfo, entry: ModelInfo) -> str:
+    """The plan to name when `tier` may not use `entry`: its min tier, or, when a rule denies it at
+    or above that, the lowest-ranked tier above the caller's that may use it."""
+    min_tier = rules.tiers.get(entry.min_tier)
+    if min_tier is None or tier.rank < min_tier.rank:
+        return entry.min_tier
+    above = sorted((t for t in rules.tiers.values() if t.rank > tier.rank), key=lambda t: (t.rank, t.slug))
+    return next((t.slug for t in above if is_allowed(rules, t, entry)), entry.min_tier)

@@ -1,0 +1,32 @@
+from django.contrib import admin
+
+from .models import CatalogModel, Tier, TierModelRule
+
+
+class TierModelRuleInline(admin.TabularInline):
+    model = TierModelRule
+    extra = 0
+    autocomplete_fields = ["model"]
+
+
+@admin.register(Tier)
+class TierAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "rank", "monthly_token_quota", "monthly_run_quota", "default_model", "max_tokens", "max_timeout_secs", "quota_exempt"]
+    list_select_related = ["default_model"]
+    search_fields = ["slug", "name"]
+    ordering = ["rank", "slug"]
+    inlines = [TierModelRuleInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["slug"] if obj else []
+
+
+@admin.register(CatalogModel)
+class CatalogModelAdmin(admin.ModelAdmin):
+    list_display = ["id", "display_name", "provider", "multiplier", "min_tier", "fallback", "is_active"]
+    list_filter = ["provider", "is_active", "min_tier"]
+    list_select_related = ["min_tier", "fallback"]
+    search_fields = ["id", "display_name"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["id"] if obj else []

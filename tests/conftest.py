@@ -1,0 +1,99 @@
+import importlib
+
+import pytest
+from django.apps import apps
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from accounts.services import api_key_create
+from agents.services import agent_create
+from billing.services import plan_set
+from routing import snapshot
+from routing.models import Tier
+
+from .emulators import AnthropicEmulator, OllamaEmulator
+
+_seed = importlib.import_module("routing.migrations.0002_seed_catalog").seed
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rules_snapshot():
+    # Each test's database starts over; so must every process-wide cache of it.
+    snapshot.invalidate()
+    yield
+    snapshot.invalidate()
+
+
+@pytest.fixture
+def catalog(settings):
+    """The seeded tiers and catalog of CONTRACT section 4. A transactional test's flush empties
+    every table, migration data included, so seed again when they are gone.
+
+    Edits inside a test never commit, so the snapshot's on-commit invalidation does not fire:
+    tests check the rules revision on every call instead."""
+    settings.RULES_REFRESH_SECS = 0
+    if not Tier.objects.exists():
+        _seed(apps, None)
+    snapshot.invalidate()
+
+
+@pytest.fixture(scope="session")
+def anthropic_emulator():
+    emulator = AnthropicEmulator("anthropic")
+    yield emulator
+    emulator.close()
+
+
+@pytest.fixture(scope="session")
+def ollama_emulator():
+    emulator = OllamaEmulator("ollama")
+    yield emulator
+    emulator.close()
+
+
+@pytest.fixture
+def providers(settings, anthropic_emulator, ollama_emulator):
+    """Point the runners at the emulators, with fast retries for tests."""
+    anthropic_emulator.reset()
+    ollama_emulator.reset()
+    anthropic_emulator.default_usage = {}
+    ollama_emulator.default_usage = {}
+    settings.ANTHROPIC_API_KEY = "sk-ant-test"
+    settings.ANTHROPIC_BASE_URL = anthropic_emulator.url
+    settings.OLLAMA_BASE_URL = ollama_emulator.url
+    settings.PROVIDER_BACKOFF_BASE_SECS = 0.01
+    settings.CANCEL_POLL_SECS = 0.02
+    return anthropic_emulator, ollama_emulator
+
+
+@pytest.fixture
+def make_user(catalog):
+    counter = iter(range(1, 10_000))
+
+    def make(tier="m1", username=None, **quotas):
+        user = get_user_model().objects.create(username=username or f"user{next(counter)}-{tier}")
+        plan_set(user=user, tier_slug=tier, **quotas)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_user):
+    def make(tier="m1", user=None, **quotas):
+        user = user or make_user(tier, **quotas)
+        _, raw = api_key_create(user=user)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        client.user = user
+        return client
+
+    return make
+
+
+@pytest.fixture
+def make_agent():
+    def make(user, **fields):
+        return agent_create(owner=user, name=fields.pop("name", "agent"), **fields)
+
+    return make
