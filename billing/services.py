@@ -112,4 +112,5 @@ def plan_set(*, user, tier_slug: str, token_quota=..., run_quota=...) -> Plan:
         plan.run_quota_override = run_quota
     plan.full_clean()
     plan.save()
+    user.plan = plan  # the caller's user object must not keep a stale cached plan
     return plan

@@ -70,7 +70,7 @@ class Emulator:
                 except ValueError:
                     payload = {}
                 with emulator._lock:
-                    emulator.calls.append((self.path, payload, dict(self.headers)))
+                    emulator.calls.append((self.path, payload, {k.lower(): v for k, v in self.headers.items()}))
                 if self.path != emulator.path:
                     return self._send(404, {"error": f"no route {self.path}"})
                 reply = emulator._next_reply(payload.get("model"))

@@ -48,7 +48,7 @@ def seed(apps, schema_editor):
             CatalogModel.objects.filter(id=model_id).update(fallback_id=fallback)
     for slug, *_, default, _exempt in TIERS:
         Tier.objects.filter(slug=slug).update(default_model_id=default)
-    RulesRevision.objects.create(id=1, value=1)
+    RulesRevision.objects.update_or_create(id=1, defaults={"value": 1})
 
 
 class Migration(migrations.Migration):

@@ -1,0 +1,276 @@
+"""Executing runs in this process (the task body, not Celery's eager mode) against the emulators:
+billing per multiplier, idempotency, retries and fallbacks, failures, timeouts, cancel, sweeper."""
+import datetime as dt
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from agents.models import Run, RunStatus
+from agents.services import run_cancel, run_create
+from billing.models import LedgerEntry, ModelUsage, UsagePeriod
+from billing.selectors import plan_for
+from routing.models import CatalogModel, RuleEffect, TierModelRule
+from runtime import sweeper
+from runtime.tasks import execute_run
+
+from .emulators import Reply, anthropic_error
+
+# The emulators' default usage: Anthropic 20 input + 5 cache writes + 7 cache reads, 30 output;
+# Ollama 12 prompt, 8 eval.
+ANTHROPIC_RAW = (32, 30)
+OLLAMA_RAW = (12, 8)
+
+
+@pytest.fixture
+def start_run(make_user, make_agent, providers):
+    def start(tier="m10", model=None, message="hello", timeout_secs=60, max_tokens=100, user=None):
+        user = user or make_user(tier)
+        agent = make_agent(user)
+        return run_create(
+            user=user, plan=plan_for(user), agent=agent, input={"message": message},
+            model=model, timeout_secs=timeout_secs, max_tokens=max_tokens,
+        )  # fmt: skip
+
+    return start
+
+
+def usage_row(run):
+    return UsagePeriod.objects.get(user=run.user, period=run.period)
+
+
+def assert_settled(run, billed):
+    run.refresh_from_db()
+    assert run.settled_at is not None
+    assert run.billed_tokens == billed
+    row = usage_row(run)
+    assert row.tokens_reserved == 0
+    assert row.tokens_used == (billed or 0)
+    assert LedgerEntry.objects.filter(run=run).count() == (0 if billed is None else 1)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "model, raw, multiplier, billed",
+    [
+        ("claude-haiku-4-5", ANTHROPIC_RAW, "1", 62),
+        ("claude-sonnet-4-6", ANTHROPIC_RAW, "3", 186),
+        ("claude-opus-4-6", ANTHROPIC_RAW, "15", 930),
+        ("ollama/llama3.2", OLLAMA_RAW, "0", 0),
+        ("ollama/qwen2.5:7b", OLLAMA_RAW, "0", 0),
+    ],
+)
+def test_completed_run_is_billed_at_its_multiplier(start_run, providers, model, raw, multiplier, billed):
+    run = start_run(model=model)
+    assert run.reserved_tokens > 0 or multiplier == "0"
+    assert usage_row(run).tokens_reserved == run.reserved_tokens
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED
+    assert (run.input_tokens, run.output_tokens) == raw
+    assert run.multiplier == Decimal(multiplier)
+    assert run.output["text"].endswith("hello")
+    assert run.started_at <= run.finished_at
+    assert_settled(run, billed)
+    entry = LedgerEntry.objects.get(run=run)
+    assert (entry.model, entry.input_tokens, entry.output_tokens, entry.billed_tokens) == (model, *raw, billed)
+    by_model = ModelUsage.objects.get(user=run.user, period=run.period, model=model)
+    assert (by_model.runs, by_model.input_tokens, by_model.output_tokens, by_model.billed_tokens) == (1, *raw, billed)
+    if model.startswith("ollama/"):
+        assert providers[1].calls[-1][1]["model"] == model.removeprefix("ollama/")
+
+
+@pytest.mark.django_db
+def test_fractional_multiplier_rounds_up(start_run, providers):
+    CatalogModel.objects.filter(id="claude-haiku-4-5-20251001").update(multiplier=Decimal("0.5"))
+    providers[0].default_usage = {"input_tokens": 30, "output_tokens": 3, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    run = start_run(model="claude-haiku-4-5-20251001")
+    execute_run(str(run.pk))
+    assert_settled(run, 17)  # ceil(33 x 0.5) = ceil(16.5)
+
+
+@pytest.mark.django_db
+def test_same_task_executed_twice_bills_once(start_run, providers):
+    run = start_run(model="claude-sonnet-4-6")
+    execute_run(str(run.pk))
+    execute_run(str(run.pk))
+    assert len(providers[0].calls) == 1
+    assert_settled(run, 186)
+    assert ModelUsage.objects.get(user=run.user, model="claude-sonnet-4-6").runs == 1
+
+
+@pytest.mark.django_db
+def test_redelivery_after_provider_answered_settles_without_calling_again(start_run, providers):
+    run = start_run(model="claude-haiku-4-5")
+    # As if a worker died after storing the provider's answer and before finishing.
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.EXECUTING, started_at=timezone.now(), input_tokens=10, output_tokens=5)
+    execute_run(str(run.pk))
+    assert providers[0].calls == []
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED
+    assert_settled(run, 15)
+
+
+@pytest.mark.django_db
+def test_retriable_errors_are_retried_then_succeed(start_run, providers):
+    anthropic = providers[0]
+    anthropic.queue("claude-haiku-4-5", anthropic_error(429, "rate_limit_error"), anthropic_error(529, "overloaded_error"))
+    run = start_run(model="claude-haiku-4-5")
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED
+    assert len(anthropic.calls) == 3
+    assert run.provider_calls == 3
+    assert_settled(run, 62)
+
+
+@pytest.mark.django_db
+def test_out_of_retries_falls_back_along_the_chain_billed_at_the_fallback(start_run, providers):
+    anthropic = providers[0]
+    anthropic.queue("claude-opus-4-6", *[anthropic_error(529, "overloaded_error")] * 3)
+    anthropic.queue("claude-sonnet-4-6", *[anthropic_error(500, "api_error")] * 3)
+    run = start_run(model="claude-opus-4-6")
+    opus_reservation = run.reserved_tokens
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED
+    assert (run.requested_model, run.model, run.provider) == ("claude-opus-4-6", "claude-haiku-4-5", "anthropic")
+    assert [c[1]["model"] for c in anthropic.calls] == ["claude-opus-4-6"] * 3 + ["claude-sonnet-4-6"] * 3 + ["claude-haiku-4-5"]
+    assert run.multiplier == 1
+    assert_settled(run, 62)
+    assert opus_reservation >= 62
+    assert list(ModelUsage.objects.filter(user=run.user).values_list("model", flat=True)) == ["claude-haiku-4-5"]
+
+
+@pytest.mark.django_db
+def test_no_fallback_the_tier_may_not_use(start_run, providers):
+    TierModelRule.objects.create(tier_id="m10", model_id="claude-sonnet-4-6", effect=RuleEffect.DENY)
+    providers[0].queue("claude-opus-4-6", *[anthropic_error(529, "overloaded_error")] * 3)
+    run = start_run(model="claude-opus-4-6")
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.error["code"] == "provider_unavailable"
+    assert len(providers[0].calls) == 3
+    assert_settled(run, None)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "reply, code",
+    [
+        (anthropic_error(400, "invalid_request_error"), "provider_bad_request"),
+        (anthropic_error(401, "authentication_error"), "provider_auth"),
+        (anthropic_error(404, "not_found_error"), "model_not_found"),
+        (anthropic_error(429, "rate_limit_error", error_code="enforced_spend_limit_reached"), "provider_spend_limit"),
+        (Reply(usage={"output_tokens": -4}), "invalid_provider_usage"),
+    ],
+)
+def test_non_retriable_errors_fail_after_one_call_and_release(start_run, providers, reply, code):
+    providers[0].queue("claude-sonnet-4-6", reply)
+    run = start_run(model="claude-sonnet-4-6")
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.error["code"] == code
+    assert run.output is None
+    assert len(providers[0].calls) == 1
+    assert_settled(run, None)
+
+
+@pytest.mark.django_db
+def test_ollama_model_not_found(start_run, providers):
+    providers[1].queue("nosuch", Reply(status=404, body={"error": "model 'nosuch' not found"}))
+    run = start_run(tier="access", model="ollama/nosuch")
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert (run.status, run.error["code"]) == (RunStatus.FAILED, "model_not_found")
+    assert_settled(run, None)
+
+
+@pytest.mark.django_db
+def test_slow_provider_times_out(start_run, providers):
+    providers[0].queue("claude-haiku-4-5", Reply(delay=3))
+    run = start_run(model="claude-haiku-4-5", timeout_secs=1)
+    started = time.monotonic()
+    execute_run(str(run.pk))
+    assert time.monotonic() - started < 2.8
+    run.refresh_from_db()
+    assert (run.status, run.error["code"]) == (RunStatus.TIMED_OUT, "timeout")
+    assert_settled(run, None)
+
+
+@pytest.mark.django_db
+def test_retry_after_beyond_the_deadline_is_not_slept(start_run, providers):
+    reply = anthropic_error(429, "rate_limit_error")
+    reply.headers = {"retry-after": "3600"}
+    providers[0].queue("claude-haiku-4-5", reply)
+    run = start_run(tier="m1", model="claude-haiku-4-5", timeout_secs=5)
+    started = time.monotonic()
+    execute_run(str(run.pk))
+    # The backoff is capped (PROVIDER_BACKOFF_CAP_SECS) and never outlives the run's deadline.
+    assert time.monotonic() - started < 5
+    run.refresh_from_db()
+    assert run.status in (RunStatus.COMPLETED, RunStatus.FAILED)
+
+
+@pytest.mark.django_db
+def test_canceled_queued_run_never_starts(start_run, providers):
+    run = start_run(model="claude-haiku-4-5")
+    run_cancel(run=run)
+    execute_run(str(run.pk))
+    assert providers[0].calls == []
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELED
+    assert run.started_at is None
+    assert_settled(run, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_while_the_provider_call_is_in_flight(start_run, providers):
+    providers[0].queue("claude-haiku-4-5", Reply(delay=1.5))
+    run = start_run(model="claude-haiku-4-5")
+    worker = threading.Thread(target=execute_run, args=(str(run.pk),))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not providers[0].calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    canceled = run_cancel(run=Run.objects.get(pk=run.pk))
+    assert canceled.status == RunStatus.CANCELED  # the answer already says so
+    started = time.monotonic()
+    worker.join(10)
+    assert time.monotonic() - started < 1.0  # the worker stopped waiting, it did not sit out the call
+    time.sleep(1.7)  # the provider answers now, late
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELED
+    assert run.output is None
+    assert run.error["code"] == "canceled"
+    assert_settled(run, None)  # the provider had reported nothing when the run stopped
+
+
+@pytest.mark.django_db
+def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, monkeypatch):
+    dispatched = []
+    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout: dispatched.append(run_id) or True)
+    never_dispatched = start_run(model="claude-haiku-4-5")
+    Run.objects.filter(pk=never_dispatched.pk).update(created_at=timezone.now() - dt.timedelta(seconds=10))
+    fresh = start_run(model="claude-haiku-4-5")
+    stuck = start_run(model="claude-haiku-4-5", timeout_secs=30)
+    long_ago = timezone.now() - dt.timedelta(seconds=30 + 60)
+    Run.objects.filter(pk=stuck.pk).update(status=RunStatus.EXECUTING, started_at=long_ago)
+    answered = start_run(model="claude-haiku-4-5", timeout_secs=30)
+    Run.objects.filter(pk=answered.pk).update(status=RunStatus.EXECUTING, started_at=long_ago, input_tokens=4, output_tokens=6)
+
+    result = sweeper.sweep()
+
+    assert dispatched == [never_dispatched.pk]
+    assert fresh.pk not in dispatched
+    assert result == {"redispatched": 1, "reaped": 2, "settled": 0}
+    stuck.refresh_from_db()
+    assert (stuck.status, stuck.error["code"]) == (RunStatus.TIMED_OUT, "timeout")
+    assert_settled(stuck, None)
+    answered.refresh_from_db()
+    assert answered.status == RunStatus.COMPLETED
+    assert answered.billed_tokens == 10
