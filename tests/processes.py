@@ -1,0 +1,119 @@
+"""Real processes for end-to-end tests: the web app under gunicorn (or runserver) and Celery workers."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    def __init__(self, name, argv, env, log_dir):
+        self.name = name
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def tail(self, lines=40) -> str:
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout=15):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+
+def base_env(**overrides) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "DEBUG"}}
+    env.update({"PYTHONUNBUFFERED": "1", "SECRET_KEY": env.get("SECRET_KEY", "test-only-secret-key")})
+    env.update({k: v for k, v in overrides.items() if v is not None})
+    return env
+
+
+def manage(env, *args) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def start_gunicorn(env, log_dir, workers=2) -> tuple[Process, str]:
+    port = free_port()
+    argv = [str(BIN / "gunicorn"), "maschina.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    return Process("web", argv, env, log_dir), f"http://127.0.0.1:{port}"
+
+
+def start_worker(env, log_dir, name="worker", concurrency=2, beat=False) -> Process:
+    argv = [str(BIN / "celery"), "-A", "maschina", "worker", "--loglevel=INFO", "-c", str(concurrency), "-n", f"{name}@%h"]
+    if beat:
+        argv.append("-B")
+    return Process(name, argv, env, log_dir)
+
+
+def wait_http(url, processes, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.proc.poll() is not None:
+                raise AssertionError(f"{process.name} exited:\n{process.tail()}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer in {timeout}s")
+
+
+def wait_worker_ready(worker, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"{worker.name} exited:\n{worker.tail()}")
+        if b" ready." in worker.log_path.read_bytes():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{worker.name} not ready in {timeout}s:\n{worker.tail()}")
+
+
+def wait_terminal(api, run_id, timeout=30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.get(f"/api/v1/runs/{run_id}").json()
+        if run["status"] in {"completed", "failed", "timed_out", "canceled"}:
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} still {run['status']} after {timeout}s")
+
+
+class Api:
+    """A tiny HTTP client for the running app."""
+
+    def __init__(self, base_url, key=None):
+        self.base_url, self.session = base_url, requests.Session()
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def get(self, path, **kw):
+        return self.session.get(self.base_url + path, timeout=10, **kw)
+
+    def post(self, path, json=None, **kw):
+        return self.session.post(self.base_url + path, json=json, timeout=10, **kw)

@@ -1,0 +1,49 @@
+"""The README's first command: with nothing configured, the service runs on a SQLite file and the
+embedded (filesystem) broker, with a separate worker process. Same processes as scripts/serve."""
+import sys
+import tempfile
+
+import pytest
+
+from .processes import Api, Process, base_env, free_port, manage, start_worker, wait_http, wait_terminal, wait_worker_ready
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_configuration_runs_a_model_end_to_end(ollama_emulator, anthropic_emulator):
+    ollama_emulator.reset()
+    var_dir = tempfile.mkdtemp(prefix="maschina-default-")
+    env = base_env(
+        DEBUG="1",
+        SECRET_KEY="",
+        MASCHINA_VAR_DIR=var_dir,
+        OLLAMA_BASE_URL=ollama_emulator.url,
+        ANTHROPIC_API_KEY="sk-ant-default",
+        ANTHROPIC_BASE_URL=anthropic_emulator.url,
+    )
+    manage(env, "migrate", "--noinput")
+    manage(env, "set_tier", "dana", "m1")
+    key = manage(env, "create_api_key", "dana").strip().splitlines()[-1]
+
+    log_dir = tempfile.mkdtemp(prefix="maschina-default-logs-")
+    port = free_port()
+    web = Process("runserver", [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], env, log_dir)
+    worker = start_worker(env, log_dir, beat=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/healthz", [web, worker])
+        wait_worker_ready(worker)
+        client = Api(url, key)
+        assert client.get("/healthz").json() == {"database": "ok", "broker": "ok"}
+        agent_id = client.post("/api/v1/agents", {"name": "local"}).json()["id"]
+        for model, billed in [("ollama/mistral", 0), ("claude-haiku-4-5", 62)]:
+            response = client.post(f"/api/v1/agents/{agent_id}/run", {"input": {"message": "hi"}, "model": model})
+            assert response.status_code == 202, response.text
+            run = wait_terminal(client, response.json()["id"], timeout=60)
+            assert run["status"] == "completed", (run, worker.tail())
+            assert run["usage"]["billed_tokens"] == billed
+        usage = client.get("/api/v1/usage").json()
+        assert (usage["tokens"]["used"], usage["tokens"]["reserved"], usage["runs"]["used"]) == (62, 0, 2)
+    finally:
+        web.stop()
+        worker.stop()
