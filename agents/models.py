@@ -66,6 +66,10 @@ class Run(models.Model):
     billed_tokens = models.BigIntegerField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     provider_calls = models.PositiveIntegerField(default=0)
+    # The current claim of a worker on the run and its last sign of life (runtime.services).
+    claim = models.UUIDField(null=True, blank=True, editable=False)
+    claims = models.PositiveIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Set by the service from the same instant as `period`, so a run at 23:59:59 bills the right month.
     created_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True)

@@ -191,8 +191,13 @@ PROVIDER_CONNECT_TIMEOUT_SECS = 5.0
 PROVIDER_MAX_ATTEMPTS = int(os.environ.get("MASCHINA_PROVIDER_MAX_ATTEMPTS", "3"))
 PROVIDER_BACKOFF_BASE_SECS = env_float("MASCHINA_PROVIDER_BACKOFF_BASE_SECS", 1.0)
 PROVIDER_BACKOFF_CAP_SECS = 8.0
-# How often an executing task looks for a cancel while the provider call is in flight.
+# How often an executing task heartbeats (and so notices a cancel) while the provider call is in
+# flight, and after how long without a heartbeat its worker is taken for dead: the run may then be
+# claimed again (runtime.services.run_claim), by a redelivery or by the sweeper's re-dispatch.
 CANCEL_POLL_SECS = env_float("MASCHINA_CANCEL_POLL_SECS", 0.5)
+HEARTBEAT_STALE_SECS = env_float("MASCHINA_HEARTBEAT_STALE_SECS", 30.0)
+# Once the provider has answered, database outages are waited out with backoff capped at this.
+DB_RETRY_BACKOFF_CAP_SECS = 2.0
 
 # How often a process checks whether an operator changed tiers, models or rules (routing.snapshot).
 RULES_REFRESH_SECS = env_float("MASCHINA_RULES_REFRESH_SECS", 0.5)

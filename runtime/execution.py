@@ -1,6 +1,6 @@
 """Executing one run: claim it, call its provider with our retries and the model's fallbacks, store
 what the provider reported, finish and settle. The provider call runs on a helper thread so this
-one can notice a cancel or the deadline while it is in flight (CONTRACT section 7)."""
+one can heartbeat, and notice a cancel or the deadline, while it is in flight (CONTRACT section 7)."""
 import logging
 import threading
 import time
@@ -9,6 +9,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from agents.models import Run, RunStatus
@@ -22,13 +23,15 @@ from .services import (
     run_count_call,
     run_deadline,
     run_finish,
-    run_is_canceled,
+    run_heartbeat,
     run_record_completion,
     run_switch_model,
+    is_stale,
     timeout_error,
 )
 
 logger = logging.getLogger(__name__)
+DATABASE_DOWN = (OperationalError, InterfaceError)
 
 _executor_lock = threading.Lock()
 _executor = None
@@ -45,121 +48,156 @@ def _pool() -> ThreadPoolExecutor:
 
 
 class _Stop(Exception):
-    """The run was canceled or reached its deadline while we waited."""
+    """The run was canceled, taken over, or reached its deadline while we waited."""
 
-    def __init__(self, code):
-        super().__init__(code)
-        self.code = code
-
-
-def _seconds_left(deadline) -> float:
-    return (deadline - timezone.now()).total_seconds()
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason  # canceled | lost | timeout
 
 
-def _wait(run_id, deadline, future=None, delay=None):
-    """Wait for `future` (or `delay` seconds), checking for a cancel and the deadline as we go."""
-    until = time.monotonic() + delay if delay is not None else None
+def _persist(write):
+    """Run a database write that must not be lost: once the provider has answered, its answer only
+    exists in this process, so a database outage is waited out (with capped backoff) rather than
+    dropped. The task's soft time limit bounds the wait."""
+    delay = 0.25
     while True:
-        step = settings.CANCEL_POLL_SECS
-        if until is not None:
-            step = min(step, until - time.monotonic())
-            if step <= 0:
-                return None
-        if future is not None:
-            try:
-                return future.result(timeout=step)
-            except FutureTimeout:
-                pass
-        else:
-            time.sleep(step)
-        if run_is_canceled(run_id):
-            raise _Stop("canceled")
-        # One second of slack lets the provider client report its own timeout first.
-        if _seconds_left(deadline) < -1:
-            raise _Stop("timeout")
-
-
-def _call_once(run: Run, provider: str, model_id: str, deadline) -> Completion:
-    remaining = _seconds_left(deadline)
-    if remaining <= 0:
-        raise _Stop("timeout")
-    request = CompletionRequest(
-        model=provider_model_id(provider, model_id),
-        system=run.system_prompt,
-        message=run.input["message"],
-        max_tokens=run.max_tokens,
-        timeout=remaining,
-    )
-    run_count_call(run.pk)
-    return _wait(run.pk, deadline, future=_pool().submit(RUNNERS[provider], request))
-
-
-def _call_with_retries(run: Run, provider: str, model_id: str, deadline) -> Completion:
-    """Up to PROVIDER_MAX_ATTEMPTS calls with capped exponential backoff; raises the last error."""
-    for attempt in range(settings.PROVIDER_MAX_ATTEMPTS):
         try:
-            return _call_once(run, provider, model_id, deadline)
-        except ProviderError as error:
-            if not error.retriable or attempt == settings.PROVIDER_MAX_ATTEMPTS - 1:
-                raise
-            backoff = settings.PROVIDER_BACKOFF_BASE_SECS * 2**attempt
-            delay = min(settings.PROVIDER_BACKOFF_CAP_SECS, max(backoff, error.retry_after or 0))
-            if delay >= _seconds_left(deadline):
-                raise
-            logger.info("run %s: %s on attempt %d, retrying in %.2fs", run.pk, error.code, attempt + 1, delay)
-            _wait(run.pk, deadline, delay=delay)
-    raise AssertionError("unreachable")
+            return write()
+        except DATABASE_DOWN as exc:
+            logger.warning("database unavailable (%s); retrying in %.2fs", exc.__class__.__name__, delay)
+            connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, settings.DB_RETRY_BACKOFF_CAP_SECS)
 
 
-def execute(run_id) -> None:
-    run = run_claim(run_id)
-    if run is None:
-        resume(run_id)
-        return
-    deadline = run_deadline(run)
-    rules = get_rules()
-    tier = rules.tiers.get(run.tier)
-    entry = rules.models.get(run.catalog_model)
-    provider, model_id = run.provider, run.model
-    try:
+class Execution:
+    def __init__(self, run: Run, token):
+        self.run, self.token = run, token
+        self.deadline = run_deadline(run)
+
+    def seconds_left(self) -> float:
+        return (self.deadline - timezone.now()).total_seconds()
+
+    def heartbeat(self):
+        try:
+            state = run_heartbeat(self.run.pk, self.token)
+        except DATABASE_DOWN:
+            connection.close()
+            return  # cannot tell; keep waiting for the provider, the answer is what matters
+        if state != "ok":
+            raise _Stop(state)
+
+    def wait(self, future=None, delay=None):
+        """Wait for `future` (or `delay` seconds), heartbeating and checking the deadline as we go."""
+        until = time.monotonic() + delay if delay is not None else None
+        while True:
+            step = settings.CANCEL_POLL_SECS
+            if until is not None:
+                step = min(step, until - time.monotonic())
+                if step <= 0:
+                    return None
+            if future is not None:
+                try:
+                    return future.result(timeout=step)
+                except FutureTimeout:
+                    pass
+            else:
+                time.sleep(step)
+            self.heartbeat()
+            # One second of slack lets the provider client report its own timeout first.
+            if self.seconds_left() < -1:
+                raise _Stop("timeout")
+
+    def call_once(self, provider: str, model_id: str) -> Completion:
+        remaining = self.seconds_left()
+        if remaining <= 0:
+            raise _Stop("timeout")
+        request = CompletionRequest(
+            model=provider_model_id(provider, model_id),
+            system=self.run.system_prompt,
+            message=self.run.input["message"],
+            max_tokens=self.run.max_tokens,
+            timeout=remaining,
+        )
+        run_count_call(self.run.pk)
+        return self.wait(future=_pool().submit(RUNNERS[provider], request))
+
+    def call_with_retries(self, provider: str, model_id: str) -> Completion:
+        """Up to PROVIDER_MAX_ATTEMPTS calls with capped exponential backoff; raises the last error."""
+        for attempt in range(settings.PROVIDER_MAX_ATTEMPTS):
+            try:
+                return self.call_once(provider, model_id)
+            except ProviderError as error:
+                if not error.retriable or attempt == settings.PROVIDER_MAX_ATTEMPTS - 1:
+                    raise
+                backoff = settings.PROVIDER_BACKOFF_BASE_SECS * 2**attempt
+                delay = min(settings.PROVIDER_BACKOFF_CAP_SECS, max(backoff, error.retry_after or 0))
+                if delay >= self.seconds_left():
+                    raise
+                logger.info("run %s: %s on attempt %d, retrying in %.2fs", self.run.pk, error.code, attempt + 1, delay)
+                self.wait(delay=delay)
+        raise AssertionError("unreachable")
+
+    def finish(self, status, error=None):
+        _persist(lambda: run_finish(self.run.pk, status, error, token=self.token))
+
+    def execute(self):
+        rules = get_rules()
+        tier = rules.tiers.get(self.run.tier)
+        entry = rules.models.get(self.run.catalog_model)
+        provider, model_id = self.run.provider, self.run.model
         while True:
             try:
-                completion = _call_with_retries(run, provider, model_id, deadline)
+                completion = self.call_with_retries(provider, model_id)
             except ProviderError as error:
                 fallback = usable_fallback(rules, tier, entry) if (error.retriable and tier and entry) else None
                 if fallback is None:
                     status = RunStatus.TIMED_OUT if error.code == "timeout" else RunStatus.FAILED
-                    run_finish(run.pk, status, {"code": error.code, "message": error.message})
+                    self.finish(status, {"code": error.code, "message": error.message})
                     return
-                logger.info("run %s: %s out of retries (%s), falling back to %s", run.pk, model_id, error.code, fallback.id)
-                if not run_switch_model(run.pk, fallback.id, fallback):
-                    usage_settle(run.pk)  # canceled meanwhile
-                    return
+                logger.info("run %s: %s out of retries (%s), falling back to %s", self.run.pk, model_id, error.code, fallback.id)
+                if not run_switch_model(self.run.pk, self.token, fallback.id, fallback):
+                    self.heartbeat()  # canceled or taken over meanwhile: raises _Stop with the reason
+                    raise _Stop("lost")
                 provider, model_id, entry = fallback.provider, fallback.id, fallback
                 continue
-            run_record_completion(run.pk, completion)
-            run_finish(run.pk, RunStatus.COMPLETED)
+            _persist(lambda: run_record_completion(self.run.pk, self.token, completion))
+            self.finish(RunStatus.COMPLETED)
             return
+
+
+def execute(run_id) -> None:
+    claimed = run_claim(run_id)
+    if claimed is None:
+        resume(run_id)
+        return
+    execution = Execution(*claimed)
+    try:
+        execution.execute()
     except _Stop as stop:
-        if stop.code == "timeout":
-            run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
-        else:  # canceled: the status is already final, only the reservation is left to settle
-            usage_settle(run.pk)
+        if stop.reason == "timeout":
+            execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run))
+        elif stop.reason == "canceled":  # the status is already final; the reservation is left to settle
+            _persist(lambda: usage_settle(run_id))
+        # "lost": another claim or the sweeper owns the run now; nothing here is ours to write.
     except SoftTimeLimitExceeded:
-        run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
+        execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run))
+    except DATABASE_DOWN:
+        raise  # before the provider answered: the task retries, and the claim is taken over then
     except Exception:
-        logger.exception("run %s failed unexpectedly", run.pk)
-        run_finish(run.pk, RunStatus.FAILED, {"code": "internal", "message": "An internal error occurred."})
+        logger.exception("run %s failed unexpectedly", run_id)
+        execution.finish(RunStatus.FAILED, {"code": "internal", "message": "An internal error occurred."})
         raise
 
 
 def resume(run_id) -> None:
-    """A delivery of a run someone else claimed (a redelivery or a duplicate). Finish only what is
-    safe to finish without calling the provider: a recorded answer, or an unsettled terminal run."""
+    """A delivery of a run it could not claim: a duplicate, a redelivery while its worker is alive,
+    or a run that has ended. Finish only what is safe without calling the provider: a recorded
+    answer whose worker is gone, or an unsettled terminal run."""
     run = Run.objects.filter(pk=run_id).first()
     if run is None:
         logger.warning("run %s does not exist; nothing to do", run_id)
-    elif run.status == RunStatus.EXECUTING and run.input_tokens is not None:
+    elif run.status == RunStatus.EXECUTING and run.input_tokens is not None and is_stale(run):
         run_finish(run.pk, RunStatus.COMPLETED)
     elif run.is_terminal and run.settled_at is None and run.status != RunStatus.CANCELED:
         usage_settle(run.pk)

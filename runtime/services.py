@@ -1,8 +1,17 @@
 """A run's state transitions, each one conditional UPDATE, so two deliveries of the same task, a
-cancel and the sweeper can race without two of them winning the same step."""
-import datetime as dt
+cancel and the sweeper can race without two of them winning the same step.
 
+Every claim draws a fresh token; the worker's later writes (heartbeat, fallback switch, recording
+the provider's answer, finishing) only apply while the run still carries its token. A run whose
+worker died (no heartbeat for HEARTBEAT_STALE_SECS) can be claimed again, which changes the token, so
+the dead worker, should it come back, can no longer write anything."""
+import datetime as dt
+import uuid
+
+from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import Run, RunStatus
@@ -12,11 +21,39 @@ from routing.access import ModelInfo
 from .runners import Completion
 
 
-def run_claim(run_id) -> Run | None:
-    """queued -> executing. The run if this caller won it, else None."""
-    if Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(status=RunStatus.EXECUTING, started_at=timezone.now()):
-        return Run.objects.get(pk=run_id)
-    return None
+def stale_before(now=None) -> dt.datetime:
+    """Runs executing with no heartbeat since this instant have lost their worker."""
+    return (now or timezone.now()) - dt.timedelta(seconds=settings.HEARTBEAT_STALE_SECS)
+
+
+def stale_heartbeat(now=None) -> Q:
+    return Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale_before(now))
+
+
+def is_stale(run: Run) -> bool:
+    return run.heartbeat_at is None or run.heartbeat_at < stale_before()
+
+
+def run_claim(run_id) -> tuple[Run, uuid.UUID] | None:
+    """queued -> executing, or take over an executing run whose worker died before the provider
+    answered. The run (its deadline still counts from the first start) and this claim's token, or
+    None if someone else holds it or it has ended."""
+    now = timezone.now()
+    token = uuid.uuid4()
+    claimable = Q(status=RunStatus.QUEUED) | (Q(status=RunStatus.EXECUTING, input_tokens__isnull=True) & stale_heartbeat(now))
+    won = Run.objects.filter(claimable, pk=run_id).update(
+        status=RunStatus.EXECUTING, started_at=Coalesce("started_at", now), heartbeat_at=now, claim=token, claims=F("claims") + 1
+    )
+    return (Run.objects.get(pk=run_id), token) if won else None
+
+
+def run_heartbeat(run_id, token) -> str:
+    """Say this worker is alive. "ok", or why it must stop: "canceled", or "lost" (the run was
+    taken over or ended by someone else)."""
+    if Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING, claim=token).update(heartbeat_at=timezone.now()):
+        return "ok"
+    status = Run.objects.filter(pk=run_id).values_list("status", flat=True).first()
+    return "canceled" if status == RunStatus.CANCELED else "lost"
 
 
 def run_deadline(run: Run) -> dt.datetime:
@@ -28,38 +65,36 @@ def timeout_error(run: Run) -> dict:
 
 
 def run_count_call(run_id) -> None:
-    from django.db.models import F
-
     Run.objects.filter(pk=run_id).update(provider_calls=F("provider_calls") + 1)
 
 
-def run_switch_model(run_id, model_id: str, entry: ModelInfo) -> bool:
+def run_switch_model(run_id, token, model_id: str, entry: ModelInfo) -> bool:
     """Continue an executing run on a fallback model, billed at the fallback's multiplier."""
     return bool(
-        Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING).update(
+        Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING, claim=token).update(
             model=model_id, catalog_model=entry.id, provider=entry.provider, multiplier=entry.multiplier
         )
     )
 
 
-def run_record_completion(run_id, completion: Completion) -> None:
+def run_record_completion(run_id, token, completion: Completion) -> None:
     """Store the provider's answer before anything else, so no redelivery calls the provider again.
 
     A run canceled meanwhile keeps its status and gets no output, but its usage is recorded: it is
     billed for what the provider reported."""
     usage = {"input_tokens": completion.input_tokens, "output_tokens": completion.output_tokens}
-    unrecorded = Run.objects.filter(pk=run_id, input_tokens__isnull=True)
+    unrecorded = Run.objects.filter(pk=run_id, claim=token, input_tokens__isnull=True)
     if not unrecorded.filter(status=RunStatus.EXECUTING).update(output={"text": completion.text}, **usage):
         unrecorded.filter(status=RunStatus.CANCELED, settled_at__isnull=True).update(**usage)
 
 
-def run_finish(run_id, status: str, error: dict | None = None) -> None:
-    """executing -> a terminal status, and settlement, in one transaction. A run that is already
-    terminal (canceled, or finished by another delivery) keeps its status and is only settled."""
+def run_finish(run_id, status: str, error: dict | None = None, token=None) -> None:
+    """executing -> a terminal status, and settlement, in one transaction. With a token, only while
+    this claim holds the run. A run that is already terminal (canceled, or finished by another
+    delivery or the sweeper) keeps its status and is only settled, if it is not already."""
+    executing = Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING)
+    if token is not None:
+        executing = executing.filter(claim=token)
     with transaction.atomic():
-        Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING).update(status=status, error=error, finished_at=timezone.now())
+        executing.update(status=status, error=error, finished_at=timezone.now())
         usage_settle(run_id)
-
-
-def run_is_canceled(run_id) -> bool:
-    return Run.objects.filter(pk=run_id, status=RunStatus.CANCELED).exists()

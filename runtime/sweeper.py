@@ -1,11 +1,14 @@
 """Periodic repair (celery beat, or the worker's -B): no committed run is lost and none stays
 active forever (CONTRACT section 7).
 
-- A run still queued SWEEP_REDISPATCH_AFTER_SECS after its last dispatch (or never dispatched: the
-  broker was down at admission) is dispatched again; a duplicate delivery loses its claim, harmlessly.
-- A run executing past its timeout plus grace had a worker that died: it ends timed_out (or
-  completed, if the provider's answer was recorded) and is settled.
-- A terminal run left unsettled (canceled while executing, its worker gone) is settled."""
+- queued: dispatched again SWEEP_REDISPATCH_AFTER_SECS after its last dispatch (or 2 s after its
+  creation if it never was: the broker was down at admission). A duplicate delivery loses its claim.
+- executing, no heartbeat for HEARTBEAT_STALE_SECS: its worker died. If the provider's answer was
+  recorded, the run is finished from it; otherwise it is dispatched again and the next claim takes
+  it over (its deadline still counts from its first start).
+- executing past its deadline plus SWEEP_REAP_GRACE_SECS: ended as timed_out (or completed, from a
+  recorded answer) and settled.
+- terminal but unsettled past the grace (canceled while executing, its worker gone): settled."""
 import datetime as dt
 import logging
 
@@ -17,7 +20,7 @@ from agents.models import TERMINAL_STATUSES, Run, RunStatus
 from billing.services import usage_settle
 
 from .dispatch import dispatch_run
-from .services import run_deadline, run_finish, timeout_error
+from .services import run_deadline, run_finish, stale_before, stale_heartbeat, timeout_error
 
 logger = logging.getLogger(__name__)
 BATCH = 500
@@ -26,30 +29,37 @@ BATCH = 500
 def sweep(now=None) -> dict:
     now = now or timezone.now()
     grace = dt.timedelta(seconds=settings.SWEEP_REAP_GRACE_SECS)
-    stale = now - dt.timedelta(seconds=settings.SWEEP_REDISPATCH_AFTER_SECS)
+    counts = {"redispatched": 0, "taken_over": 0, "reaped": 0, "settled": 0}
 
-    redispatched = 0
+    stale = now - dt.timedelta(seconds=settings.SWEEP_REDISPATCH_AFTER_SECS)
     queued = Run.objects.filter(status=RunStatus.QUEUED).filter(
         Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=2))
     )
     for run_id, timeout_secs in queued.order_by("created_at").values_list("id", "timeout_secs")[:BATCH]:
-        redispatched += dispatch_run(run_id, timeout_secs)
+        counts["redispatched"] += dispatch_run(run_id, timeout_secs)
 
-    reaped = 0
-    for run in Run.objects.filter(status=RunStatus.EXECUTING, started_at__lt=now - grace).order_by("started_at")[:BATCH]:
-        if run_deadline(run) + grace >= now:
-            continue
+    orphans = Run.objects.filter(stale_heartbeat(now), status=RunStatus.EXECUTING).order_by("started_at")[:BATCH]
+    for run in orphans:
         if run.input_tokens is not None:
             run_finish(run.pk, RunStatus.COMPLETED)
-        else:
-            run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
-        reaped += 1
+            counts["reaped"] += 1
+        elif run_deadline(run) > now and (run.dispatched_at is None or run.dispatched_at < stale_before(now)):
+            counts["taken_over"] += dispatch_run(run.pk, max(1, int((run_deadline(run) - now).total_seconds())))
 
-    settled = 0
+    # A live worker ends its own run at the deadline; one that is still executing after the grace is stuck.
+    stuck = Run.objects.filter(status=RunStatus.EXECUTING, started_at__lt=now - grace).order_by("started_at")[:BATCH]
+    for run in stuck:
+        if run_deadline(run) + grace < now:
+            if run.input_tokens is not None:
+                run_finish(run.pk, RunStatus.COMPLETED)
+            else:
+                run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
+            counts["reaped"] += 1
+
     unsettled = Run.objects.filter(status__in=TERMINAL_STATUSES, settled_at__isnull=True, finished_at__lt=now - grace)
     for run_id in unsettled.values_list("id", flat=True)[:BATCH]:
-        settled += usage_settle(run_id)
+        counts["settled"] += usage_settle(run_id)
 
-    if redispatched or reaped or settled:
-        logger.info("sweep: redispatched %d, reaped %d, settled %d", redispatched, reaped, settled)
-    return {"redispatched": redispatched, "reaped": reaped, "settled": settled}
+    if any(counts.values()):
+        logger.info("sweep: %s", counts)
+    return counts

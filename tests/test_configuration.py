@@ -53,3 +53,9 @@ def test_secret_key_is_required_without_debug():
     )  # fmt: skip
     assert result.returncode != 0
     assert "SECRET_KEY is required" in result.stderr
+
+
+def test_a_live_worker_is_never_taken_for_dead():
+    # Many heartbeats fit in the stale window, and so does a database retry.
+    assert settings.HEARTBEAT_STALE_SECS >= 10 * settings.CANCEL_POLL_SECS
+    assert settings.HEARTBEAT_STALE_SECS > 5 * settings.DB_RETRY_BACKOFF_CAP_SECS

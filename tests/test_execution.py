@@ -267,10 +267,67 @@ def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, 
 
     assert dispatched == [never_dispatched.pk]
     assert fresh.pk not in dispatched
-    assert result == {"redispatched": 1, "reaped": 2, "settled": 0}
+    assert result == {"redispatched": 1, "taken_over": 0, "reaped": 2, "settled": 0}
     stuck.refresh_from_db()
     assert (stuck.status, stuck.error["code"]) == (RunStatus.TIMED_OUT, "timeout")
     assert_settled(stuck, None)
     answered.refresh_from_db()
     assert answered.status == RunStatus.COMPLETED
     assert answered.billed_tokens == 10
+
+
+@pytest.mark.django_db
+def test_a_run_whose_worker_died_before_the_answer_is_taken_over(start_run, providers):
+    run = start_run(model="claude-haiku-4-5")
+    dead_since = timezone.now() - dt.timedelta(seconds=120)
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.EXECUTING, started_at=timezone.now(), heartbeat_at=dead_since, claims=1)
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert (run.status, run.claims) == (RunStatus.COMPLETED, 2)
+    assert len(providers[0].calls) == 1
+    assert_settled(run, 62)
+
+
+@pytest.mark.django_db
+def test_a_delivery_while_the_worker_is_alive_does_nothing(start_run, providers):
+    run = start_run(model="claude-haiku-4-5")
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.EXECUTING, started_at=timezone.now(), heartbeat_at=timezone.now(), claims=1)
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert (run.status, run.claims, run.settled_at) == (RunStatus.EXECUTING, 1, None)
+    assert providers[0].calls == []
+
+
+@pytest.mark.django_db
+def test_sweeper_redispatches_an_orphan_once_per_stale_window(start_run, providers, monkeypatch):
+    dispatched = []
+    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout: dispatched.append((run_id, timeout)) or True)
+    run = start_run(model="claude-haiku-4-5", timeout_secs=600)
+    now = timezone.now()
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.EXECUTING, started_at=now - dt.timedelta(seconds=100), heartbeat_at=now - dt.timedelta(seconds=90)
+    )
+    assert sweeper.sweep()["taken_over"] == 1
+    assert dispatched[0][0] == run.pk and 490 <= dispatched[0][1] <= 500  # the time the run has left
+    Run.objects.filter(pk=run.pk).update(dispatched_at=timezone.now())
+    assert sweeper.sweep()["taken_over"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_that_lost_its_claim_writes_nothing(start_run, providers):
+    import uuid
+
+    providers[0].queue("claude-haiku-4-5", Reply(delay=1.0))
+    run = start_run(model="claude-haiku-4-5")
+    worker = threading.Thread(target=execute_run, args=(str(run.pk),))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not providers[0].calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    Run.objects.filter(pk=run.pk).update(claim=uuid.uuid4())  # another worker took it over
+    worker.join(10)
+    time.sleep(1.2)
+    run.refresh_from_db()
+    assert run.status == RunStatus.EXECUTING
+    assert (run.input_tokens, run.output, run.settled_at) == (None, None, None)
+    assert not LedgerEntry.objects.filter(run=run).exists()
