@@ -1,0 +1,68 @@
+import datetime as dt
+import io
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from agents.models import Run
+from billing.models import ModelUsage, UsagePeriod
+from runtime.tasks import execute_run
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def settled_runs(make_client, make_agent, providers):
+    client = make_client("m5")
+    agent = make_agent(client.user)
+    for model in ["claude-haiku-4-5", "claude-sonnet-4-6", "ollama/mistral"]:
+        run_id = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}, "model": model}, format="json").json()["id"]
+        execute_run(run_id)
+    queued = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "later"}}, format="json").json()["id"]
+    return client.user, queued
+
+
+def run_audit(*args):
+    out = io.StringIO()
+    try:
+        call_command("billing_audit", *args, stdout=out)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue()
+
+
+def test_audit_passes_on_a_consistent_database(settled_runs):
+    code, out = run_audit()
+    assert code == 0, out
+    assert "runs=4 terminal=3 ledger_rows=3 billed_tokens=248" in out
+    assert "billing audit OK" in out
+
+
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (lambda user: UsagePeriod.objects.filter(user=user).update(tokens_used=1), "counters used/runs/reserved"),
+        (lambda user: UsagePeriod.objects.filter(user=user).update(tokens_reserved=0), "counters used/runs/reserved"),
+        (lambda user: ModelUsage.objects.filter(user=user, model="claude-haiku-4-5").update(billed_tokens=99), "by_model"),
+        (lambda user: Run.objects.filter(user=user, model="claude-sonnet-4-6").update(billed_tokens=1), "billed 1"),
+        (
+            lambda user: Run.objects.filter(user=user, model="claude-haiku-4-5").update(
+                settled_at=None, finished_at=timezone.now() - dt.timedelta(hours=1)
+            ),
+            "still hold a reservation",
+        ),
+    ],
+)
+def test_audit_finds_each_kind_of_mismatch(settled_runs, corrupt, expected):
+    user, _ = settled_runs
+    corrupt(user)
+    code, out = run_audit()
+    assert code == 1
+    assert expected in out and "billing audit FAILED" in out
+
+
+def test_audit_of_one_period(settled_runs):
+    code, out = run_audit("--period", "1999-01")
+    assert code == 0 and "runs=0" in out
