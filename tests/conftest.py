@@ -56,8 +56,6 @@ def providers(settings, anthropic_emulator, ollama_emulator):
     """Point the runners at the emulators, with fast retries for tests."""
     anthropic_emulator.reset()
     ollama_emulator.reset()
-    anthropic_emulator.default_usage = {}
-    ollama_emulator.default_usage = {}
     settings.ANTHROPIC_API_KEY = "sk-ant-test"
     settings.ANTHROPIC_BASE_URL = anthropic_emulator.url
     settings.OLLAMA_BASE_URL = ollama_emulator.url

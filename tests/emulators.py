@@ -3,6 +3,7 @@
 They are real HTTP servers, so the runners go through the real anthropic SDK and requests. Each
 answers from a script: queued replies per model (consumed in order), else the default reply."""
 import json
+import random
 import threading
 import time
 from collections import defaultdict, deque
@@ -25,6 +26,10 @@ class Emulator:
         self.calls = []  # (path, request json, headers)
         self.script = defaultdict(deque)
         self.default_usage = {}
+        self.fail_rate = 0.0  # share of unscripted calls answered with fail_reply
+        self.fail_reply = None
+        self.delay = 0.0  # delay of unscripted successful calls
+        self._rng = random.Random(31)
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -35,6 +40,9 @@ class Emulator:
         with self._lock:
             self.calls.clear()
             self.script.clear()
+            self.default_usage = {}
+            self.fail_rate, self.fail_reply, self.delay = 0.0, None, 0.0
+            self._rng = random.Random(31)
 
     def queue(self, model, *replies):
         with self._lock:
@@ -52,7 +60,9 @@ class Emulator:
             for key in (model, "*"):
                 if self.script.get(key):
                     return self.script[key].popleft()
-        return Reply()
+            if self.fail_rate and self._rng.random() < self.fail_rate:
+                return self.fail_reply
+        return Reply(delay=self.delay)
 
     def _handler(self):
         emulator = self

@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def wait_worker_ready(worker, timeout=30):
 def wait_terminal(api, run_id, timeout=30) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = api.get(f"/api/v1/runs/{run_id}").json()
+        response = api.get(f"/api/v1/runs/{run_id}")
+        run = response.json()
+        assert response.status_code == 200, run
         if run["status"] in {"completed", "failed", "timed_out", "canceled"}:
             return run
         time.sleep(0.1)
@@ -117,3 +120,86 @@ class Api:
 
     def post(self, path, json=None, **kw):
         return self.session.post(self.base_url + path, json=json, timeout=10, **kw)
+
+
+# --- services of our own, on other ports, for tests that stop them ----------------------------------
+
+
+class RedisServer:
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        import shutil
+
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ping = subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True)
+            if ping.stdout.strip() == b"PONG":
+                return
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (run as the postgres user, as the server refuses root)."""
+
+    def __init__(self):
+        import glob
+        import shutil
+
+        self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1]).parent
+        self.port = free_port()
+        self.data = Path(tempfile.mkdtemp(prefix="maschina-pg-"))
+        shutil.chown(self.data, "postgres", "postgres")
+        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/maschina"
+        self.start()
+        self._as_postgres(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "maschina")
+
+    def _as_postgres(self, *argv):
+        result = subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+
+    def start(self):
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-l", str(self.data / "log"), "start")
+
+    def stop(self):
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def destroy(self):
+        import shutil
+
+        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def query(self, sql) -> str:
+        result = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "maschina", "-tAc", sql], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+
+def start_beat(env, log_dir) -> Process:
+    argv = [str(BIN / "celery"), "-A", "maschina", "beat", "--loglevel=INFO", "-s", str(Path(log_dir) / "beat-schedule")]
+    return Process("beat", argv, env, log_dir)
+
+
+def children(pid) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]

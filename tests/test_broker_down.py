@@ -1,8 +1,6 @@
 """CONTRACT section 5: with the broker down at admission the API still answers 202, and the run is
 dispatched by the sweeper once the broker is back. Uses its own redis-server on another port."""
 import datetime as dt
-import shutil
-import subprocess
 import tempfile
 import time
 
@@ -11,33 +9,18 @@ from django.conf import settings as django_settings
 
 from agents.models import Run
 
-from .processes import Api, base_env, free_port, manage, start_gunicorn, start_worker, wait_http, wait_terminal, wait_worker_ready
+from .processes import Api, RedisServer, base_env, manage, start_gunicorn, start_worker, wait_http, wait_terminal, wait_worker_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def start_redis(port):
-    proc = subprocess.Popen(
-        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
-            return proc
-        time.sleep(0.05)
-    raise AssertionError("redis-server did not start")
-
-
 def test_run_admitted_while_broker_is_down_is_dispatched_when_it_is_back(catalog, anthropic_emulator):
     anthropic_emulator.reset()
-    port = free_port()
-    redis_proc = start_redis(port)
+    broker = RedisServer()
     db = django_settings.DATABASES["default"]
     env = base_env(
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+        CELERY_BROKER_URL=broker.url,
         ANTHROPIC_API_KEY="sk-ant-e2e",
         ANTHROPIC_BASE_URL=anthropic_emulator.url,
         MASCHINA_SWEEP_INTERVAL_SECS="1",
@@ -53,8 +36,7 @@ def test_run_admitted_while_broker_is_down_is_dispatched_when_it_is_back(catalog
         client = Api(url, key)
         agent_id = client.post("/api/v1/agents", {"name": "a"}).json()["id"]
 
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        broker.stop()
         health = client.get("/healthz")
         assert (health.status_code, health.json()) == (503, {"database": "ok", "broker": "down"})
         started = time.monotonic()
@@ -64,7 +46,7 @@ def test_run_admitted_while_broker_is_down_is_dispatched_when_it_is_back(catalog
         run = Run.objects.get(pk=response.json()["id"])
         assert (run.status, run.dispatched_at) == ("queued", None)
 
-        redis_proc = start_redis(port)
+        broker.start()
         back = time.monotonic()
         worker = start_worker(env, log_dir, beat=True)
         wait_worker_ready(worker)
@@ -81,5 +63,4 @@ def test_run_admitted_while_broker_is_down_is_dispatched_when_it_is_back(catalog
         web.stop()
         if worker:
             worker.stop()
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        broker.stop()

@@ -48,8 +48,6 @@ def stack(django_db_setup, anthropic_emulator, ollama_emulator):
 def api(stack, catalog, anthropic_emulator, ollama_emulator):
     anthropic_emulator.reset()
     ollama_emulator.reset()
-    anthropic_emulator.default_usage = {}
-    ollama_emulator.default_usage = {}
 
     def make(tier):
         username = f"e2e-{tier}-{time.monotonic_ns()}"

@@ -331,3 +331,38 @@ def test_a_worker_that_lost_its_claim_writes_nothing(start_run, providers):
     assert run.status == RunStatus.EXECUTING
     assert (run.input_tokens, run.output, run.settled_at) == (None, None, None)
     assert not LedgerEntry.objects.filter(run=run).exists()
+
+
+@pytest.mark.django_db
+def test_529_on_every_attempt_without_fallback_fails_after_bounded_calls(start_run, providers, settings):
+    from .emulators import anthropic_error as error
+
+    providers[0].queue("claude-haiku-4-5", *[error(529, "overloaded_error")] * 10)
+    run = start_run(tier="m1", model="claude-haiku-4-5")
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert (run.status, run.error["code"]) == (RunStatus.FAILED, "provider_unavailable")
+    assert len(providers[0].calls) == settings.PROVIDER_MAX_ATTEMPTS == 3
+    assert_settled(run, None)
+
+
+@pytest.mark.django_db
+def test_ollama_that_never_answers_ends_timed_out_at_the_deadline(start_run, providers, settings):
+    from runtime.dispatch import task_time_limits
+
+    from .emulators import SilentServer
+
+    silent = SilentServer()
+    settings.OLLAMA_BASE_URL = silent.url
+    try:
+        run = start_run(tier="access", model="ollama/llama3.2", timeout_secs=2)
+        started = time.monotonic()
+        execute_run(str(run.pk))
+        elapsed = time.monotonic() - started
+        soft, _ = task_time_limits(run.timeout_secs)
+        assert elapsed < run.timeout_secs + 1.5 < soft
+        run.refresh_from_db()
+        assert (run.status, run.error["code"]) == (RunStatus.TIMED_OUT, "timeout")
+        assert_settled(run, None)
+    finally:
+        silent.close()
