@@ -37,6 +37,16 @@ def start_run(make_user, make_agent, providers):
     return start
 
 
+def execute_and_close(run_id):
+    """A delivery on its own thread, which must give its database connection back."""
+    from django.db import connection
+
+    try:
+        execute_run(run_id)
+    finally:
+        connection.close()
+
+
 def usage_row(run):
     return UsagePeriod.objects.get(user=run.user, period=run.period)
 
@@ -232,7 +242,7 @@ def test_canceled_queued_run_never_starts(start_run, providers):
 def test_cancel_while_the_provider_call_is_in_flight(start_run, providers):
     providers[0].queue("claude-haiku-4-5", Reply(delay=1.5))
     run = start_run(model="claude-haiku-4-5")
-    worker = threading.Thread(target=execute_run, args=(str(run.pk),))
+    worker = threading.Thread(target=execute_and_close, args=(str(run.pk),))
     worker.start()
     deadline = time.monotonic() + 5
     while not providers[0].calls and time.monotonic() < deadline:
@@ -319,7 +329,7 @@ def test_a_worker_that_lost_its_claim_writes_nothing(start_run, providers):
 
     providers[0].queue("claude-haiku-4-5", Reply(delay=1.0))
     run = start_run(model="claude-haiku-4-5")
-    worker = threading.Thread(target=execute_run, args=(str(run.pk),))
+    worker = threading.Thread(target=execute_and_close, args=(str(run.pk),))
     worker.start()
     deadline = time.monotonic() + 5
     while not providers[0].calls and time.monotonic() < deadline:
