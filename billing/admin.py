@@ -1,6 +1,8 @@
 from django.contrib import admin
+from django.db import models
 
-from .models import LedgerEntry, ModelUsage, Plan, UsagePeriod
+from .models import Alert, LedgerEntry, ModelUsage, Plan, UsagePeriod
+from .webhooks import webhook_enqueue, webhook_set
 
 
 @admin.register(Plan)
@@ -10,6 +12,13 @@ class PlanAdmin(admin.ModelAdmin):
     list_select_related = ["user", "tier"]
     search_fields = ["user__username", "user__email"]
     autocomplete_fields = ["user"]
+    readonly_fields = ["alert_webhook_secret"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if "alert_webhook_url" in form.changed_data:
+            webhook_set(plan=obj, url=obj.alert_webhook_url)  # draws the signing secret
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -47,3 +56,17 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     list_filter = ["period", "model"]
     list_select_related = ["user", "run"]
     search_fields = ["user__username", "run__id", "model"]
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "user", "period", "quota", "threshold", "used", "limit", "delivered_at", "delivery_attempts", "last_delivery_status"]
+    list_filter = ["quota", "threshold", "period"]
+    list_select_related = ["user"]
+    search_fields = ["user__username"]
+    actions = ["resend"]
+
+    @admin.action(description="Send the webhook again for undelivered alerts")
+    def resend(self, request, queryset):
+        for alert_id in queryset.filter(delivered_at__isnull=True).values_list("id", flat=True):
+            webhook_enqueue(alert_id)

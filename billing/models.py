@@ -12,6 +12,8 @@ class Plan(models.Model):
     tier = models.ForeignKey("routing.Tier", on_delete=models.PROTECT, related_name="plans")
     token_quota_override = models.BigIntegerField(null=True, blank=True, help_text="Replaces the tier's monthly token quota.")
     run_quota_override = models.IntegerField(null=True, blank=True, help_text="Replaces the tier's monthly run quota.")
+    alert_webhook_url = models.URLField(blank=True, default="", help_text="Quota alerts are POSTed here, signed.")
+    alert_webhook_secret = models.CharField(max_length=64, blank=True, default="", editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -94,3 +96,34 @@ class LedgerEntry(models.Model):
                 condition=Q(input_tokens__gte=0, output_tokens__gte=0, multiplier__gte=0, billed_tokens__gte=0),
             ),
         ]
+
+
+class Alert(models.Model):
+    """A user's billed tokens or runs crossed a share of a monthly limit. At most one per user,
+    period, quota and threshold: the unique constraint, not a check in code, makes it exactly once."""
+
+    class Quota(models.TextChoices):
+        TOKENS = "tokens"
+        RUNS = "runs"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alerts")
+    period = models.DateField()
+    quota = models.CharField(max_length=8, choices=Quota.choices)
+    threshold = models.PositiveSmallIntegerField()  # percent of the limit: 80 or 100
+    used = models.BigIntegerField()  # the figure that crossed it
+    limit = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Webhook delivery (billing.tasks.deliver_alert); untouched when the user has no webhook.
+    delivery_attempts = models.PositiveIntegerField(default=0)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_delivery_status = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "period", "quota", "threshold"], name="one_alert_per_threshold"),
+            models.CheckConstraint(name="alert_quota_known", condition=Q(quota__in=["tokens", "runs"])),
+        ]
+
+    def __str__(self):
+        return f"{self.user} {self.period:%Y-%m} {self.quota} {self.threshold}%"

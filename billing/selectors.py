@@ -2,9 +2,7 @@ import datetime as dt
 
 from .models import ModelUsage, Plan, UsagePeriod
 from .periods import period_end, period_start
-from .services import Limits
-
-DEFAULT_TIER = "access"
+from .services import DEFAULT_TIER, Limits
 
 
 def plan_for(user) -> Plan:

@@ -33,3 +33,14 @@ class UsageSerializer(serializers.Serializer):
     tokens = TokenUsageSerializer()
     runs = RunCountSerializer()
     by_model = ModelUsageSerializer(many=True)
+
+
+class AlertSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    period = serializers.DateField(format="%Y-%m")
+    quota = serializers.CharField()
+    threshold = serializers.IntegerField(help_text="Percent of the limit.")
+    used = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    delivered_at = serializers.DateTimeField(allow_null=True, help_text="When the webhook took it; null without one.")

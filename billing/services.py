@@ -13,9 +13,13 @@ from django.utils import timezone
 
 from routing.models import Tier
 
+from .alerts import alerts_record
 from .models import LedgerEntry, ModelUsage, Plan, UsagePeriod
 from .periods import period_end
 from .pricing import billed_tokens
+
+
+DEFAULT_TIER = "access"  # of a user no one put on a tier
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits)
     if limits.runs is not None:
         admit = admit.filter(runs_used__lte=limits.runs - 1)
     if admit.update(tokens_reserved=F("tokens_reserved") + tokens, runs_used=F("runs_used") + 1):
+        if limits.runs:
+            runs_used = rows.values_list("runs_used", flat=True).get()
+            alerts_record(user_id=user_id, period=period, quota="runs", used=runs_used, limit=limits.runs)
         return
     usage = rows.get()
     if limits.tokens is not None and tokens > 0 and usage.tokens_used + usage.tokens_reserved + tokens > limits.tokens:
@@ -95,10 +102,21 @@ def usage_settle(run_id) -> bool:
                 output_tokens=F("output_tokens") + run.output_tokens,
                 billed_tokens=F("billed_tokens") + billed,
             )
-        UsagePeriod.objects.filter(user_id=run.user_id, period=run.period).update(
-            tokens_used=F("tokens_used") + billed, tokens_reserved=F("tokens_reserved") - run.reserved_tokens
-        )
+        counters = UsagePeriod.objects.filter(user_id=run.user_id, period=run.period)
+        counters.update(tokens_used=F("tokens_used") + billed, tokens_reserved=F("tokens_reserved") - run.reserved_tokens)
+        limit = _token_limit(run.user_id) if billed else None
+        if limit:
+            used = counters.values_list("tokens_used", flat=True).get()
+            alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
     return True
+
+
+def _token_limit(user_id) -> int | None:
+    """The user's monthly token limit now (None: unlimited or exempt)."""
+    from routing.snapshot import get_rules
+
+    plan = Plan.objects.filter(user_id=user_id).first() or Plan(user_id=user_id, tier_id=DEFAULT_TIER)
+    return limits_for(plan, get_rules().tiers[plan.tier_id]).tokens
 
 
 def plan_set(*, user, tier_slug: str, token_quota=..., run_quota=...) -> Plan:

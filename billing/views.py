@@ -1,5 +1,6 @@
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -8,7 +9,8 @@ from routing.snapshot import get_rules
 
 from .periods import parse_period, period_of
 from .selectors import plan_for, usage_report
-from .serializers import UsageSerializer
+from .models import Alert
+from .serializers import AlertSerializer, UsageSerializer
 from .services import limits_for
 
 
@@ -28,3 +30,12 @@ class UsageApi(APIView):
         tier = get_rules().tiers[plan.tier_id]
         report = usage_report(user=request.user, tier_slug=tier.slug, limits=limits_for(plan, tier), period=period)
         return Response(UsageSerializer(report).data)
+
+
+class AlertListApi(GenericAPIView):
+    serializer_class = AlertSerializer
+
+    @extend_schema(operation_id="alerts_list")
+    def get(self, request):
+        alerts = Alert.objects.filter(user=request.user).order_by("-created_at", "-id")
+        return self.get_paginated_response(AlertSerializer(self.paginate_queryset(alerts), many=True).data)

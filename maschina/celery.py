@@ -7,4 +7,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "maschina.settings")
 
 app = Celery("maschina")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["runtime"])
+app.autodiscover_tasks(["runtime", "billing"])

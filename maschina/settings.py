@@ -201,6 +201,11 @@ HEARTBEAT_STALE_SECS = env_float("MASCHINA_HEARTBEAT_STALE_SECS", 30.0)
 # Once the provider has answered, database outages are waited out with backoff capped at this.
 DB_RETRY_BACKOFF_CAP_SECS = 2.0
 
+# Alert webhooks: per-attempt timeout, and retry backoff (capped far below the visibility timeout).
+ALERT_WEBHOOK_TIMEOUT_SECS = 5
+ALERT_WEBHOOK_BACKOFF_BASE_SECS = env_float("MASCHINA_ALERT_WEBHOOK_BACKOFF_BASE_SECS", 5.0)
+ALERT_WEBHOOK_BACKOFF_CAP_SECS = 300.0
+
 # How often a process checks whether an operator changed tiers, models or rules (routing.snapshot).
 RULES_REFRESH_SECS = env_float("MASCHINA_RULES_REFRESH_SECS", 0.5)
 

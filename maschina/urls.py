@@ -20,6 +20,7 @@ api = [
     path("runs/<uuid:run_id>", agents.RunDetailApi.as_view()),
     path("runs/<uuid:run_id>/cancel", agents.RunCancelApi.as_view()),
     path("usage", billing.UsageApi.as_view()),
+    path("alerts", billing.AlertListApi.as_view()),
 ]
 
 urlpatterns = [

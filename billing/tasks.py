@@ -1,0 +1,11 @@
+from celery import shared_task
+from django.conf import settings
+
+from .webhooks import alert_deliver
+
+
+@shared_task(name="billing.deliver_alert", bind=True, acks_late=True, max_retries=8, soft_time_limit=30, time_limit=60)
+def deliver_alert(self, alert_id: int) -> None:
+    if not alert_deliver(alert_id):
+        delay = min(settings.ALERT_WEBHOOK_BACKOFF_CAP_SECS, settings.ALERT_WEBHOOK_BACKOFF_BASE_SECS * 2**self.request.retries)
+        raise self.retry(countdown=delay)

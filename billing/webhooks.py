@@ -1,0 +1,85 @@
+"""Alert webhooks: a JSON POST signed with HMAC-SHA256 over "<timestamp>.<body>" with the user's
+secret, sent by a Celery task that retries with capped backoff and records every attempt."""
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+
+import requests
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+from kombu.exceptions import KombuError
+
+from .models import Alert, Plan
+
+logger = logging.getLogger(__name__)
+SIGNATURE_HEADER = "X-Maschina-Signature"
+TIMESTAMP_HEADER = "X-Maschina-Timestamp"
+
+
+def webhook_set(*, plan: Plan, url: str) -> str:
+    """Set (or, with "", remove) a user's alert webhook; returns the signing secret."""
+    plan.alert_webhook_url = url
+    if url and not plan.alert_webhook_secret:
+        plan.alert_webhook_secret = secrets.token_hex(32)
+    plan.full_clean()
+    plan.save(update_fields=["alert_webhook_url", "alert_webhook_secret", "updated_at"])
+    return plan.alert_webhook_secret
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def alert_payload(alert: Alert) -> dict:
+    return {
+        "id": alert.pk,
+        "type": "quota_alert",
+        "user": alert.user.get_username(),
+        "period": f"{alert.period:%Y-%m}",
+        "quota": alert.quota,
+        "threshold": alert.threshold,
+        "used": alert.used,
+        "limit": alert.limit,
+        "created_at": alert.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def webhook_enqueue(alert_id) -> None:
+    from .tasks import deliver_alert
+
+    try:
+        deliver_alert.delay(alert_id)
+    except (KombuError, OSError) as exc:  # the alert is recorded; its delivery can be re-sent from the admin
+        logger.warning("alert %s delivery not enqueued: %s", alert_id, exc)
+
+
+def alert_deliver(alert_id) -> bool:
+    """One delivery attempt. True when delivered (or nothing to deliver), False to retry."""
+    alert = Alert.objects.select_related("user", "user__plan").filter(pk=alert_id).first()
+    if alert is None or alert.delivered_at is not None:
+        return True
+    plan = getattr(alert.user, "plan", None)
+    if plan is None or not plan.alert_webhook_url:
+        return True
+    body = json.dumps(alert_payload(alert), sort_keys=True).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: sign(plan.alert_webhook_secret, timestamp, body),
+    }
+    try:
+        response = requests.post(plan.alert_webhook_url, data=body, headers=headers, timeout=settings.ALERT_WEBHOOK_TIMEOUT_SECS)
+        outcome, delivered = f"HTTP {response.status_code}", 200 <= response.status_code < 300
+    except requests.RequestException as exc:
+        outcome, delivered = exc.__class__.__name__, False
+    Alert.objects.filter(pk=alert.pk).update(
+        delivery_attempts=F("delivery_attempts") + 1,
+        last_delivery_status=outcome[:100],
+        delivered_at=timezone.now() if delivered else None,
+    )
+    return delivered
