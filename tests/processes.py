@@ -49,6 +49,30 @@ def base_env(**overrides) -> dict:
     return env
 
 
+def test_database_url() -> str:
+    """The URL of pytest-django's test database, for processes that must share it."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def stack_env(*, broker_url, anthropic=None, ollama=None, database_url=None, **overrides) -> dict:
+    """The environment of web, worker and beat processes under test: the test database (or
+    `database_url`), the given broker, the provider emulators, and fast retries and polling."""
+    return base_env(
+        DATABASE_URL=database_url or test_database_url(),
+        CELERY_BROKER_URL=broker_url,
+        ANTHROPIC_API_KEY="sk-ant-test",
+        ANTHROPIC_BASE_URL=anthropic.url if anthropic else None,
+        OLLAMA_BASE_URL=ollama.url if ollama else None,
+        MASCHINA_PROVIDER_BACKOFF_BASE_SECS="0.05",
+        MASCHINA_CANCEL_POLL_SECS="0.1",
+        MASCHINA_VAR_DIR=tempfile.mkdtemp(prefix="maschina-var-"),
+        **overrides,
+    )
+
+
 def manage(env, *args) -> str:
     result = subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120

@@ -5,11 +5,10 @@ import tempfile
 import time
 
 import pytest
-from django.conf import settings as django_settings
 
 from agents.models import Run
 
-from .processes import Api, RedisServer, base_env, manage, start_gunicorn, start_worker, wait_http, wait_terminal, wait_worker_ready
+from .processes import stack_env, Api, RedisServer, manage, start_gunicorn, start_worker, wait_http, wait_terminal, wait_worker_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -17,15 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 def test_run_admitted_while_broker_is_down_is_dispatched_when_it_is_back(catalog, anthropic_emulator):
     anthropic_emulator.reset()
     broker = RedisServer()
-    db = django_settings.DATABASES["default"]
-    env = base_env(
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        CELERY_BROKER_URL=broker.url,
-        ANTHROPIC_API_KEY="sk-ant-e2e",
-        ANTHROPIC_BASE_URL=anthropic_emulator.url,
-        MASCHINA_SWEEP_INTERVAL_SECS="1",
-        MASCHINA_VAR_DIR=tempfile.mkdtemp(prefix="maschina-broker-"),
-    )
+    env = stack_env(broker_url=broker.url, anthropic=anthropic_emulator, MASCHINA_SWEEP_INTERVAL_SECS="1")
     log_dir = tempfile.mkdtemp(prefix="maschina-broker-logs-")
     manage(env, "set_tier", "bob", "m1")
     key = manage(env, "create_api_key", "bob").strip().splitlines()[-1]

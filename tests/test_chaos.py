@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.db.models import Sum
 
 from agents.models import TERMINAL_STATUSES, Run
@@ -22,7 +21,7 @@ from billing.audit import audit
 from billing.models import LedgerEntry
 
 from .emulators import Reply, anthropic_error
-from .processes import Api, RedisServer, base_env, manage, start_beat, start_gunicorn, start_worker, wait_http, wait_worker_ready
+from .processes import stack_env, Api, RedisServer, manage, start_beat, start_gunicorn, start_worker, wait_http, wait_worker_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -39,19 +38,13 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
     anthropic_emulator.delay = ollama_emulator.delay = 0.05
 
     broker = RedisServer()
-    db = django_settings.DATABASES["default"]
-    env = base_env(
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        CELERY_BROKER_URL=broker.url,
-        ANTHROPIC_API_KEY="sk-ant-chaos",
-        ANTHROPIC_BASE_URL=anthropic_emulator.url,
-        OLLAMA_BASE_URL=ollama_emulator.url,
+    env = stack_env(
+        broker_url=broker.url,
+        anthropic=anthropic_emulator,
+        ollama=ollama_emulator,
         MASCHINA_HEARTBEAT_STALE_SECS="3",
         MASCHINA_SWEEP_INTERVAL_SECS="1",
         MASCHINA_SWEEP_REDISPATCH_AFTER_SECS="3",
-        MASCHINA_PROVIDER_BACKOFF_BASE_SECS="0.05",
-        MASCHINA_CANCEL_POLL_SECS="0.1",
-        MASCHINA_VAR_DIR=tempfile.mkdtemp(prefix="maschina-chaos-"),
     )
     log_dir = tempfile.mkdtemp(prefix="maschina-chaos-logs-")
     users = {}

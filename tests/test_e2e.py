@@ -6,12 +6,11 @@ import time
 
 import pytest
 import redis
-from django.conf import settings as django_settings
 
 from billing.models import LedgerEntry
 
 from .emulators import Reply, anthropic_error
-from .processes import Api, base_env, manage, start_gunicorn, start_worker, wait_http, wait_terminal, wait_worker_ready
+from .processes import stack_env, Api, manage, start_gunicorn, start_worker, wait_http, wait_terminal, wait_worker_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -21,17 +20,7 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 @pytest.fixture(scope="module")
 def stack(django_db_setup, anthropic_emulator, ollama_emulator):
     redis.Redis.from_url(REDIS_URL).flushdb()
-    db = django_settings.DATABASES["default"]
-    env = base_env(
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        CELERY_BROKER_URL=REDIS_URL,
-        ANTHROPIC_API_KEY="sk-ant-e2e",
-        ANTHROPIC_BASE_URL=anthropic_emulator.url,
-        OLLAMA_BASE_URL=ollama_emulator.url,
-        MASCHINA_PROVIDER_BACKOFF_BASE_SECS="0.05",
-        MASCHINA_CANCEL_POLL_SECS="0.1",
-        MASCHINA_VAR_DIR=tempfile.mkdtemp(prefix="maschina-e2e-"),
-    )
+    env = stack_env(broker_url=REDIS_URL, anthropic=anthropic_emulator, ollama=ollama_emulator)
     log_dir = tempfile.mkdtemp(prefix="maschina-e2e-logs-")
     web, url = start_gunicorn(env, log_dir)
     worker = start_worker(env, log_dir)

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import connection
 
 from agents.models import Run, RunStatus
@@ -25,11 +24,11 @@ from .processes import (
     Api,
     PostgresServer,
     RedisServer,
-    base_env,
     children,
     manage,
     start_beat,
     start_gunicorn,
+    stack_env,
     start_worker,
     wait_http,
     wait_terminal,
@@ -55,19 +54,13 @@ def cluster(django_db_setup, anthropic_emulator, ollama_emulator):
     anthropic_emulator.reset()
     ollama_emulator.reset()
     broker = RedisServer()
-    db = django_settings.DATABASES["default"]
-    env = base_env(
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        CELERY_BROKER_URL=broker.url,
-        ANTHROPIC_API_KEY="sk-ant-faults",
-        ANTHROPIC_BASE_URL=anthropic_emulator.url,
-        OLLAMA_BASE_URL=ollama_emulator.url,
+    env = stack_env(
+        broker_url=broker.url,
+        anthropic=anthropic_emulator,
+        ollama=ollama_emulator,
         MASCHINA_HEARTBEAT_STALE_SECS=str(STALE_SECS),
         MASCHINA_SWEEP_INTERVAL_SECS="1",
         MASCHINA_SWEEP_REDISPATCH_AFTER_SECS="3",
-        MASCHINA_PROVIDER_BACKOFF_BASE_SECS="0.05",
-        MASCHINA_CANCEL_POLL_SECS="0.1",
-        MASCHINA_VAR_DIR=tempfile.mkdtemp(prefix="maschina-faults-"),
     )
     processes = []
     state = {"env": env, "log_dir": tempfile.mkdtemp(prefix="maschina-faults-logs-"), "broker": broker, "processes": processes}
@@ -194,14 +187,7 @@ def test_database_down_between_the_answer_and_settlement(anthropic_emulator):
     anthropic_emulator.reset()
     pg = PostgresServer()
     broker = RedisServer()
-    env = base_env(
-        DATABASE_URL=pg.url,
-        CELERY_BROKER_URL=broker.url,
-        ANTHROPIC_API_KEY="sk-ant-faults",
-        ANTHROPIC_BASE_URL=anthropic_emulator.url,
-        MASCHINA_CANCEL_POLL_SECS="0.1",
-        MASCHINA_VAR_DIR=tempfile.mkdtemp(prefix="maschina-dbdown-"),
-    )
+    env = stack_env(broker_url=broker.url, anthropic=anthropic_emulator, database_url=pg.url)
     log_dir = tempfile.mkdtemp(prefix="maschina-dbdown-logs-")
     processes = []
     try:

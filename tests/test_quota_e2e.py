@@ -8,13 +8,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.conf import settings as django_settings
 
 from billing.audit import audit
 from billing.models import Alert, UsagePeriod
 from billing.pricing import input_token_bound, reservation
 
-from .processes import Api, RedisServer, base_env, manage, start_gunicorn, start_worker, wait_http, wait_worker_ready
+from .processes import stack_env, Api, RedisServer, manage, start_gunicorn, start_worker, wait_http, wait_worker_ready
 from .test_quota import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -24,15 +23,7 @@ def test_200_concurrent_admissions_near_the_limit(catalog, anthropic_emulator):
     anthropic_emulator.reset()
     receiver = Receiver(failures=1)  # the first delivery fails: the task retries it
     broker = RedisServer()
-    db = django_settings.DATABASES["default"]
-    env = base_env(
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        CELERY_BROKER_URL=broker.url,
-        ANTHROPIC_API_KEY="sk-ant-quota",
-        ANTHROPIC_BASE_URL=anthropic_emulator.url,
-        MASCHINA_ALERT_WEBHOOK_BACKOFF_BASE_SECS="0.2",
-        MASCHINA_VAR_DIR=tempfile.mkdtemp(prefix="maschina-quota-"),
-    )
+    env = stack_env(broker_url=broker.url, anthropic=anthropic_emulator, MASCHINA_ALERT_WEBHOOK_BACKOFF_BASE_SECS="0.2")
     log_dir = tempfile.mkdtemp(prefix="maschina-quota-logs-")
     per_run = reservation(input_token_bound('You are a Maschina agent named "q". Complete the task provided.', "hi"), 16, 1)
     limit = 60 * per_run + per_run // 2
