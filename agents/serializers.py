@@ -46,11 +46,23 @@ class RunInputSerializer(serializers.Serializer):
         return {**data, "message": validated["message"]}
 
 
+@extend_schema_field({"type": "string", "nullable": True, "example": "claude-haiku-4-5"})
+class RawModelField(serializers.Field):
+    """The body's `model`, taken as given: its type is checked by the gate after the input's risk
+    checks (CONTRACT section 5, step 3), not with the body."""
+
+    def to_internal_value(self, data):
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
 class RunCreateSerializer(serializers.Serializer):
     """The run body. The context's `tier` (a TierInfo) caps timeout_secs and max_tokens."""
 
     input = RunInputSerializer()
-    model = StrictCharField(required=False, allow_null=True, allow_blank=False, max_length=200)
+    model = RawModelField(required=False, allow_null=True)
     timeout_secs = StrictIntegerField(required=False, min_value=1)
     max_tokens = StrictIntegerField(required=False, min_value=1)
 

@@ -25,6 +25,10 @@ class RiskBlocked(Exception):
         self.flags = flags
 
 
+class ModelNotAString(Exception):
+    pass
+
+
 class ModelDenied(Exception):
     def __init__(self, denial: Denied, rules):
         super().__init__(denial.code)
@@ -58,7 +62,7 @@ def agent_delete(*, agent: Agent) -> None:
     agent.delete()  # its runs stay, with agent = null: they are billing history
 
 
-def run_create(*, user, plan, agent: Agent, input: dict, model: str | None, timeout_secs: int, max_tokens: int) -> Run:
+def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: int, max_tokens: int) -> Run:
     message = input["message"]
     if len(message) > MAX_MESSAGE_CHARS:
         raise InputTooLong()
@@ -66,6 +70,8 @@ def run_create(*, user, plan, agent: Agent, input: dict, model: str | None, time
     if flags:
         raise RiskBlocked(flags)
 
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ModelNotAString()
     rules = get_rules()
     tier = rules.tiers[plan.tier_id]
     decision = decide(rules, tier, model or agent.model)

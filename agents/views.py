@@ -73,6 +73,8 @@ class RunCreateApi(GenericAPIView):
             raise ApiError("input_too_long", "input.message is longer than 100,000 characters.")
         except services.RiskBlocked as blocked:
             raise ApiError("risk_blocked", "The input was blocked by a risk check.", flags=blocked.flags)
+        except services.ModelNotAString:
+            raise ApiError("invalid", "The request has invalid fields.", fields={"model": ["Must be a non-empty string."]})
         except services.ModelDenied as denied:
             raise _model_denied(denied, tier)
         except QuotaExceeded as exceeded:

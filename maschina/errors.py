@@ -105,5 +105,9 @@ def handler400(request, exception=None):
     return error_response("bad_request", "Bad request.", 400)
 
 
+def csrf_failure(request, reason=""):
+    return error_response("permission_denied", "CSRF verification failed.", 403)
+
+
 def handler403(request, exception=None):
     return error_response("permission_denied", "You do not have permission to do this.", 403)

@@ -5,6 +5,7 @@ from django.http import JsonResponse
 from kombu.exceptions import KombuError
 
 from .celery import app
+from .errors import error_response
 
 
 def _database_ok() -> bool:
@@ -26,5 +27,7 @@ def _broker_ok() -> bool:
 
 
 def healthz(request):
+    if request.method not in ("GET", "HEAD"):
+        return error_response("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
     checks = {"database": "ok" if _database_ok() else "down", "broker": "ok" if _broker_ok() else "down"}
     return JsonResponse(checks, status=200 if all(v == "ok" for v in checks.values()) else 503)

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 
+MAX_MODEL_ID_LENGTH = 200  # the width of every model id column
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     id: str
@@ -53,8 +56,8 @@ class Rules:
 
     def lookup(self, model_id: str) -> ModelInfo | None:
         """The catalog row for a model id: the exact row, else the longest matching pattern."""
-        if "*" in model_id:
-            return None  # a pattern row describes models; it is not one
+        if "*" in model_id or len(model_id) > MAX_MODEL_ID_LENGTH:
+            return None  # a pattern row describes models, it is not one; and no id is that long
         exact = self.models.get(model_id)
         if exact is not None:
             return exact
