@@ -53,19 +53,25 @@ def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits)
     rows = UsagePeriod.objects.filter(user_id=user_id, period=period)
     admit = rows
     # A 0-token reservation (a 0x model) is admitted even at a token limit of 0 (CONTRACT section 6).
-    if limits.tokens is not None and tokens > 0:
+    checks_tokens = limits.tokens is not None and tokens > 0
+    if checks_tokens:
         admit = admit.filter(tokens_used__lte=limits.tokens - tokens - F("tokens_reserved"))
     if limits.runs is not None:
         admit = admit.filter(runs_used__lte=limits.runs - 1)
-    if admit.update(tokens_reserved=F("tokens_reserved") + tokens, runs_used=F("runs_used") + 1):
-        if limits.runs:
-            runs_used = rows.values_list("runs_used", flat=True).get()
-            alerts_record(user_id=user_id, period=period, quota="runs", used=runs_used, limit=limits.runs)
-        return
-    usage = rows.get()
-    if limits.tokens is not None and tokens > 0 and usage.tokens_used + usage.tokens_reserved + tokens > limits.tokens:
-        raise QuotaExceeded("tokens", usage.tokens_used, limits.tokens, period, usage.tokens_reserved, tokens)
-    raise QuotaExceeded("runs", usage.runs_used, limits.runs, period)
+    for _ in range(3):
+        if admit.update(tokens_reserved=F("tokens_reserved") + tokens, runs_used=F("runs_used") + 1):
+            if limits.runs:
+                runs_used = rows.values_list("runs_used", flat=True).get()
+                alerts_record(user_id=user_id, period=period, quota="runs", used=runs_used, limit=limits.runs)
+            return
+        # Which limit refused it, read under the row lock. A settlement can free room between the
+        # refused UPDATE and this read; then nothing is over and the UPDATE is simply tried again.
+        usage = rows.select_for_update().get()
+        if checks_tokens and usage.tokens_used + usage.tokens_reserved + tokens > limits.tokens:
+            raise QuotaExceeded("tokens", usage.tokens_used, limits.tokens, period, usage.tokens_reserved, tokens)
+        if limits.runs is not None and usage.runs_used + 1 > limits.runs:
+            raise QuotaExceeded("runs", usage.runs_used, limits.runs, period)
+    raise AssertionError("the quota UPDATE refused a run that fits")
 
 
 def usage_settle(run_id) -> bool:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("MASCHINA_VAR_DIR", BASE_DIR / "var"))
@@ -179,8 +180,12 @@ CELERY_TASK_DEFAULT_QUEUE = "maschina"
 SWEEP_INTERVAL_SECS = env_float("MASCHINA_SWEEP_INTERVAL_SECS", 10.0)
 SWEEP_REDISPATCH_AFTER_SECS = env_float("MASCHINA_SWEEP_REDISPATCH_AFTER_SECS", 30.0)
 SWEEP_REAP_GRACE_SECS = 45  # executing runs end within timeout_secs + 60 s (CONTRACT section 7)
+# The sweep has a queue of its own, so a worker whose slots are all on long runs cannot hold it up
+# (docker-compose runs a one-slot worker for it); a sweep not started within an interval expires.
+CELERY_TASK_QUEUES = (Queue("maschina"), Queue("maschina.sweep"))
+CELERY_TASK_ROUTES = {"runtime.sweep_runs": {"queue": "maschina.sweep"}}
 CELERY_BEAT_SCHEDULE = {
-    "sweep-runs": {"task": "runtime.sweep_runs", "schedule": SWEEP_INTERVAL_SECS},
+    "sweep-runs": {"task": "runtime.sweep_runs", "schedule": SWEEP_INTERVAL_SECS, "options": {"expires": SWEEP_INTERVAL_SECS}},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

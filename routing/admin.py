@@ -1,10 +1,27 @@
 from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
 
+from .invariants import validate_rule_delete
 from .models import CatalogModel, Tier, TierModelRule
+
+
+class TierModelRuleFormSet(BaseInlineFormSet):
+    """Deleting a rule can break an invariant too (an allow rule a tier's default relies on)."""
+
+    def clean(self):
+        super().clean()
+        for form in self.deleted_forms:
+            if form.instance.pk:
+                try:
+                    validate_rule_delete(form.instance)
+                except ValidationError as exc:
+                    raise ValidationError(f"Cannot delete the rule {form.instance}: {' '.join(exc.messages)}")
 
 
 class TierModelRuleInline(admin.TabularInline):
     model = TierModelRule
+    formset = TierModelRuleFormSet
     extra = 0
     autocomplete_fields = ["model"]
 

@@ -3,6 +3,7 @@ already committed as queued, so it is never lost (CONTRACT section 5: 202 even w
 import logging
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
@@ -31,5 +32,5 @@ def dispatch_run(run_id, timeout_secs: int) -> bool:
     except (KombuError, RedisError, OSError) as exc:
         logger.warning("run %s not dispatched (%s); the sweeper will retry", run_id, exc)
         return False
-    Run.objects.filter(pk=run_id).update(dispatched_at=timezone.now())
+    Run.objects.filter(pk=run_id).update(dispatched_at=timezone.now(), dispatches=F("dispatches") + 1)
     return True

@@ -4,7 +4,7 @@ one can heartbeat, and notice a cancel or the deadline, while it is in flight (C
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -33,18 +33,20 @@ from .services import (
 logger = logging.getLogger(__name__)
 DATABASE_DOWN = (OperationalError, InterfaceError)
 
-_executor_lock = threading.Lock()
-_executor = None
+def _start_call(runner, request) -> Future:
+    """Run the provider call on a thread of its own. One thread per call, not a pool: a call
+    abandoned on a cancel or the deadline keeps its thread until its own timeout (the run's
+    deadline), and must never hold up the next run's call."""
+    future = Future()
 
+    def call():
+        try:
+            future.set_result(runner(request))
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            future.set_exception(exc)
 
-def _pool() -> ThreadPoolExecutor:
-    # Created lazily, in the process that uses it (never across a fork). Calls abandoned on a cancel
-    # keep a thread until their own timeout, which is the run's deadline, so the pool stays bounded.
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="provider-call")
-        return _executor
+    threading.Thread(target=call, name="provider-call", daemon=True).start()
+    return future
 
 
 class _Stop(Exception):
@@ -74,6 +76,7 @@ class Execution:
     def __init__(self, run: Run, token):
         self.run, self.token = run, token
         self.deadline = run_deadline(run)
+        self.completion = None  # the provider's answer, once there is one
 
     def seconds_left(self) -> float:
         return (self.deadline - timezone.now()).total_seconds()
@@ -120,7 +123,7 @@ class Execution:
             timeout=remaining,
         )
         run_count_call(self.run.pk)
-        return self.wait(future=_pool().submit(RUNNERS[provider], request))
+        return self.wait(future=_start_call(RUNNERS[provider], request))
 
     def call_with_retries(self, provider: str, model_id: str) -> Completion:
         """Up to PROVIDER_MAX_ATTEMPTS calls with capped exponential backoff; raises the last error."""
@@ -156,14 +159,21 @@ class Execution:
                     self.finish(status, {"code": error.code, "message": error.message})
                     return
                 logger.info("run %s: %s out of retries (%s), falling back to %s", self.run.pk, model_id, error.code, fallback.id)
-                if not run_switch_model(self.run.pk, self.token, fallback.id, fallback):
+                # Billed at the fallback's multiplier, but never above the one the run was admitted
+                # (and reserved) at, should an operator have raised the fallback's since.
+                multiplier = min(fallback.multiplier, self.run.multiplier)
+                if not run_switch_model(self.run.pk, self.token, fallback.id, fallback, multiplier):
                     self.heartbeat()  # canceled or taken over meanwhile: raises _Stop with the reason
                     raise _Stop("lost")
                 provider, model_id, entry = fallback.provider, fallback.id, fallback
                 continue
-            _persist(lambda: run_record_completion(self.run.pk, self.token, completion))
-            self.finish(RunStatus.COMPLETED)
+            self.completion = completion
+            self.complete()
             return
+
+    def complete(self):
+        _persist(lambda: run_record_completion(self.run.pk, self.token, self.completion))
+        self.finish(RunStatus.COMPLETED)
 
 
 def execute(run_id) -> None:
@@ -181,7 +191,10 @@ def execute(run_id) -> None:
             _persist(lambda: usage_settle(run_id))
         # "lost": another claim or the sweeper owns the run now; nothing here is ours to write.
     except SoftTimeLimitExceeded:
-        execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run))
+        if execution.completion is not None:  # the provider answered: never throw that away
+            execution.complete()
+        else:
+            execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run))
     except DATABASE_DOWN:
         raise  # before the provider answered: the task retries, and the claim is taken over then
     except Exception:

@@ -44,7 +44,13 @@ def run_claim(run_id) -> tuple[Run, uuid.UUID] | None:
     won = Run.objects.filter(claimable, pk=run_id).update(
         status=RunStatus.EXECUTING, started_at=Coalesce("started_at", now), heartbeat_at=now, claim=token, claims=F("claims") + 1
     )
-    return (Run.objects.get(pk=run_id), token) if won else None
+    if not won:
+        return None
+    run = Run.objects.get(pk=run_id)
+    if run.deadline_at is None:  # the first claim fixes the deadline; a takeover keeps it
+        run.deadline_at = run.started_at + dt.timedelta(seconds=run.timeout_secs)
+        Run.objects.filter(pk=run_id, deadline_at__isnull=True).update(deadline_at=run.deadline_at)
+    return run, token
 
 
 def run_heartbeat(run_id, token) -> str:
@@ -52,12 +58,13 @@ def run_heartbeat(run_id, token) -> str:
     taken over or ended by someone else)."""
     if Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING, claim=token).update(heartbeat_at=timezone.now()):
         return "ok"
-    status = Run.objects.filter(pk=run_id).values_list("status", flat=True).first()
-    return "canceled" if status == RunStatus.CANCELED else "lost"
+    # "canceled" only to the claim that holds the run: a stale worker must not settle it.
+    holder = Run.objects.filter(pk=run_id).values_list("status", "claim").first()
+    return "canceled" if holder == (RunStatus.CANCELED, token) else "lost"
 
 
 def run_deadline(run: Run) -> dt.datetime:
-    return run.started_at + dt.timedelta(seconds=run.timeout_secs)
+    return run.deadline_at or run.started_at + dt.timedelta(seconds=run.timeout_secs)
 
 
 def timeout_error(run: Run) -> dict:
@@ -68,11 +75,11 @@ def run_count_call(run_id) -> None:
     Run.objects.filter(pk=run_id).update(provider_calls=F("provider_calls") + 1)
 
 
-def run_switch_model(run_id, token, model_id: str, entry: ModelInfo) -> bool:
-    """Continue an executing run on a fallback model, billed at the fallback's multiplier."""
+def run_switch_model(run_id, token, model_id: str, entry: ModelInfo, multiplier) -> bool:
+    """Continue an executing run on a fallback model, billed at `multiplier` from now on."""
     return bool(
         Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING, claim=token).update(
-            model=model_id, catalog_model=entry.id, provider=entry.provider, multiplier=entry.multiplier
+            model=model_id, catalog_model=entry.id, provider=entry.provider, multiplier=multiplier
         )
     )
 

@@ -1,8 +1,9 @@
 """Periodic repair (celery beat, or the worker's -B): no committed run is lost and none stays
 active forever (CONTRACT section 7).
 
-- queued: dispatched again SWEEP_REDISPATCH_AFTER_SECS after its last dispatch (or 2 s after its
-  creation if it never was: the broker was down at admission). A duplicate delivery loses its claim.
+- queued: dispatched again 2 s after its creation if it never was (the broker was down at
+  admission), else SWEEP_REDISPATCH_AFTER_SECS after its first dispatch, backing off from there (a
+  message Redis lost is found again; a duplicate delivery loses its claim, harmlessly).
 - executing, no heartbeat for HEARTBEAT_STALE_SECS: its worker died. If the provider's answer was
   recorded, the run is finished from it; otherwise it is dispatched again and the next claim takes
   it over (its deadline still counts from its first start).
@@ -13,7 +14,7 @@ import datetime as dt
 import logging
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from agents.models import TERMINAL_STATUSES, Run, RunStatus
@@ -26,35 +27,47 @@ logger = logging.getLogger(__name__)
 BATCH = 500
 
 
+def redispatch_due(run: Run, now) -> bool:
+    """A queued run is published again after SWEEP_REDISPATCH_AFTER_SECS, then after twice that, and
+    so on (capped at 64x): a lost message is found again, a long backlog is not flooded."""
+    if run.dispatched_at is None:
+        return run.created_at < now - dt.timedelta(seconds=2)
+    backoff = settings.SWEEP_REDISPATCH_AFTER_SECS * 2 ** min(max(run.dispatches - 1, 0), 6)
+    return run.dispatched_at < now - dt.timedelta(seconds=backoff)
+
+
 def sweep(now=None) -> dict:
     now = now or timezone.now()
     grace = dt.timedelta(seconds=settings.SWEEP_REAP_GRACE_SECS)
     counts = {"redispatched": 0, "taken_over": 0, "reaped": 0, "settled": 0}
 
-    stale = now - dt.timedelta(seconds=settings.SWEEP_REDISPATCH_AFTER_SECS)
+    first_due = now - dt.timedelta(seconds=settings.SWEEP_REDISPATCH_AFTER_SECS)
     queued = Run.objects.filter(status=RunStatus.QUEUED).filter(
-        Q(dispatched_at__lt=stale) | Q(dispatched_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=2))
+        Q(dispatched_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=2)) | Q(dispatched_at__lt=first_due)
     )
-    for run_id, timeout_secs in queued.order_by("created_at").values_list("id", "timeout_secs")[:BATCH]:
-        counts["redispatched"] += dispatch_run(run_id, timeout_secs)
+    for run in queued.order_by(F("dispatched_at").asc(nulls_first=True)).only("id", "timeout_secs", "created_at", "dispatched_at", "dispatches")[:BATCH]:
+        if redispatch_due(run, now):
+            counts["redispatched"] += dispatch_run(run.pk, run.timeout_secs)
 
-    orphans = Run.objects.filter(stale_heartbeat(now), status=RunStatus.EXECUTING).order_by("started_at")[:BATCH]
+    # A live worker ends its own run at the deadline; one still executing after the grace is stuck.
+    for run in Run.objects.filter(status=RunStatus.EXECUTING, deadline_at__lt=now - grace).order_by("deadline_at")[:BATCH]:
+        if run.input_tokens is not None:
+            run_finish(run.pk, RunStatus.COMPLETED)
+        else:
+            run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
+        counts["reaped"] += 1
+
+    # No heartbeat: the worker died. Finish from a recorded answer, or let the next claim take it over.
+    orphans = Run.objects.filter(stale_heartbeat(now), status=RunStatus.EXECUTING).order_by("deadline_at")[:BATCH]
     for run in orphans:
         if run.input_tokens is not None:
             run_finish(run.pk, RunStatus.COMPLETED)
             counts["reaped"] += 1
+        elif run_deadline(run) + grace < now:
+            run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
+            counts["reaped"] += 1
         elif run_deadline(run) > now and (run.dispatched_at is None or run.dispatched_at < stale_before(now)):
             counts["taken_over"] += dispatch_run(run.pk, max(1, int((run_deadline(run) - now).total_seconds())))
-
-    # A live worker ends its own run at the deadline; one that is still executing after the grace is stuck.
-    stuck = Run.objects.filter(status=RunStatus.EXECUTING, started_at__lt=now - grace).order_by("started_at")[:BATCH]
-    for run in stuck:
-        if run_deadline(run) + grace < now:
-            if run.input_tokens is not None:
-                run_finish(run.pk, RunStatus.COMPLETED)
-            else:
-                run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
-            counts["reaped"] += 1
 
     unsettled = Run.objects.filter(status__in=TERMINAL_STATUSES, settled_at__isnull=True, finished_at__lt=now - grace)
     for run_id in unsettled.values_list("id", flat=True)[:BATCH]:

@@ -61,3 +61,20 @@ def test_admin_lists_render(admin_client, catalog, path):
 def test_runs_and_ledger_cannot_be_added_in_the_admin(admin_client, catalog):
     assert admin_client.get("/admin/agents/run/add/").status_code == 403
     assert admin_client.get("/admin/billing/ledgerentry/add/").status_code == 403
+
+
+def test_deleting_an_allow_rule_a_default_relies_on_is_refused(admin_client, catalog):
+    from routing.models import RuleEffect, TierModelRule
+
+    rule = TierModelRule.objects.create(tier_id="access", model_id="claude-haiku-4-5", effect=RuleEffect.ALLOW)
+    Tier.objects.filter(slug="access").update(default_model_id="claude-haiku-4-5")
+    form = {
+        **TIER_FORM, "name": "Access", "rank": 0, "monthly_token_quota": 0, "monthly_run_quota": 50,
+        "default_model": "claude-haiku-4-5", "rules-TOTAL_FORMS": 1, "rules-INITIAL_FORMS": 1,
+        "rules-0-id": rule.pk, "rules-0-tier": "access", "rules-0-model": "claude-haiku-4-5", "rules-0-effect": "allow",
+        "rules-0-DELETE": "on",
+    }  # fmt: skip
+    response = admin_client.post("/admin/routing/tier/access/change/", form)
+    assert response.status_code == 200
+    assert "Cannot delete the rule" in response.content.decode()
+    assert TierModelRule.objects.filter(pk=rule.pk).exists()

@@ -376,3 +376,32 @@ def test_ollama_that_never_answers_ends_timed_out_at_the_deadline(start_run, pro
         assert_settled(run, None)
     finally:
         silent.close()
+
+
+@pytest.mark.django_db
+def test_a_queued_backlog_is_redispatched_with_backoff(start_run, providers, monkeypatch, settings):
+    dispatched = []
+    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout: dispatched.append(run_id) or True)
+    settings.SWEEP_REDISPATCH_AFTER_SECS = 30
+    run = start_run(model="claude-haiku-4-5")
+    now = timezone.now()
+    for dispatches, seconds_ago, due in [(1, 20, False), (1, 31, True), (2, 50, False), (2, 61, True), (4, 200, False), (4, 241, True), (20, 1900, False), (20, 1921, True)]:
+        Run.objects.filter(pk=run.pk).update(dispatches=dispatches, dispatched_at=now - dt.timedelta(seconds=seconds_ago))
+        dispatched.clear()
+        sweeper.sweep(now)
+        assert (dispatched == [run.pk]) is due, (dispatches, seconds_ago)
+
+
+@pytest.mark.django_db
+def test_a_takeover_keeps_the_first_deadline(start_run, providers):
+    run = start_run(model="claude-haiku-4-5", timeout_secs=100)
+    first_start = timezone.now() - dt.timedelta(seconds=60)
+    deadline = first_start + dt.timedelta(seconds=100)
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.EXECUTING, started_at=first_start, deadline_at=deadline, heartbeat_at=first_start, claims=1
+    )
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert (run.status, run.claims, run.deadline_at, run.started_at) == (RunStatus.COMPLETED, 2, deadline, first_start)
+    sent_timeout = float(providers[0].calls[0][2]["x-stainless-timeout"])
+    assert 30 < sent_timeout <= 40  # the time left of the first deadline, not a fresh 100 s
