@@ -31,6 +31,16 @@ class AgentWriteSerializer(serializers.Serializer):
         return value
 
 
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class RunInputSerializer(serializers.Serializer):
     """`input` is an object with a non-empty string `message`; other keys are kept as given.
     The message's length is checked by the gate (input_too_long), not here."""
@@ -40,6 +50,8 @@ class RunInputSerializer(serializers.Serializer):
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError(["Must be an object."])
+        if _has_nul(data):  # PostgreSQL cannot store U+0000 in text or jsonb
+            raise serializers.ValidationError(["Must not contain NUL (U+0000) characters."])
         validated = super().to_internal_value(data)
         if not validated["message"].strip():
             raise serializers.ValidationError({"message": ["Must not be empty."]})

@@ -180,6 +180,9 @@ def test_bad_status_filter(client):
         ({"input": {"message": "hi"}, "timeout_secs": True}, "timeout_secs"),
         ({"input": {"message": "hi"}, "max_tokens": 4097}, "max_tokens"),
         ({"input": {"message": "hi"}, "max_tokens": 1.5}, "max_tokens"),
+        ({"input": {"message": "hi\u0000"}}, "input"),
+        ({"input": {"message": "hi", "meta": {"k": ["a\u0000"]}}}, "input"),
+        ({"input": {"message": "hi", "k\u0000": 1}}, "input"),
     ],
 )
 def test_invalid_run_bodies(client, agent, body, field, django_capture_on_commit_callbacks):
