@@ -4,6 +4,7 @@ import datetime as dt
 from collections import defaultdict
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
@@ -14,7 +15,19 @@ from .pricing import billed_tokens
 
 
 def audit(period: dt.date | None = None) -> tuple[dict, list[str]]:
-    """(summary figures, problems). No problems means the counters, the ledger and the runs agree."""
+    """(summary figures, problems). No problems means the counters, the ledger and the runs agree.
+
+    Every read sees one snapshot of the database (REPEATABLE READ on PostgreSQL), so settlements
+    committing while the audit runs cannot show up half-seen as mismatches."""
+    outermost = not connection.in_atomic_block  # the isolation level is the transaction's first statement
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return _audit(period)
+
+
+def _audit(period):
     problems = []
     runs = Run.objects.all()
     ledger = LedgerEntry.objects.all()

@@ -66,3 +66,39 @@ def test_audit_finds_each_kind_of_mismatch(settled_runs, corrupt, expected):
 def test_audit_of_one_period(settled_runs):
     code, out = run_audit("--period", "1999-01")
     assert code == 0 and "runs=0" in out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_audit_reads_one_snapshot_while_settlements_commit(make_client, make_agent, providers, monkeypatch):
+    """A settlement committing between two of the audit's reads must not look like a mismatch."""
+    import threading
+
+    from billing import audit as audit_module
+    from django.db import connection
+
+    client = make_client("m5")
+    agent = make_agent(client.user)
+    run_id = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json").json()["id"]
+    original = audit_module.LedgerEntry.objects.all
+
+    def ledger_then_settle():
+        ledger = original()
+        list(ledger)  # the audit's first read happens without the run's ledger row...
+
+        def settle():
+            try:
+                execute_run(run_id)  # ...then the run settles, in another connection
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=settle)
+        thread.start()
+        thread.join(30)
+        return ledger
+
+    monkeypatch.setattr(audit_module.LedgerEntry.objects, "all", ledger_then_settle)
+    summary, problems = audit_module.audit()
+    assert problems == []
+    assert summary["ledger_rows"] == 0  # the snapshot from before the settlement, consistently
+    monkeypatch.undo()
+    assert audit_module.audit()[0]["ledger_rows"] == 1
