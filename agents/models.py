@@ -71,7 +71,8 @@ class Run(models.Model):
     claims = models.PositiveIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     deadline_at = models.DateTimeField(null=True, blank=True)  # first start + timeout_secs
-    dispatches = models.PositiveIntegerField(default=0)  # publishes of its task (the sweeper backs off)
+    dispatches = models.PositiveIntegerField(default=0)  # publishes of its task
+    redispatch_at = models.DateTimeField(null=True, blank=True)  # when the sweeper may publish it again
     # Set by the service from the same instant as `period`, so a run at 23:59:59 bills the right month.
     created_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -85,6 +86,7 @@ class Run(models.Model):
             models.Index(fields=["user", "-created_at"]),
             models.Index(fields=["agent", "-created_at"]),
             models.Index(fields=["status", "created_at"], name="run_active_idx", condition=Q(status__in=ACTIVE_STATUSES)),
+            models.Index(fields=["redispatch_at"], name="run_queued_redispatch_idx", condition=Q(status="queued")),
             models.Index(fields=["deadline_at"], name="run_executing_deadline_idx", condition=Q(status="executing")),
         ]
         constraints = [

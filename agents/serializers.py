@@ -1,3 +1,5 @@
+import math
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -31,14 +33,33 @@ class AgentWriteSerializer(serializers.Serializer):
         return value
 
 
-def _has_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+MAX_INPUT_DEPTH = 32
+
+
+def storable_json_problem(value) -> str | None:
+    """Why PostgreSQL's jsonb could not store `value` as given, or None: NUL characters, lone
+    surrogates, non-finite numbers, or nesting deeper than MAX_INPUT_DEPTH (walked without
+    recursion, so no input can exhaust the stack)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_INPUT_DEPTH:
+            return f"Must not nest deeper than {MAX_INPUT_DEPTH} levels."
+        if isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "Must not contain NUL (U+0000) characters."
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "Must be valid Unicode (no lone surrogates)."
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "Numbers must be finite."
+    return None
 
 
 class RunInputSerializer(serializers.Serializer):
@@ -50,8 +71,9 @@ class RunInputSerializer(serializers.Serializer):
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError(["Must be an object."])
-        if _has_nul(data):  # PostgreSQL cannot store U+0000 in text or jsonb
-            raise serializers.ValidationError(["Must not contain NUL (U+0000) characters."])
+        problem = storable_json_problem(data)
+        if problem:
+            raise serializers.ValidationError([problem])
         validated = super().to_internal_value(data)
         if not validated["message"].strip():
             raise serializers.ValidationError({"message": ["Must not be empty."]})

@@ -13,6 +13,7 @@ from runtime.dispatch import dispatch_run
 
 from .models import Agent, Run, RunStatus
 from .risk import MAX_MESSAGE_CHARS, risk_flags
+from .serializers import storable_json_problem
 
 
 class InputTooLong(Exception):
@@ -70,7 +71,7 @@ def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: in
     if flags:
         raise RiskBlocked(flags)
 
-    if model is not None and (not isinstance(model, str) or not model):
+    if model is not None and (not isinstance(model, str) or not model or storable_json_problem(model)):
         raise ModelNotAString()
     rules = get_rules()
     tier = rules.tiers[plan.tier_id]
@@ -103,7 +104,7 @@ def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: in
             created_at=now,
         )
         # Only once the run is committed: a worker must never look for a row that is not there yet.
-        transaction.on_commit(lambda: dispatch_run(run.pk, run.timeout_secs))
+        transaction.on_commit(lambda: dispatch_run(run.pk, run.timeout_secs), robust=True)
     return run
 
 

@@ -74,7 +74,7 @@ class RunCreateApi(GenericAPIView):
         except services.RiskBlocked as blocked:
             raise ApiError("risk_blocked", "The input was blocked by a risk check.", flags=blocked.flags)
         except services.ModelNotAString:
-            raise ApiError("invalid", "The request has invalid fields.", fields={"model": ["Must be a non-empty string."]})
+            raise ApiError("invalid", "The request has invalid fields.", fields={"model": ["Must be a non-empty string of valid Unicode."]})
         except services.ModelDenied as denied:
             raise _model_denied(denied, tier)
         except QuotaExceeded as exceeded:

@@ -22,6 +22,6 @@ def period_end(period: dt.date) -> dt.datetime:
 def parse_period(text: str) -> dt.date:
     """'YYYY-MM' -> the period; ValueError otherwise."""
     year, _, month = text.partition("-")
-    if len(year) != 4 or len(month) != 2 or not (year.isdigit() and month.isdigit()):
+    if len(year) != 4 or len(month) != 2 or not (year.isdigit() and month.isdigit()) or not 1970 <= int(year) <= 9998:
         raise ValueError(text)
     return dt.date(int(year), int(month), 1)

@@ -13,6 +13,8 @@ from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
+from runtime.dispatch import RedisError
+
 from .models import Alert, Plan
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def webhook_enqueue(alert_id) -> None:
 
     try:
         deliver_alert.delay(alert_id)
-    except (KombuError, OSError) as exc:  # the alert is recorded; its delivery can be re-sent from the admin
+    except (KombuError, RedisError, OSError) as exc:  # the alert is recorded; the admin can resend it
         logger.warning("alert %s delivery not enqueued: %s", alert_id, exc)
 
 

@@ -3,6 +3,7 @@ import io
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import parsers
+from rest_framework.exceptions import ParseError
 
 
 class LimitedJSONParser(parsers.JSONParser):
@@ -24,4 +25,7 @@ class LimitedJSONParser(parsers.JSONParser):
         body = stream.read(limit + 1)
         if len(body) > limit:
             raise RequestDataTooBig()
-        return super().parse(io.BytesIO(body), media_type, parser_context)
+        try:
+            return super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError:  # nesting deep enough to exhaust the decoder's stack
+            raise ParseError("JSON nested too deeply.")

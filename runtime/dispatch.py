@@ -1,5 +1,6 @@
 """Publishing a run's execution. A publish that fails is logged and left to the sweeper: the run is
 already committed as queued, so it is never lost (CONTRACT section 5: 202 even with the broker down)."""
+import datetime as dt
 import logging
 
 from django.conf import settings
@@ -20,7 +21,14 @@ def task_time_limits(timeout_secs: int) -> tuple[int, int]:
     return timeout_secs + settings.TASK_SOFT_MARGIN_SECS, timeout_secs + settings.TASK_HARD_MARGIN_SECS
 
 
-def dispatch_run(run_id, timeout_secs: int) -> bool:
+def redispatch_delay(dispatches: int) -> dt.timedelta:
+    """How long after its n-th publish a still-queued run may be published again: the sweeper
+    finds a message Redis lost, without flooding a long backlog (30 s, 60 s, ... capped at 64x)."""
+    return dt.timedelta(seconds=settings.SWEEP_REDISPATCH_AFTER_SECS * 2 ** min(max(dispatches - 1, 0), 6))
+
+
+def dispatch_run(run_id, timeout_secs: int, dispatches: int = 0) -> bool:
+    """Publish the run's task; `dispatches` is how often it was published before."""
     from agents.models import Run
 
     from .tasks import execute_run
@@ -32,5 +40,8 @@ def dispatch_run(run_id, timeout_secs: int) -> bool:
     except (KombuError, RedisError, OSError) as exc:
         logger.warning("run %s not dispatched (%s); the sweeper will retry", run_id, exc)
         return False
-    Run.objects.filter(pk=run_id).update(dispatched_at=timezone.now(), dispatches=F("dispatches") + 1)
+    now = timezone.now()
+    Run.objects.filter(pk=run_id).update(
+        dispatched_at=now, dispatches=F("dispatches") + 1, redispatch_at=now + redispatch_delay(dispatches + 1)
+    )
     return True

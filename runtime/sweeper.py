@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from agents.models import TERMINAL_STATUSES, Run, RunStatus
@@ -27,28 +27,12 @@ logger = logging.getLogger(__name__)
 BATCH = 500
 
 
-def redispatch_due(run: Run, now) -> bool:
-    """A queued run is published again after SWEEP_REDISPATCH_AFTER_SECS, then after twice that, and
-    so on (capped at 64x): a lost message is found again, a long backlog is not flooded."""
-    if run.dispatched_at is None:
-        return run.created_at < now - dt.timedelta(seconds=2)
-    backoff = settings.SWEEP_REDISPATCH_AFTER_SECS * 2 ** min(max(run.dispatches - 1, 0), 6)
-    return run.dispatched_at < now - dt.timedelta(seconds=backoff)
-
-
 def sweep(now=None) -> dict:
     now = now or timezone.now()
     grace = dt.timedelta(seconds=settings.SWEEP_REAP_GRACE_SECS)
     counts = {"redispatched": 0, "taken_over": 0, "reaped": 0, "settled": 0}
 
-    first_due = now - dt.timedelta(seconds=settings.SWEEP_REDISPATCH_AFTER_SECS)
-    queued = Run.objects.filter(status=RunStatus.QUEUED).filter(
-        Q(dispatched_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=2)) | Q(dispatched_at__lt=first_due)
-    )
-    for run in queued.order_by(F("dispatched_at").asc(nulls_first=True)).only("id", "timeout_secs", "created_at", "dispatched_at", "dispatches")[:BATCH]:
-        if redispatch_due(run, now):
-            counts["redispatched"] += dispatch_run(run.pk, run.timeout_secs)
-
+    # Ending runs comes first: it needs only the database, so a failing broker cannot hold it up.
     # A live worker ends its own run at the deadline; one still executing after the grace is stuck.
     for run in Run.objects.filter(status=RunStatus.EXECUTING, deadline_at__lt=now - grace).order_by("deadline_at")[:BATCH]:
         if run.input_tokens is not None:
@@ -57,7 +41,12 @@ def sweep(now=None) -> dict:
             run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
         counts["reaped"] += 1
 
+    unsettled = Run.objects.filter(status__in=TERMINAL_STATUSES, settled_at__isnull=True, finished_at__lt=now - grace)
+    for run_id in unsettled.values_list("id", flat=True)[:BATCH]:
+        counts["settled"] += usage_settle(run_id)
+
     # No heartbeat: the worker died. Finish from a recorded answer, or let the next claim take it over.
+    to_publish = []
     orphans = Run.objects.filter(stale_heartbeat(now), status=RunStatus.EXECUTING).order_by("deadline_at")[:BATCH]
     for run in orphans:
         if run.input_tokens is not None:
@@ -67,11 +56,18 @@ def sweep(now=None) -> dict:
             run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
             counts["reaped"] += 1
         elif run_deadline(run) > now and (run.dispatched_at is None or run.dispatched_at < stale_before(now)):
-            counts["taken_over"] += dispatch_run(run.pk, max(1, int((run_deadline(run) - now).total_seconds())))
+            to_publish.append(("taken_over", run.pk, max(1, int((run_deadline(run) - now).total_seconds())), run.dispatches))
 
-    unsettled = Run.objects.filter(status__in=TERMINAL_STATUSES, settled_at__isnull=True, finished_at__lt=now - grace)
-    for run_id in unsettled.values_list("id", flat=True)[:BATCH]:
-        counts["settled"] += usage_settle(run_id)
+    queued = Run.objects.filter(status=RunStatus.QUEUED).filter(
+        Q(dispatched_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=2)) | Q(redispatch_at__lt=now)
+    )
+    for run_id, timeout_secs, dispatches in queued.order_by("created_at").values_list("id", "timeout_secs", "dispatches")[:BATCH]:
+        to_publish.append(("redispatched", run_id, timeout_secs, dispatches))
+
+    for kind, run_id, timeout_secs, dispatches in to_publish:
+        if not dispatch_run(run_id, timeout_secs, dispatches):
+            break  # the broker is failing: the next sweep tries again, without waiting on each publish now
+        counts[kind] += 1
 
     if any(counts.values()):
         logger.info("sweep: %s", counts)

@@ -39,7 +39,8 @@ def assert_nothing_written():
 
 def post_run(client, agent, body, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks() as callbacks:
-        response = client.post(f"/api/v1/agents/{agent.id}/run", body, format="json")
+        # json.dumps escapes what a client may send but cannot encode raw (lone surrogates).
+        response = client.generic("POST", f"/api/v1/agents/{agent.id}/run", json.dumps(body), content_type="application/json")
     return response, callbacks
 
 
@@ -183,6 +184,8 @@ def test_bad_status_filter(client):
         ({"input": {"message": "hi\u0000"}}, "input"),
         ({"input": {"message": "hi", "meta": {"k": ["a\u0000"]}}}, "input"),
         ({"input": {"message": "hi", "k\u0000": 1}}, "input"),
+        ({"input": {"message": "hi", "k": "\ud800"}}, "input"),
+        ({"input": {"message": "hi", "deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["x"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}, "input"),
     ],
 )
 def test_invalid_run_bodies(client, agent, body, field, django_capture_on_commit_callbacks):
@@ -192,6 +195,18 @@ def test_invalid_run_bodies(client, agent, body, field, django_capture_on_commit
     assert all(isinstance(m, str) for m in error["fields"][field])
     assert not callbacks
     assert_nothing_written()
+
+
+@pytest.mark.parametrize("raw", ['{"input": {"message": "hi", "n": 1e400}}', '{"input": {"message": "hi"}, "x": ' + "[" * 5000 + "]" * 5000 + "}"])
+def test_unstorable_or_absurd_json_is_a_400(client, agent, raw):
+    response = client.generic("POST", f"/api/v1/agents/{agent.id}/run", raw, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] in ("invalid", "invalid_json")
+    assert_nothing_written()
+
+
+@pytest.mark.parametrize("period", ["9999-12", "0000-01", "1969-12"])
+def test_usage_period_out_of_range(client, period):
+    assert_error(client.get(f"/api/v1/usage?period={period}"), 400, "invalid")
 
 
 def test_a_json_array_body_is_invalid(client, agent):
@@ -239,7 +254,7 @@ def test_input_checks_come_before_model_checks(client, agent, django_capture_on_
     assert_error(response, 400, "risk_blocked")
 
 
-@pytest.mark.parametrize("model", [5, ["claude-haiku-4-5"], "", {"id": "x"}, True])
+@pytest.mark.parametrize("model", [5, ["claude-haiku-4-5"], "", {"id": "x"}, True, "ollama/x\u0000", "\ud800"])
 def test_a_model_that_is_not_a_string_is_invalid_after_the_risk_checks(client, agent, model, django_capture_on_commit_callbacks):
     response, callbacks = post_run(client, agent, {"input": {"message": "hi"}, "model": model}, django_capture_on_commit_callbacks)
     assert "model" in assert_error(response, 400, "invalid")["fields"]

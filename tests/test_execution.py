@@ -263,7 +263,7 @@ def test_cancel_while_the_provider_call_is_in_flight(start_run, providers):
 @pytest.mark.django_db
 def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, monkeypatch):
     dispatched = []
-    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout: dispatched.append(run_id) or True)
+    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append(run_id) or True)
     never_dispatched = start_run(model="claude-haiku-4-5")
     Run.objects.filter(pk=never_dispatched.pk).update(created_at=timezone.now() - dt.timedelta(seconds=10))
     fresh = start_run(model="claude-haiku-4-5")
@@ -311,7 +311,7 @@ def test_a_delivery_while_the_worker_is_alive_does_nothing(start_run, providers)
 @pytest.mark.django_db
 def test_sweeper_redispatches_an_orphan_once_per_stale_window(start_run, providers, monkeypatch):
     dispatched = []
-    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout: dispatched.append((run_id, timeout)) or True)
+    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append((run_id, timeout)) or True)
     run = start_run(model="claude-haiku-4-5", timeout_secs=600)
     now = timezone.now()
     Run.objects.filter(pk=run.pk).update(
@@ -380,16 +380,36 @@ def test_ollama_that_never_answers_ends_timed_out_at_the_deadline(start_run, pro
 
 @pytest.mark.django_db
 def test_a_queued_backlog_is_redispatched_with_backoff(start_run, providers, monkeypatch, settings):
-    dispatched = []
-    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout: dispatched.append(run_id) or True)
+    from runtime.dispatch import redispatch_delay
+
     settings.SWEEP_REDISPATCH_AFTER_SECS = 30
+    assert [redispatch_delay(n).total_seconds() for n in (1, 2, 3, 7, 8, 50)] == [30, 60, 120, 1920, 1920, 1920]
+    dispatched = []
+    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append(dispatches) or True)
     run = start_run(model="claude-haiku-4-5")
     now = timezone.now()
-    for dispatches, seconds_ago, due in [(1, 20, False), (1, 31, True), (2, 50, False), (2, 61, True), (4, 200, False), (4, 241, True), (20, 1900, False), (20, 1921, True)]:
-        Run.objects.filter(pk=run.pk).update(dispatches=dispatches, dispatched_at=now - dt.timedelta(seconds=seconds_ago))
-        dispatched.clear()
-        sweeper.sweep(now)
-        assert (dispatched == [run.pk]) is due, (dispatches, seconds_ago)
+    Run.objects.filter(pk=run.pk).update(dispatches=3, dispatched_at=now - dt.timedelta(seconds=100), redispatch_at=now + dt.timedelta(seconds=20))
+    sweeper.sweep(now)
+    assert dispatched == []
+    Run.objects.filter(pk=run.pk).update(redispatch_at=now - dt.timedelta(seconds=1))
+    sweeper.sweep(now)
+    assert dispatched == [3]
+
+
+@pytest.mark.django_db
+def test_a_failing_broker_stops_the_sweeps_publishing_but_not_its_reaping(start_run, providers, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: calls.append(run_id) and False)
+    queued = [start_run(model="claude-haiku-4-5") for _ in range(3)]
+    Run.objects.filter(pk__in=[r.pk for r in queued]).update(created_at=timezone.now() - dt.timedelta(seconds=10))
+    stuck = start_run(model="claude-haiku-4-5", timeout_secs=10)
+    long_ago = timezone.now() - dt.timedelta(seconds=200)
+    Run.objects.filter(pk=stuck.pk).update(status=RunStatus.EXECUTING, started_at=long_ago, deadline_at=long_ago, heartbeat_at=timezone.now())
+    counts = sweeper.sweep()
+    assert len(calls) == 1  # the first failed publish ends this sweep's publishing
+    assert counts["reaped"] == 1 and counts["redispatched"] == 0
+    stuck.refresh_from_db()
+    assert stuck.status == RunStatus.TIMED_OUT
 
 
 @pytest.mark.django_db
