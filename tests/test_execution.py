@@ -47,6 +47,17 @@ def execute_and_close(run_id):
         connection.close()
 
 
+def start_in_flight(run, emulator) -> threading.Thread:
+    """Execute the run on another thread and return once its provider call is in flight."""
+    worker = threading.Thread(target=execute_and_close, args=(str(run.pk),))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not emulator.calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert emulator.calls, "the provider was never called"
+    return worker
+
+
 def usage_row(run):
     return UsagePeriod.objects.get(user=run.user, period=run.period)
 
@@ -242,11 +253,7 @@ def test_canceled_queued_run_never_starts(start_run, providers):
 def test_cancel_while_the_provider_call_is_in_flight(start_run, providers):
     providers[0].queue("claude-haiku-4-5", Reply(delay=1.5))
     run = start_run(model="claude-haiku-4-5")
-    worker = threading.Thread(target=execute_and_close, args=(str(run.pk),))
-    worker.start()
-    deadline = time.monotonic() + 5
-    while not providers[0].calls and time.monotonic() < deadline:
-        time.sleep(0.02)
+    worker = start_in_flight(run, providers[0])
     canceled = run_cancel(run=Run.objects.get(pk=run.pk))
     assert canceled.status == RunStatus.CANCELED  # the answer already says so
     started = time.monotonic()
@@ -329,11 +336,7 @@ def test_a_worker_that_lost_its_claim_writes_nothing(start_run, providers):
 
     providers[0].queue("claude-haiku-4-5", Reply(delay=1.0))
     run = start_run(model="claude-haiku-4-5")
-    worker = threading.Thread(target=execute_and_close, args=(str(run.pk),))
-    worker.start()
-    deadline = time.monotonic() + 5
-    while not providers[0].calls and time.monotonic() < deadline:
-        time.sleep(0.02)
+    worker = start_in_flight(run, providers[0])
     Run.objects.filter(pk=run.pk).update(claim=uuid.uuid4())  # another worker took it over
     worker.join(10)
     time.sleep(1.2)
