@@ -115,6 +115,7 @@ class Alert(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # Webhook delivery (billing.tasks.deliver_alert); untouched when the user has no webhook.
     delivery_attempts = models.PositiveIntegerField(default=0)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     last_delivery_status = models.CharField(max_length=100, blank=True, default="")
 

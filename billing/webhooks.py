@@ -1,5 +1,6 @@
 """Alert webhooks: a JSON POST signed with HMAC-SHA256 over "<timestamp>.<body>" with the user's
 secret, sent by a Celery task that retries with capped backoff and records every attempt."""
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -9,7 +10,7 @@ import time
 
 import requests
 from django.conf import settings
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
@@ -19,6 +20,8 @@ from .models import Alert, Plan
 
 logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Maschina-Signature"
+MAX_ATTEMPTS = 9  # the first try and the task's 8 retries
+REQUEUE_AFTER = dt.timedelta(minutes=15)
 TIMESTAMP_HEADER = "X-Maschina-Timestamp"
 
 
@@ -79,9 +82,31 @@ def alert_deliver(alert_id) -> bool:
         outcome, delivered = f"HTTP {response.status_code}", 200 <= response.status_code < 300
     except requests.RequestException as exc:
         outcome, delivered = exc.__class__.__name__, False
+    now = timezone.now()
     Alert.objects.filter(pk=alert.pk).update(
         delivery_attempts=F("delivery_attempts") + 1,
+        last_attempt_at=now,
         last_delivery_status=outcome[:100],
-        delivered_at=timezone.now() if delivered else None,
+        delivered_at=now if delivered else None,
     )
     return delivered
+
+
+def undelivered_alerts_requeue(now=None) -> int:
+    """Re-enqueue deliveries that were lost: never enqueued (the broker was down when the alert was
+    recorded) or whose task died. The task's own retries come back within ALERT_WEBHOOK_BACKOFF_CAP_SECS,
+    so an alert left longer than REQUEUE_AFTER without an attempt has nothing coming for it."""
+    now = now or timezone.now()
+    quiet_since = now - REQUEUE_AFTER
+    lost = (
+        Alert.objects.filter(delivered_at__isnull=True, delivery_attempts__lt=MAX_ATTEMPTS)
+        .exclude(user__plan__alert_webhook_url="")
+        .filter(Q(last_attempt_at__lt=quiet_since) | Q(last_attempt_at__isnull=True, created_at__lt=quiet_since))
+    )
+    count = 0
+    for alert_id in lost.values_list("id", flat=True)[:200]:
+        # Counted as an attempt now, so the next sweep does not enqueue it again meanwhile.
+        Alert.objects.filter(pk=alert_id).update(last_attempt_at=now)
+        webhook_enqueue(alert_id)
+        count += 1
+    return count

@@ -9,7 +9,8 @@ active forever (CONTRACT section 7).
   it over (its deadline still counts from its first start).
 - executing past its deadline plus SWEEP_REAP_GRACE_SECS: ended as timed_out (or completed, from a
   recorded answer) and settled.
-- terminal but unsettled past the grace (canceled while executing, its worker gone): settled."""
+- terminal but unsettled past the grace (canceled while executing, its worker gone): settled.
+- quota alerts whose webhook delivery was lost (never enqueued, or its task died): enqueued again."""
 import datetime as dt
 import logging
 
@@ -19,6 +20,7 @@ from django.utils import timezone
 
 from agents.models import TERMINAL_STATUSES, Run, RunStatus
 from billing.services import usage_settle
+from billing.webhooks import undelivered_alerts_requeue
 
 from .dispatch import dispatch_run
 from .services import run_deadline, run_finish, stale_before, stale_heartbeat, timeout_error
@@ -68,6 +70,8 @@ def sweep(now=None) -> dict:
         if not dispatch_run(run_id, timeout_secs, dispatches):
             break  # the broker is failing: the next sweep tries again, without waiting on each publish now
         counts[kind] += 1
+
+    counts["alerts_requeued"] = undelivered_alerts_requeue(now)
 
     if any(counts.values()):
         logger.info("sweep: %s", counts)

@@ -284,7 +284,7 @@ def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, 
 
     assert dispatched == [never_dispatched.pk]
     assert fresh.pk not in dispatched
-    assert result == {"redispatched": 1, "taken_over": 0, "reaped": 2, "settled": 0}
+    assert result == {"redispatched": 1, "taken_over": 0, "reaped": 2, "settled": 0, "alerts_requeued": 0}
     stuck.refresh_from_db()
     assert (stuck.status, stuck.error["code"]) == (RunStatus.TIMED_OUT, "timeout")
     assert_settled(stuck, None)

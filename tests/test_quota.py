@@ -324,3 +324,27 @@ def test_the_request_path_never_reads_the_ledger(make_client, make_agent, settin
     assert len(captured["run"]) <= 8, "\n".join(sql[:120] for sql in captured["run"])
     assert len(captured["usage"]) <= 4, captured["usage"]
     assert len(captured["detail"]) <= 3, captured["detail"]
+
+
+@pytest.mark.django_db
+def test_lost_webhook_deliveries_are_requeued_by_the_sweeper(make_user, monkeypatch):
+    from billing import webhooks
+    from runtime import sweeper
+
+    enqueued = []
+    monkeypatch.setattr(webhooks, "webhook_enqueue", enqueued.append)
+    with_hook, without_hook = make_user("m1"), make_user("m1")
+    webhook_set(plan=with_hook.plan, url="https://example.invalid/hook")
+    now = dt.datetime.now(dt.timezone.utc)
+    old = now - dt.timedelta(minutes=20)
+    lost = Alert.objects.create(user=with_hook, period=PERIOD, quota="runs", threshold=80, used=8, limit=10)
+    retrying = Alert.objects.create(user=with_hook, period=PERIOD, quota="runs", threshold=100, used=10, limit=10)
+    done = Alert.objects.create(user=with_hook, period=PERIOD, quota="tokens", threshold=80, used=8, limit=10)
+    no_hook = Alert.objects.create(user=without_hook, period=PERIOD, quota="runs", threshold=80, used=8, limit=10)
+    Alert.objects.filter(pk__in=[lost.pk, done.pk, no_hook.pk]).update(created_at=old)
+    Alert.objects.filter(pk=retrying.pk).update(created_at=old, last_attempt_at=now - dt.timedelta(minutes=2), delivery_attempts=2)
+    Alert.objects.filter(pk=done.pk).update(delivered_at=old)
+
+    assert sweeper.sweep(now)["alerts_requeued"] == 1
+    assert enqueued == [lost.pk]
+    assert sweeper.sweep(now)["alerts_requeued"] == 0  # not again while its new attempt is under way
