@@ -1,9 +1,7 @@
 """Billing arithmetic, admission against quotas, and concurrent admissions against the real database."""
-import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 
 from agents.models import Run
 from agents.services import run_create
@@ -12,6 +10,8 @@ from billing.periods import period_end, period_of
 from billing.pricing import PROMPT_OVERHEAD_TOKENS, billed_tokens, input_token_bound, reservation
 from billing.selectors import plan_for
 from billing.services import QuotaExceeded, usage_settle
+
+from .concurrency import race
 from routing.models import RuleEffect, TierModelRule
 
 
@@ -115,27 +115,6 @@ def test_a_tier_change_takes_effect_on_the_next_request(make_client, make_agent)
     assert client.post(f"/api/v1/agents/{agent.id}/run", body, format="json").status_code == 202
 
 
-def _race(count, target):
-    barrier = threading.Barrier(count)
-    outcomes = []
-
-    def worker():
-        try:
-            barrier.wait()
-            outcomes.append(target())
-        except QuotaExceeded as exc:
-            outcomes.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return outcomes
-
-
 @pytest.mark.django_db(transaction=True)
 def test_30_concurrent_admissions_near_the_token_limit_never_exceed_it(make_user, make_agent):
     user = make_user("m5")
@@ -145,7 +124,7 @@ def test_30_concurrent_admissions_near_the_token_limit_never_exceed_it(make_user
     from billing.services import plan_set
 
     plan_set(user=user, tier_slug="m5", token_quota=limit)
-    outcomes = _race(30, lambda: admit(user, agent, "claude-sonnet-4-6"))
+    outcomes = race(30, lambda: admit(user, agent, "claude-sonnet-4-6"))
     admitted = [o for o in outcomes if isinstance(o, Run)]
     refused = [o for o in outcomes if isinstance(o, QuotaExceeded)]
     assert len(admitted) == 10 and len(refused) == 20
@@ -159,6 +138,6 @@ def test_30_concurrent_admissions_near_the_token_limit_never_exceed_it(make_user
 def test_30_concurrent_admissions_near_the_run_limit_never_exceed_it(make_user, make_agent):
     user = make_user("m1", run_quota=7)
     agent = make_agent(user)
-    outcomes = _race(30, lambda: admit(user, agent))
+    outcomes = race(30, lambda: admit(user, agent))
     assert sum(isinstance(o, Run) for o in outcomes) == 7
     assert UsagePeriod.objects.get(user=user).runs_used == 7 == Run.objects.filter(user=user).count()

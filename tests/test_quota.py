@@ -27,6 +27,7 @@ from billing.services import Limits, QuotaExceeded, plan_set, quota_reserve, usa
 from billing.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, alert_deliver, webhook_set
 from runtime.tasks import execute_run
 
+from .concurrency import race
 from .emulators import anthropic_error
 
 PERIOD = dt.date(2026, 11, 1)
@@ -165,20 +166,14 @@ def test_token_alerts_are_recorded_once_under_concurrent_settlement(make_user, m
     ]
     for run in runs:  # 12 x 150 = 1800 billed: crosses 80 % (1600) but not 100 %, then one more crosses it
         Run.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED, input_tokens=100, output_tokens=50)
-    barrier = threading.Barrier(len(runs))
+    queue, lock = [run.pk for run in runs], threading.Lock()
 
-    def settle(run_id):
-        try:
-            barrier.wait()
-            usage_settle(run_id)
-        finally:
-            connection.close()
+    def settle_next():
+        with lock:
+            run_id = queue.pop()
+        return usage_settle(run_id)
 
-    threads = [threading.Thread(target=settle, args=(run.pk,)) for run in runs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    assert race(len(runs), settle_next, timeout=30) == [True] * len(runs)
     assert list(Alert.objects.filter(user=user).values_list("quota", "threshold", "used")) == [("tokens", 80, Alert.objects.get(threshold=80).used)]
     assert 1600 <= Alert.objects.get(threshold=80).used <= 1800
     assert UsagePeriod.objects.get(user=user).tokens_used == 1800
@@ -192,22 +187,13 @@ def test_token_alerts_are_recorded_once_under_concurrent_settlement(make_user, m
 @pytest.mark.django_db(transaction=True)
 def test_the_same_threshold_from_many_threads_is_one_alert(make_user):
     user = make_user("m1")
-    barrier = threading.Barrier(20)
-    created = []
 
     def record():
-        try:
-            barrier.wait()
-            with transaction.atomic():
-                created.extend(alerts_record(user_id=user.pk, period=PERIOD, quota="tokens", used=450, limit=500))
-        finally:
-            connection.close()
+        with transaction.atomic():
+            return alerts_record(user_id=user.pk, period=PERIOD, quota="tokens", used=450, limit=500)
 
-    threads = [threading.Thread(target=record) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    outcomes = race(20, record, timeout=30)
+    created = [alert for outcome in outcomes for alert in outcome]
     assert len(created) == 1
     assert Alert.objects.filter(user=user).count() == 1
 
