@@ -6,6 +6,8 @@ import secrets
 from django.conf import settings
 from django.db import models
 
+from audit.tracking import AuditedModel
+
 KEY_PREFIX = "msk_live_"
 LOOKUP_LEN = 12  # characters after KEY_PREFIX stored in clear to find the row
 
@@ -19,7 +21,9 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(30)
 
 
-class ApiKey(models.Model):
+class ApiKey(AuditedModel):
+    audit_masked_fields = ("key_hash",)
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True)
     lookup = models.CharField(max_length=LOOKUP_LEN, unique=True, editable=False)

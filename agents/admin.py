@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from billing.admin import ReadOnlyAdmin
+from billing.admin_filters import PeriodFilter, model_filter, tier_filter
 
 from .models import Agent, Run
 
@@ -15,7 +16,7 @@ class AgentAdmin(admin.ModelAdmin):
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
     list_display = ["id", "user", "status", "model", "tier", "period", "billed_tokens", "created_at", "finished_at"]
-    list_filter = ["status", "tier", "model", "period"]
+    list_filter = ["status", tier_filter("tier"), model_filter("catalog_model"), PeriodFilter]
     list_select_related = ["user"]
     search_fields = ["id", "user__username", "model"]
-    date_hierarchy = "created_at"
+    show_full_result_count = False  # one COUNT(*) over the runs per page is enough

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.db import models
 
+from .admin_filters import PeriodFilter, model_filter, tier_filter
 from .models import Alert, LedgerEntry, ModelUsage, Plan, UsagePeriod
 from .webhooks import webhook_enqueue, webhook_set
 
@@ -37,7 +38,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(UsagePeriod)
 class UsagePeriodAdmin(ReadOnlyAdmin):
     list_display = ["user", "period", "tokens_used", "tokens_reserved", "runs_used"]
-    list_filter = ["period"]
+    list_filter = [PeriodFilter]
     list_select_related = ["user"]
     search_fields = ["user__username"]
 
@@ -45,7 +46,7 @@ class UsagePeriodAdmin(ReadOnlyAdmin):
 @admin.register(ModelUsage)
 class ModelUsageAdmin(ReadOnlyAdmin):
     list_display = ["user", "period", "model", "runs", "input_tokens", "output_tokens", "billed_tokens"]
-    list_filter = ["period", "model"]
+    list_filter = [PeriodFilter]
     list_select_related = ["user"]
     search_fields = ["user__username", "model"]
 
@@ -53,15 +54,16 @@ class ModelUsageAdmin(ReadOnlyAdmin):
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "user", "period", "model", "input_tokens", "output_tokens", "multiplier", "billed_tokens", "run"]
-    list_filter = ["period", "model"]
+    list_filter = [PeriodFilter, tier_filter("run__tier"), model_filter("run__catalog_model")]
     list_select_related = ["user", "run"]
+    show_full_result_count = False  # one COUNT(*) over the ledger per page is enough
     search_fields = ["user__username", "run__id", "model"]
 
 
 @admin.register(Alert)
 class AlertAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "user", "period", "quota", "threshold", "used", "limit", "delivered_at", "delivery_attempts", "last_delivery_status"]
-    list_filter = ["quota", "threshold", "period"]
+    list_filter = ["quota", "threshold", PeriodFilter]
     list_select_related = ["user"]
     search_fields = ["user__username"]
     actions = ["resend"]

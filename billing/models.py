@@ -6,8 +6,13 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from audit.tracking import AuditedModel
 
-class Plan(models.Model):
+
+class Plan(AuditedModel):
+    audit_masked_fields = ("alert_webhook_secret",)
+    audit_ignored_fields = ("updated_at",)
+
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="plan")
     tier = models.ForeignKey("routing.Tier", on_delete=models.PROTECT, related_name="plans")
     token_quota_override = models.BigIntegerField(null=True, blank=True, help_text="Replaces the tier's monthly token quota.")

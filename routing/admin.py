@@ -4,6 +4,17 @@ from django.forms.models import BaseInlineFormSet
 
 from .invariants import validate_rule_delete
 from .models import CatalogModel, Tier, TierModelRule
+from .protection import deletion_refusal
+
+
+class RefuseDeletingReferencedRows:
+    """The delete page (one row or the bulk action) lists rows that runs reference as protected, so
+    Django shows why and offers no confirm button; routing.protection refuses it in code as well."""
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        refusals = [refusal for refusal in map(deletion_refusal, objs) if refusal]
+        return deleted, counts, perms_needed, [*protected, *refusals]
 
 
 class TierModelRuleFormSet(BaseInlineFormSet):
@@ -27,7 +38,7 @@ class TierModelRuleInline(admin.TabularInline):
 
 
 @admin.register(Tier)
-class TierAdmin(admin.ModelAdmin):
+class TierAdmin(RefuseDeletingReferencedRows, admin.ModelAdmin):
     list_display = ["slug", "name", "rank", "monthly_token_quota", "monthly_run_quota", "default_model", "max_tokens", "max_timeout_secs", "quota_exempt"]
     list_select_related = ["default_model"]
     search_fields = ["slug", "name"]
@@ -39,7 +50,7 @@ class TierAdmin(admin.ModelAdmin):
 
 
 @admin.register(CatalogModel)
-class CatalogModelAdmin(admin.ModelAdmin):
+class CatalogModelAdmin(RefuseDeletingReferencedRows, admin.ModelAdmin):
     list_display = ["id", "display_name", "provider", "multiplier", "min_tier", "fallback", "is_active"]
     list_filter = ["provider", "is_active", "min_tier"]
     list_select_related = ["min_tier", "fallback"]

@@ -8,6 +8,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from audit.tracking import AuditedModel
+
 
 class Provider(models.TextChoices):
     ANTHROPIC = "anthropic", "Anthropic"
@@ -18,7 +20,7 @@ LOCAL_PROVIDERS = frozenset({Provider.OLLAMA})
 MAX_TIMEOUT_SECS = 3600
 
 
-class Tier(models.Model):
+class Tier(AuditedModel):
     slug = models.SlugField(primary_key=True, max_length=32)
     name = models.CharField(max_length=64)
     rank = models.PositiveSmallIntegerField(help_text="Higher ranks may use every model whose min tier ranks at or below.")
@@ -57,7 +59,7 @@ class Tier(models.Model):
         validate_tier(self)
 
 
-class CatalogModel(models.Model):
+class CatalogModel(AuditedModel):
     """One row of the model catalog. An id ending in '*' is a pattern matching any id with that prefix."""
 
     id = models.CharField(primary_key=True, max_length=200)
@@ -99,7 +101,7 @@ class RuleEffect(models.TextChoices):
     DENY = "deny", "Deny (even at or above the model's min tier)"
 
 
-class TierModelRule(models.Model):
+class TierModelRule(AuditedModel):
     tier = models.ForeignKey(Tier, on_delete=models.CASCADE, related_name="rules")
     model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="tier_rules")
     effect = models.CharField(max_length=8, choices=RuleEffect.choices)

@@ -78,3 +78,106 @@ def test_deleting_an_allow_rule_a_default_relies_on_is_refused(admin_client, cat
     assert response.status_code == 200
     assert "Cannot delete the rule" in response.content.decode()
     assert TierModelRule.objects.filter(pk=rule.pk).exists()
+
+
+def _add_customers(count, make_user, make_agent):
+    """`count` users with one of everything the admin lists: plan, key, agent, run, ledger, usage, alert."""
+    import datetime
+    from decimal import Decimal
+
+    from accounts.services import api_key_create
+    from agents.models import Run
+    from billing.models import Alert, LedgerEntry, ModelUsage, UsagePeriod
+
+    period = datetime.date(2026, 11, 1)
+    runs = []
+    for _ in range(count):
+        user = make_user("m5")
+        api_key_create(user=user)
+        agent = make_agent(user)
+        run = Run.objects.create(
+            user=user, agent=agent, tier="m5", status="completed", model="claude-haiku-4-5", catalog_model="claude-haiku-4-5",
+            provider="anthropic", multiplier=Decimal(1), system_prompt="s", input={"message": "m"}, timeout_secs=60,
+            max_tokens=100, period=period, reserved_tokens=200, input_tokens=10, output_tokens=5, billed_tokens=15,
+        )  # fmt: skip
+        LedgerEntry.objects.create(
+            run=run, user=user, period=period, model=run.model, input_tokens=10, output_tokens=5, multiplier=1, billed_tokens=15
+        )
+        UsagePeriod.objects.create(user=user, period=period, tokens_used=15, runs_used=1)
+        ModelUsage.objects.create(user=user, period=period, model=run.model, runs=1, billed_tokens=15)
+        Alert.objects.create(user=user, period=period, quota="runs", threshold=80, used=1, limit=1)
+        runs.append(run)
+    return runs
+
+
+def _changelists():
+    from django.contrib import admin
+
+    return sorted(f"/admin/{m._meta.app_label}/{m._meta.model_name}/" for m in admin.site._registry)
+
+
+def test_every_list_page_runs_a_constant_number_of_queries(admin_client, catalog, make_user, make_agent):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries(path):
+        admin_client.get(path)  # warm caches (the rules snapshot, the session)
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(path).status_code == 200
+        return len(captured)
+
+    paths = _changelists()
+    assert len(paths) >= 13
+    _add_customers(2, make_user, make_agent)
+    few = {path: queries(path) for path in paths}
+    _add_customers(10, make_user, make_agent)
+    assert {path: queries(path) for path in paths} == few
+
+
+@pytest.mark.parametrize(
+    "path, listed",
+    [
+        ("/admin/agents/run/?status=completed&tier=m5&catalog_model=claude-haiku-4-5&period=2026-11-01", True),
+        ("/admin/agents/run/?status=failed", False),
+        ("/admin/agents/run/?tier=m10", False),
+        ("/admin/agents/run/?catalog_model=claude-opus-4-6", False),
+        ("/admin/billing/ledgerentry/?tier=m5&catalog_model=claude-haiku-4-5&period=2026-11-01", True),
+        ("/admin/billing/ledgerentry/?period=2026-10-01", False),
+        ("/admin/billing/ledgerentry/?tier=m1", False),
+    ],
+)
+def test_runs_and_ledger_filter_by_status_tier_model_and_period(admin_client, catalog, make_user, make_agent, path, listed):
+    [run] = _add_customers(1, make_user, make_agent)
+    page = admin_client.get(path)
+    assert page.status_code == 200
+    assert (str(run.id) in page.content.decode()) == listed
+
+
+def test_deleting_catalog_rows_that_runs_reference_is_refused(admin_client, catalog, make_user, make_agent):
+    from django.db.models import ProtectedError
+
+    _add_customers(1, make_user, make_agent)
+    CatalogModel.objects.create(id="ollama-unused", display_name="unused", provider="ollama", multiplier=0, min_tier_id="access")
+    action = {"action": "delete_selected", "_selected_action": ["claude-haiku-4-5", "ollama-unused"]}
+    page = admin_client.post("/admin/routing/catalogmodel/", action)
+    assert page.status_code == 200
+    assert "runs were admitted under it" in page.content.decode()
+    response = admin_client.post("/admin/routing/catalogmodel/", {**action, "post": "yes"})
+    assert "runs were admitted under it" in response.content.decode()
+    assert CatalogModel.objects.filter(id__in=["claude-haiku-4-5", "ollama-unused"]).count() == 2
+    page = admin_client.post("/admin/routing/tier/m5/delete/", {"post": "yes"})
+    assert "runs were admitted under it" in page.content.decode()
+    assert Tier.objects.filter(slug="m5").exists()
+    with pytest.raises(ProtectedError):
+        CatalogModel.objects.filter(id="claude-haiku-4-5").delete()
+    # A row nothing references can go.
+    admin_client.post("/admin/routing/catalogmodel/", {"action": "delete_selected", "_selected_action": ["ollama-unused"], "post": "yes"})
+    assert not CatalogModel.objects.filter(id="ollama-unused").exists()
+
+
+def test_swagger_ui_is_served_from_local_assets(client):
+    page = client.get("/api/docs/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
+    assert "//cdn" not in html and "unpkg" not in html and "jsdelivr" not in html

@@ -1,0 +1,41 @@
+"""Who is making a change, for the audit record.
+
+The admin sets it per request (audit.middleware). Anything else is named after its process: a
+`manage.py <command>` run is a command, everything else (workers, shells, scripts) is code."""
+import contextlib
+import getpass
+import os
+import sys
+from contextvars import ContextVar
+
+from .models import Source
+
+_actor: ContextVar[tuple[str, str] | None] = ContextVar("audit_actor", default=None)
+
+
+@contextlib.contextmanager
+def acting_as(actor: str, source: str):
+    token = _actor.set((actor[:255], source))
+    try:
+        yield
+    finally:
+        _actor.reset(token)
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def current() -> tuple[str, str]:
+    """(actor, source) of the change being made now."""
+    explicit = _actor.get()
+    if explicit is not None:
+        return explicit
+    argv = sys.argv
+    if len(argv) > 1 and os.path.basename(argv[0]) == "manage.py":
+        return f"manage.py {argv[1]} (os user {_os_user()})", Source.COMMAND
+    program = os.path.basename(argv[0]) if argv and argv[0] else "python"
+    return f"{program} pid {os.getpid()} (os user {_os_user()})", Source.CODE
