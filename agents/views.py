@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from billing.selectors import plan_for
 from billing.services import QuotaExceeded
 from maschina.errors import ApiError
+from maschina.schema import errors
 from routing.access import required_tier
 from routing.snapshot import get_rules
 
@@ -26,7 +27,7 @@ def _valid(serializer_class, data, **context):
 class AgentListCreateApi(GenericAPIView):
     serializer_class = AgentSerializer
 
-    @extend_schema(operation_id="agents_list")
+    @extend_schema(operation_id="agents_list", responses=AgentSerializer(many=True))
     def get(self, request):
         page = self.paginate_queryset(selectors.agent_list(owner=request.user))
         return self.get_paginated_response(AgentSerializer(page, many=True).data)
@@ -61,7 +62,7 @@ class AgentDetailApi(GenericAPIView):
 class RunCreateApi(GenericAPIView):
     serializer_class = RunSerializer
 
-    @extend_schema(operation_id="agents_run", request=RunCreateSerializer, responses={202: RunSerializer})
+    @extend_schema(operation_id="agents_run", request=RunCreateSerializer, responses={202: RunSerializer, **errors(403, 429)})
     def post(self, request, agent_id):
         agent = selectors.agent_get(owner=request.user, agent_id=agent_id)
         plan = plan_for(request.user)
@@ -111,7 +112,7 @@ def _quota_exceeded(exceeded) -> ApiError:
 class AgentRunListApi(GenericAPIView):
     serializer_class = RunSerializer
 
-    @extend_schema(operation_id="agents_runs_list", parameters=[STATUS_FILTER])
+    @extend_schema(operation_id="agents_runs_list", parameters=[STATUS_FILTER], responses=RunSerializer(many=True))
     def get(self, request, agent_id):
         agent = selectors.agent_get(owner=request.user, agent_id=agent_id)
         runs = selectors.run_list(user=request.user, agent=agent, status=request.query_params.get("status"))
@@ -121,7 +122,7 @@ class AgentRunListApi(GenericAPIView):
 class RunListApi(GenericAPIView):
     serializer_class = RunSerializer
 
-    @extend_schema(operation_id="runs_list", parameters=[STATUS_FILTER])
+    @extend_schema(operation_id="runs_list", parameters=[STATUS_FILTER], responses=RunSerializer(many=True))
     def get(self, request):
         runs = selectors.run_list(user=request.user, status=request.query_params.get("status"))
         return self.get_paginated_response(RunSerializer(self.paginate_queryset(runs), many=True).data)
@@ -138,7 +139,7 @@ class RunDetailApi(GenericAPIView):
 class RunCancelApi(GenericAPIView):
     serializer_class = RunSerializer
 
-    @extend_schema(operation_id="runs_cancel", request=None, responses=RunSerializer)
+    @extend_schema(operation_id="runs_cancel", request=None, responses={200: RunSerializer, **errors(409)})
     def post(self, request, run_id):
         run = selectors.run_get(user=request.user, run_id=run_id)
         try:

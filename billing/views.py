@@ -35,7 +35,7 @@ class UsageApi(APIView):
 class AlertListApi(GenericAPIView):
     serializer_class = AlertSerializer
 
-    @extend_schema(operation_id="alerts_list")
+    @extend_schema(operation_id="alerts_list", responses=AlertSerializer(many=True))
     def get(self, request):
         alerts = Alert.objects.filter(user=request.user).order_by("-created_at", "-id")
         return self.get_paginated_response(AlertSerializer(self.paginate_queryset(alerts), many=True).data)

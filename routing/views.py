@@ -11,7 +11,7 @@ from .snapshot import get_rules
 class TierListApi(GenericAPIView):
     serializer_class = TierSerializer
 
-    @extend_schema(operation_id="tiers_list")
+    @extend_schema(operation_id="tiers_list", responses=TierSerializer(many=True))
     def get(self, request):
         tiers = sorted(get_rules().tiers.values(), key=lambda t: (t.rank, t.slug))
         page = self.paginate_queryset(tiers)
@@ -21,7 +21,7 @@ class TierListApi(GenericAPIView):
 class ModelListApi(GenericAPIView):
     serializer_class = CatalogModelSerializer
 
-    @extend_schema(operation_id="models_list")
+    @extend_schema(operation_id="models_list", responses=CatalogModelSerializer(many=True))
     def get(self, request):
         rules = get_rules()
         tier = rules.tiers[plan_for(request.user).tier_id]

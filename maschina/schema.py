@@ -1,0 +1,51 @@
+"""The OpenAPI schema documents every answer an operation can give, errors included, so clients and
+schemathesis can check responses against it (tests/test_schemathesis.py)."""
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import serializers
+
+ErrorSerializer = inline_serializer(
+    name="Error",
+    fields={
+        "error": inline_serializer(
+            name="ErrorDetail",
+            fields={"code": serializers.CharField(), "message": serializers.CharField()},
+        )
+    },
+)
+
+_DESCRIPTIONS = {
+    400: "Invalid request: malformed JSON, invalid fields or query parameters.",
+    401: "Missing, unknown or revoked API key.",
+    403: "The plan's tier may not use the model, or the input was blocked.",
+    404: "No such object for this key's user.",
+    409: "The run has already finished.",
+    413: "Request body larger than 1 MiB.",
+    415: "Request body is not application/json.",
+    429: "A monthly quota of the plan is used up.",
+}
+
+
+def errors(*statuses: int) -> dict:
+    """Extra error answers of one operation, for @extend_schema(responses=...)."""
+    return {status: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[status]) for status in statuses}
+
+
+class ApiAutoSchema(AutoSchema):
+    """Adds the errors every operation of its kind can answer: 400 and 401 everywhere, 404 when the
+    path names an object, 413 and 415 when there is a request body. (@extend_schema replaces
+    get_response_serializers, so they are added to the response bodies it produced.)"""
+
+    def _get_response_bodies(self, direction="response"):
+        bodies = super()._get_response_bodies(direction)
+        statuses = [400, 401]
+        if "{" in self.path:
+            statuses.append(404)
+        if self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None:
+            statuses += [413, 415]
+        for status, response in errors(*statuses).items():
+            if str(status) not in bodies:
+                bodies[str(status)] = self._get_response_for_code(response, str(status), direction=direction)
+        # Refused by the HTTP server (gunicorn) before the app sees the request, so not JSON.
+        bodies.setdefault("414", {"description": "Request line over 4094 bytes.", "content": {"text/html": {"schema": {"type": "string"}}}})
+        return bodies
