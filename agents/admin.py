@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from billing.admin import ReadOnlyAdmin
 from billing.admin_filters import PeriodFilter, model_filter, tier_filter
+from maschina.admin import ReadOnlyAdmin
 
 from .models import Agent, Run
 

@@ -3,11 +3,13 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
+from maschina.admin import ReadOnlyAdmin
+
 from .models import ChangeRecord
 
 
 @admin.register(ChangeRecord)
-class ChangeRecordAdmin(admin.ModelAdmin):
+class ChangeRecordAdmin(ReadOnlyAdmin):
     """Visible to staff, editable by no one (the database refuses it too)."""
 
     list_display = ["at", "actor", "source", "action", "object_type", "object_id", "changes"]
@@ -16,15 +18,6 @@ class ChangeRecordAdmin(admin.ModelAdmin):
     date_hierarchy = "at"
     fields = ["at", "actor", "source", "action", "object_type", "object_id", "changes", "before_json", "after_json"]
     readonly_fields = fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="changed fields")
     def changes(self, obj):

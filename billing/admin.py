@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.db import models
 
+from maschina.admin import ReadOnlyAdmin
+
 from .admin_filters import PeriodFilter, model_filter, tier_filter
 from .models import Alert, LedgerEntry, ModelUsage, Plan, UsagePeriod
 from .webhooks import webhook_enqueue, webhook_set
@@ -20,19 +22,6 @@ class PlanAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         if "alert_webhook_url" in form.changed_data:
             webhook_set(plan=obj, url=obj.alert_webhook_url)  # draws the signing secret
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Money records are written by services only; the admin shows them."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(UsagePeriod)

@@ -1,4 +1,5 @@
 """Real processes for end-to-end tests: the web app under gunicorn (or runserver) and Celery workers."""
+import contextlib
 import os
 import signal
 import socket
@@ -92,6 +93,21 @@ def start_worker(env, log_dir, name="worker", concurrency=2, beat=False) -> Proc
     if beat:
         argv.append("-B")
     return Process(name, argv, env, log_dir)
+
+
+@contextlib.contextmanager
+def web_and_worker(env, name):
+    """gunicorn (2 workers) and a `celery worker` (-c 2), both ready; stopped on exit."""
+    log_dir = tempfile.mkdtemp(prefix=f"maschina-{name}-logs-")
+    web, url = start_gunicorn(env, log_dir)
+    worker = start_worker(env, log_dir)
+    try:
+        wait_http(url + "/healthz", [web, worker])
+        wait_worker_ready(worker)
+        yield url
+    finally:
+        web.stop()
+        worker.stop()
 
 
 def wait_http(url, processes, timeout=30):

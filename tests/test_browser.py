@@ -3,7 +3,6 @@ Playwright, against gunicorn and a real Celery worker on PostgreSQL and Redis. S
 step go to test-output/browser/ (or $MASCHINA_TEST_OUTPUT/browser/)."""
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from audit.models import ChangeRecord
 from billing.services import plan_set
 from routing.models import CatalogModel, Tier
 
-from .processes import ROOT, Api, stack_env, start_gunicorn, start_worker, wait_http, wait_terminal, wait_worker_ready
+from .processes import ROOT, Api, stack_env, wait_terminal, web_and_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -41,17 +40,8 @@ def screenshots(request):
 def stack(catalog, anthropic_emulator):
     anthropic_emulator.reset()
     redis.Redis.from_url(REDIS_URL).flushdb()
-    env = stack_env(broker_url=REDIS_URL, anthropic=anthropic_emulator)
-    log_dir = tempfile.mkdtemp(prefix="maschina-browser-logs-")
-    web, url = start_gunicorn(env, log_dir)
-    worker = start_worker(env, log_dir)
-    try:
-        wait_http(url + "/healthz", [web, worker])
-        wait_worker_ready(worker)
+    with web_and_worker(stack_env(broker_url=REDIS_URL, anthropic=anthropic_emulator), "browser") as url:
         yield url
-    finally:
-        web.stop()
-        worker.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """End to end: the web app under gunicorn (2 workers) and a real `celery worker` process, on the
 machine's PostgreSQL (the test database) and Redis, against the provider emulators. A user and key
 are made with the management commands, everything else goes over HTTP."""
-import tempfile
 import time
 
 import pytest
@@ -10,7 +9,7 @@ import redis
 from billing.models import LedgerEntry
 
 from .emulators import Reply, anthropic_error
-from .processes import stack_env, Api, manage, start_gunicorn, start_worker, wait_http, wait_terminal, wait_worker_ready
+from .processes import Api, manage, stack_env, wait_terminal, web_and_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -21,16 +20,8 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 def stack(django_db_setup, anthropic_emulator, ollama_emulator):
     redis.Redis.from_url(REDIS_URL).flushdb()
     env = stack_env(broker_url=REDIS_URL, anthropic=anthropic_emulator, ollama=ollama_emulator)
-    log_dir = tempfile.mkdtemp(prefix="maschina-e2e-logs-")
-    web, url = start_gunicorn(env, log_dir)
-    worker = start_worker(env, log_dir)
-    try:
-        wait_http(url + "/healthz", [web, worker])
-        wait_worker_ready(worker)
-        yield {"env": env, "url": url, "web": web, "worker": worker}
-    finally:
-        web.stop()
-        worker.stop()
+    with web_and_worker(env, "e2e") as url:
+        yield {"env": env, "url": url}
 
 
 @pytest.fixture
