@@ -1,7 +1,7 @@
 """Who is making a change, for the audit record.
 
 The admin sets it per request (audit.middleware). Anything else is named after its process: a
-`manage.py <command>` run is a command, everything else (workers, shells, scripts) is code."""
+`manage.py <command>` (or django-admin) run is a command, everything else (workers, shells, scripts) is code."""
 import contextlib
 import getpass
 import os
@@ -29,13 +29,21 @@ def _os_user() -> str:
         return f"uid {os.getuid()}"
 
 
+def _is_django_command_line(program: str) -> bool:
+    """manage.py, django-admin, or python -m django."""
+    name = os.path.basename(program)
+    return name in {"manage.py", "django-admin", "django-admin.py"} or (
+        name == "__main__.py" and os.path.basename(os.path.dirname(program)) == "django"
+    )
+
+
 def current() -> tuple[str, str]:
     """(actor, source) of the change being made now."""
     explicit = _actor.get()
     if explicit is not None:
         return explicit
     argv = sys.argv
-    if len(argv) > 1 and os.path.basename(argv[0]) == "manage.py":
+    if len(argv) > 1 and _is_django_command_line(argv[0]):
         return f"manage.py {argv[1]} (os user {_os_user()})", Source.COMMAND
     program = os.path.basename(argv[0]) if argv and argv[0] else "python"
     return f"{program} pid {os.getpid()} (os user {_os_user()})", Source.CODE

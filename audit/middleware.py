@@ -10,7 +10,7 @@ class AuditActorMiddleware:
 
     def __call__(self, request):
         user = getattr(request, "user", None)
-        if user is None or not user.is_authenticated:
+        if user is None or not user.is_authenticated or not user.is_staff:
             return self.get_response(request)
         with acting_as(f"{user.get_username()} (user id {user.pk})", Source.ADMIN):
             return self.get_response(request)

@@ -2,6 +2,7 @@
 import hashlib
 import json
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.apps import apps
 from django.core.serializers.json import DjangoJSONEncoder
@@ -19,6 +20,13 @@ def _fingerprint(value) -> str:
     return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()[:12]
 
 
+def _masked_url(value) -> str:
+    if not value:
+        return ""
+    parts = urlsplit(str(value))
+    return f"{parts.scheme}://{parts.hostname or ''}/… {_fingerprint(value)}"
+
+
 def _plain(field, value):
     if value is not None and isinstance(field, models.DecimalField):
         # "2" from a form and "2.0000" from the database are the same multiplier.
@@ -26,14 +34,21 @@ def _plain(field, value):
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
-def snapshot(instance) -> dict:
-    masked, ignored = type(instance).audit_masked_fields, type(instance).audit_ignored_fields
+def snapshot(instance, fields=None) -> dict:
+    """The row as recorded: every concrete field (or those named in `fields`), secrets masked."""
+    model = type(instance)
     data = {}
     for field in instance._meta.concrete_fields:
-        if field.name in ignored:
+        named = fields is None or field.name in fields or field.attname in fields
+        if field.name in model.audit_ignored_fields or not named:
             continue
         value = getattr(instance, field.attname)
-        data[field.attname] = _fingerprint(value) if field.name in masked else _plain(field, value)
+        if field.name in model.audit_masked_fields:
+            data[field.attname] = _fingerprint(value)
+        elif field.name in model.audit_masked_url_fields:
+            data[field.attname] = _masked_url(value)
+        else:
+            data[field.attname] = _plain(field, value)
     return data
 
 
@@ -54,12 +69,19 @@ def record(instance, before: dict | None, after: dict | None) -> ChangeRecord | 
 
 
 def _before_save(sender, instance, using, **kwargs):
-    old = sender._base_manager.using(using).filter(pk=instance.pk).first() if instance.pk is not None else None
+    # Locked (saves are atomic, AuditedModel.save), so two concurrent saves cannot both record it as "before".
+    rows = sender._base_manager.using(using).select_for_update(of=("self",)).filter(pk=instance.pk)
+    old = rows.first() if instance.pk is not None else None
     instance._audit_before = snapshot(old) if old is not None else None
 
 
-def _after_save(sender, instance, **kwargs):
-    record(instance, instance.__dict__.pop("_audit_before", None), snapshot(instance))
+def _after_save(sender, instance, created, update_fields=None, **kwargs):
+    before = instance.__dict__.pop("_audit_before", None)
+    after = snapshot(instance)
+    if before is not None and update_fields is not None:
+        # Only those fields were written; the others of an in-memory object may be stale.
+        after = {**before, **snapshot(instance, fields=set(update_fields))}
+    record(instance, before, after)
 
 
 def _after_delete(sender, instance, **kwargs):

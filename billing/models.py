@@ -11,6 +11,7 @@ from audit.tracking import AuditedModel
 
 class Plan(AuditedModel):
     audit_masked_fields = ("alert_webhook_secret",)
+    audit_masked_url_fields = ("alert_webhook_url",)
     audit_ignored_fields = ("updated_at",)
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="plan")

@@ -1,5 +1,6 @@
 """The OpenAPI schema documents every answer an operation can give, errors included, so clients and
-schemathesis can check responses against it (tests/test_schemathesis.py)."""
+schemathesis can check responses against it (tests/test_schemathesis.py). An error body may carry
+more fields than `code` and `message` (CONTRACT section 1 lists them per error)."""
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
@@ -15,9 +16,9 @@ ErrorSerializer = inline_serializer(
 )
 
 _DESCRIPTIONS = {
-    400: "Invalid request: malformed JSON, invalid fields or query parameters.",
+    400: "Invalid request: malformed JSON, invalid fields or query parameters, or input the risk checks block.",
     401: "Missing, unknown or revoked API key.",
-    403: "The plan's tier may not use the model, or the input was blocked.",
+    403: "The plan's tier may not use the model.",
     404: "No such object for this key's user.",
     409: "The run has already finished.",
     413: "Request body larger than 1 MiB.",

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 
-from .invariants import validate_rule_delete
+from .invariants import validate_tier_rules
 from .models import CatalogModel, Tier, TierModelRule
 from .protection import deletion_refusal
 
@@ -18,16 +18,25 @@ class RefuseDeletingReferencedRows:
 
 
 class TierModelRuleFormSet(BaseInlineFormSet):
-    """Deleting a rule can break an invariant too (an allow rule a tier's default relies on)."""
+    """The tier's form and its rules are saved together, so they are checked together: the catalog as it
+    would be with the tier's new values and its rules as submitted (added, changed and deleted)."""
 
     def clean(self):
         super().clean()
-        for form in self.deleted_forms:
-            if form.instance.pk:
-                try:
-                    validate_rule_delete(form.instance)
-                except ValidationError as exc:
-                    raise ValidationError(f"Cannot delete the rule {form.instance}: {' '.join(exc.messages)}")
+        if any(self.errors) or not self.instance.default_model_id:
+            return  # the forms already say what is wrong
+        rules = {}
+        for form in self.forms:
+            if not form.has_changed() and not form.instance.pk:
+                continue  # an empty extra row
+            if form in self.deleted_forms:
+                continue
+            data = form.cleaned_data
+            rules[data["model"].pk] = data["effect"]
+        try:
+            validate_tier_rules(self.instance, rules)
+        except ValidationError as exc:
+            raise ValidationError([f"Cannot save the tier with these rules: {message}" for message in exc.messages])
 
 
 class TierModelRuleInline(admin.TabularInline):

@@ -48,8 +48,9 @@ def catalog_problems(rules: Rules) -> list[tuple[str, str, str]]:
     return problems
 
 
-def _candidate_rules(tier=None, model=None, rule=None, deleted_rule=None) -> Rules:
-    """The catalog as it would be with `tier`/`model`/`rule` saved (or `deleted_rule` gone)."""
+def _candidate_rules(tier=None, model=None, rule=None, tier_rules=None) -> Rules:
+    """The catalog as it would be with `tier`/`model`/`rule` saved, or with `tier_rules` (a tier's whole
+    set of rules, {model id: effect}) in place of that tier's rules."""
     from .snapshot import build_rules
 
     tiers = {t.slug: t for t in Tier.objects.all()}
@@ -62,8 +63,10 @@ def _candidate_rules(tier=None, model=None, rule=None, deleted_rule=None) -> Rul
     if rule is not None:
         rules = {k: r for k, r in rules.items() if r.pk != rule.pk or rule.pk is None}
         rules[(rule.tier_id, rule.model_id)] = rule
-    if deleted_rule is not None:
-        rules.pop((deleted_rule.tier_id, deleted_rule.model_id), None)
+    if tier_rules is not None:
+        rules = {k: r for k, r in rules.items() if k[0] != tier.slug}
+        for model_id, effect in tier_rules.items():
+            rules[(tier.slug, model_id)] = TierModelRule(tier_id=tier.slug, model_id=model_id, effect=effect)
     return build_rules(0, list(tiers.values()), list(models.values()), list(rules.values()))
 
 
@@ -100,5 +103,8 @@ def validate_rule(rule: TierModelRule) -> None:
     _raise(catalog_problems(_candidate_rules(rule=rule)), "rule", "", "effect")
 
 
-def validate_rule_delete(rule: TierModelRule) -> None:
-    _raise(catalog_problems(_candidate_rules(deleted_rule=rule)), "rule", "", "effect")
+def validate_tier_rules(tier: Tier, tier_rules: dict[str, str]) -> None:
+    """A tier and its whole set of rules saved together (the admin's tier page with its inline rules)."""
+    problems = catalog_problems(_candidate_rules(tier=tier, tier_rules=tier_rules))
+    if problems:
+        raise ValidationError([message for _, _, message in problems])

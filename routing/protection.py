@@ -2,7 +2,7 @@
 catalog id as text (they are billing history and must survive catalog edits), so the database cannot
 PROTECT them itself. Deactivate a model, or stop assigning a tier, instead."""
 from django.apps import apps
-from django.db.models import ProtectedError
+from django.db.models import ProtectedError, Q
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 
@@ -13,7 +13,9 @@ def runs_referencing(obj):
     Run = apps.get_model("agents", "Run")
     if isinstance(obj, Tier):
         return Run.objects.filter(tier=obj.slug)
-    return Run.objects.filter(catalog_model=obj.id)
+    # A run that fell back keeps the model it asked for in requested_model (or, when it used its
+    # tier's default, nowhere but its tier), and its catalog_model moves to the fallback's row.
+    return Run.objects.filter(Q(catalog_model=obj.id) | Q(requested_model=obj.id) | Q(model=obj.id))
 
 
 def deletion_refusal(obj) -> str | None:

@@ -76,7 +76,28 @@ def test_deleting_an_allow_rule_a_default_relies_on_is_refused(admin_client, cat
     }  # fmt: skip
     response = admin_client.post("/admin/routing/tier/access/change/", form)
     assert response.status_code == 200
-    assert "Cannot delete the rule" in response.content.decode()
+    assert "Cannot save the tier with these rules: claude-haiku-4-5 is the default model of access" in response.content.decode()
+    assert TierModelRule.objects.filter(pk=rule.pk).exists()
+
+
+def test_a_new_default_and_a_deleted_rule_it_needs_are_refused_together(admin_client, catalog):
+    """Each is fine against the database alone: the tier form sees the rule, the rule form sees the old
+    default. Saved together they would leave the tier unable to use its default."""
+    from routing.models import RuleEffect, TierModelRule
+
+    rule = TierModelRule.objects.create(tier_id="access", model_id="claude-haiku-4-5", effect=RuleEffect.ALLOW)
+    before = Tier.objects.get(slug="access").default_model_id
+    assert before != "claude-haiku-4-5"
+    form = {
+        **TIER_FORM, "name": "Access", "rank": 0, "monthly_token_quota": 0, "monthly_run_quota": 50,
+        "default_model": "claude-haiku-4-5", "rules-TOTAL_FORMS": 1, "rules-INITIAL_FORMS": 1,
+        "rules-0-id": rule.pk, "rules-0-tier": "access", "rules-0-model": "claude-haiku-4-5", "rules-0-effect": "allow",
+        "rules-0-DELETE": "on",
+    }  # fmt: skip
+    response = admin_client.post("/admin/routing/tier/access/change/", form)
+    assert response.status_code == 200
+    assert "which may not use it" in response.content.decode()
+    assert Tier.objects.get(slug="access").default_model_id == before
     assert TierModelRule.objects.filter(pk=rule.pk).exists()
 
 
