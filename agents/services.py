@@ -85,7 +85,9 @@ def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: in
     now = timezone.now()
     period = period_of(now)
     with transaction.atomic():
-        quota_reserve(user_id=user.pk, period=period, tokens=reserve, limits=limits_for(plan, tier))
+        # The run row first and the quota last: the user's counter row, which every admission and
+        # settlement of the user updates, then stays locked only until the commit. A refusal rolls
+        # the run back with the rest.
         run = Run.objects.create(
             user=user,
             agent=agent,
@@ -103,6 +105,7 @@ def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: in
             reserved_tokens=reserve,
             created_at=now,
         )
+        quota_reserve(user_id=user.pk, period=period, tokens=reserve, limits=limits_for(plan, tier))
         # Only once the run is committed: a worker must never look for a row that is not there yet.
         transaction.on_commit(lambda: dispatch_run(run.pk, run.timeout_secs), robust=True)
     return run

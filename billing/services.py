@@ -7,7 +7,7 @@ admissions cannot both take the last tokens."""
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -45,28 +45,55 @@ def limits_for(plan: Plan, tier) -> Limits:
     return Limits(tokens, runs, False)
 
 
+def _counters_update(assignments: str, params: list, *, user_id: int, period: dt.date, where: str = "", where_params=(), returning: str):
+    """One UPDATE of the user's counter row for `period`, returning a column of the updated row (None
+    when no row matched). RETURNING saves the read that would follow, and with it the time the row
+    stays locked (PostgreSQL, and SQLite from 3.35)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {UsagePeriod._meta.db_table} SET {assignments} WHERE user_id = %s AND period = %s{where} RETURNING {returning}",
+            [*params, user_id, connection.ops.adapt_datefield_value(period), *where_params],
+        )
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
 def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits) -> None:
     """Count one run and reserve `tokens` against the period, or raise QuotaExceeded.
 
-    Must run inside a transaction that also records the run, so a failure after it undoes it."""
-    UsagePeriod.objects.bulk_create([UsagePeriod(user_id=user_id, period=period)], ignore_conflicts=True)
-    rows = UsagePeriod.objects.filter(user_id=user_id, period=period)
-    admit = rows
+    Must run inside a transaction that also records the run, so a failure after it undoes it; the
+    caller does this last before committing, so the counter row stays locked only for the commit."""
+    where, where_params = "", []
     # A 0-token reservation (a 0x model) is admitted even at a token limit of 0 (CONTRACT section 6).
     checks_tokens = limits.tokens is not None and tokens > 0
     if checks_tokens:
-        admit = admit.filter(tokens_used__lte=limits.tokens - tokens - F("tokens_reserved"))
+        where += " AND tokens_used <= %s - tokens_reserved"
+        where_params.append(limits.tokens - tokens)
     if limits.runs is not None:
-        admit = admit.filter(runs_used__lte=limits.runs - 1)
-    for _ in range(3):
-        if admit.update(tokens_reserved=F("tokens_reserved") + tokens, runs_used=F("runs_used") + 1):
+        where += " AND runs_used <= %s"
+        where_params.append(limits.runs - 1)
+    rows = UsagePeriod.objects.filter(user_id=user_id, period=period)
+    for _ in range(4):
+        runs_used = _counters_update(
+            "tokens_reserved = tokens_reserved + %s, runs_used = runs_used + 1",
+            [tokens],
+            user_id=user_id,
+            period=period,
+            where=where,
+            where_params=where_params,
+            returning="runs_used",
+        )
+        if runs_used is not None:
             if limits.runs:
-                runs_used = rows.values_list("runs_used", flat=True).get()
                 alerts_record(user_id=user_id, period=period, quota="runs", used=runs_used, limit=limits.runs)
             return
-        # Which limit refused it, read under the row lock. A settlement can free room between the
-        # refused UPDATE and this read; then nothing is over and the UPDATE is simply tried again.
-        usage = rows.select_for_update().get()
+        # No row yet (the period's first run), or a limit refused it: which one, read under the row
+        # lock. A settlement can free room between the refused UPDATE and this read; then nothing is
+        # over and the UPDATE is simply tried again.
+        usage = rows.select_for_update().first()
+        if usage is None:
+            UsagePeriod.objects.bulk_create([UsagePeriod(user_id=user_id, period=period)], ignore_conflicts=True)
+            continue
         if checks_tokens and usage.tokens_used + usage.tokens_reserved + tokens > limits.tokens:
             raise QuotaExceeded("tokens", usage.tokens_used, limits.tokens, period, usage.tokens_reserved, tokens)
         if limits.runs is not None and usage.runs_used + 1 > limits.runs:
@@ -82,12 +109,16 @@ def usage_settle(run_id) -> bool:
     the run was already settled (a redelivery), having changed nothing."""
     from agents.models import TERMINAL_STATUSES, Run
 
-    with transaction.atomic():
-        run = Run.objects.select_for_update().get(pk=run_id)
+    # Inside the caller's transaction when there is one (run_finish): no savepoint, whose two extra
+    # round trips would buy nothing, as any failure here fails the caller's transaction anyway.
+    with transaction.atomic(savepoint=False):
+        # The run, locked, with its user's plan for the token limit (one query).
+        run = Run.objects.select_for_update(of=("self",)).select_related("user__plan").get(pk=run_id)
         if run.settled_at is not None or run.status not in TERMINAL_STATUSES:
             return False
         has_usage = run.input_tokens is not None and run.output_tokens is not None
         billed = billed_tokens(run.input_tokens, run.output_tokens, run.multiplier) if has_usage else 0
+        limit = _token_limit(run.user) if billed else None
         Run.objects.filter(pk=run.pk).update(settled_at=timezone.now(), billed_tokens=billed if has_usage else None)
         if has_usage:
             LedgerEntry.objects.create(
@@ -101,27 +132,37 @@ def usage_settle(run_id) -> bool:
                 billed_tokens=billed,
             )
             key = {"user_id": run.user_id, "period": run.period, "model": run.model}
-            ModelUsage.objects.bulk_create([ModelUsage(**key)], ignore_conflicts=True)
-            ModelUsage.objects.filter(**key).update(
-                runs=F("runs") + 1,
-                input_tokens=F("input_tokens") + run.input_tokens,
-                output_tokens=F("output_tokens") + run.output_tokens,
-                billed_tokens=F("billed_tokens") + billed,
-            )
-        counters = UsagePeriod.objects.filter(user_id=run.user_id, period=run.period)
-        counters.update(tokens_used=F("tokens_used") + billed, tokens_reserved=F("tokens_reserved") - run.reserved_tokens)
-        limit = _token_limit(run.user_id) if billed else None
-        if limit:
-            used = counters.values_list("tokens_used", flat=True).get()
+            add = {
+                "runs": F("runs") + 1,
+                "input_tokens": F("input_tokens") + run.input_tokens,
+                "output_tokens": F("output_tokens") + run.output_tokens,
+                "billed_tokens": F("billed_tokens") + billed,
+            }
+            if not ModelUsage.objects.filter(**key).update(**add):  # the model's first run this period
+                ModelUsage.objects.bulk_create([ModelUsage(**key)], ignore_conflicts=True)
+                ModelUsage.objects.filter(**key).update(**add)
+        # The user's counter row last: every admission of the user waits on its lock, held from here
+        # to the commit.
+        used = _counters_update(
+            "tokens_used = tokens_used + %s, tokens_reserved = tokens_reserved - %s",
+            [billed, run.reserved_tokens],
+            user_id=run.user_id,
+            period=run.period,
+            returning="tokens_used",
+        )
+        if limit and used is not None:
             alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
     return True
 
 
-def _token_limit(user_id) -> int | None:
+def _token_limit(user) -> int | None:
     """The user's monthly token limit now (None: unlimited or exempt)."""
     from routing.snapshot import get_rules
 
-    plan = Plan.objects.filter(user_id=user_id).first() or Plan(user_id=user_id, tier_id=DEFAULT_TIER)
+    try:
+        plan = user.plan
+    except Plan.DoesNotExist:
+        plan = Plan(user_id=user.pk, tier_id=DEFAULT_TIER)
     return limits_for(plan, get_rules().tiers[plan.tier_id]).tokens
 
 

@@ -234,3 +234,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+
+# Celery's Django fixup closes the database connection before and after every task unless this is set,
+# so each run paid for a new PostgreSQL connection (issue 6). Workers keep it, and check it around each
+# task as Django does around a request (runtime.apps), so CONN_MAX_AGE and the health checks apply.
+CELERY_DB_REUSE_MAX = 1_000_000

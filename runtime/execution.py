@@ -73,8 +73,9 @@ def _persist(write):
 
 
 class Execution:
-    def __init__(self, run: Run, token):
+    def __init__(self, run: Run, token, call_counted: bool = False):
         self.run, self.token = run, token
+        self.call_counted = call_counted  # the claim already counted the next provider call
         self.deadline = run_deadline(run)
         self.completion = None  # the provider's answer, once there is one
 
@@ -114,6 +115,9 @@ class Execution:
     def call_once(self, provider: str, model_id: str) -> Completion:
         remaining = self.seconds_left()
         if remaining <= 0:
+            if self.call_counted:  # counted by the claim, but it will not happen
+                self.call_counted = False
+                run_count_call(self.run.pk, -1)
             raise _Stop("timeout")
         request = CompletionRequest(
             model=provider_model_id(provider, model_id),
@@ -122,7 +126,10 @@ class Execution:
             max_tokens=self.run.max_tokens,
             timeout=remaining,
         )
-        run_count_call(self.run.pk)
+        if self.call_counted:
+            self.call_counted = False
+        else:
+            run_count_call(self.run.pk)
         return self.wait(future=_start_call(RUNNERS[provider], request))
 
     def call_with_retries(self, provider: str, model_id: str) -> Completion:

@@ -10,7 +10,7 @@ import uuid
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -34,23 +34,46 @@ def is_stale(run: Run) -> bool:
     return run.heartbeat_at is None or run.heartbeat_at < stale_before()
 
 
-def run_claim(run_id) -> tuple[Run, uuid.UUID] | None:
+def run_claim(run_id) -> tuple[Run, uuid.UUID, bool] | None:
     """queued -> executing, or take over an executing run whose worker died before the provider
-    answered. The run (its deadline still counts from the first start) and this claim's token, or
-    None if someone else holds it or it has ended."""
-    now = timezone.now()
-    token = uuid.uuid4()
-    claimable = Q(status=RunStatus.QUEUED) | (Q(status=RunStatus.EXECUTING, input_tokens__isnull=True) & stale_heartbeat(now))
-    won = Run.objects.filter(claimable, pk=run_id).update(
-        status=RunStatus.EXECUTING, started_at=Coalesce("started_at", now), heartbeat_at=now, claim=token, claims=F("claims") + 1
-    )
-    if not won:
+    answered. The run (its deadline still counts from the first start), this claim's token, and
+    whether the claim already counted the provider call that follows it; or None if someone else
+    holds it or it has ended.
+
+    The row is read first, then claimed by a conditional UPDATE that re-checks what the read saw:
+    a concurrent claim, cancel or end makes it match nothing. The read is what lets the UPDATE also
+    fix the deadline and count the first provider call, so a claim costs two queries, not four."""
+    try:
+        run = Run.objects.get(pk=run_id)
+    except Run.DoesNotExist:
         return None
-    run = Run.objects.get(pk=run_id)
-    if run.deadline_at is None:  # the first claim fixes the deadline; a takeover keeps it
-        run.deadline_at = run.started_at + dt.timedelta(seconds=run.timeout_secs)
-        Run.objects.filter(pk=run_id, deadline_at__isnull=True).update(deadline_at=run.deadline_at)
-    return run, token
+    now = timezone.now()
+    fresh = run.status == RunStatus.QUEUED
+    if fresh:
+        claimable = Q(status=RunStatus.QUEUED)
+    elif run.status == RunStatus.EXECUTING and run.input_tokens is None:
+        claimable = Q(status=RunStatus.EXECUTING, input_tokens__isnull=True) & stale_heartbeat(now)
+    else:
+        return None
+    token = uuid.uuid4()
+    started_at = run.started_at or now
+    deadline_at = run.deadline_at or started_at + dt.timedelta(seconds=run.timeout_secs)  # the first claim fixes it
+    changes = {
+        "status": RunStatus.EXECUTING,
+        "started_at": Coalesce("started_at", Value(now)),
+        "deadline_at": Coalesce("deadline_at", Value(deadline_at)),
+        "heartbeat_at": now,
+        "claim": token,
+        "claims": F("claims") + 1,
+    }
+    if fresh:  # a fresh claim's deadline is ahead, so its first provider call always happens
+        changes["provider_calls"] = F("provider_calls") + 1
+    if not Run.objects.filter(claimable, pk=run_id).update(**changes):
+        return None
+    run.status, run.started_at, run.deadline_at, run.heartbeat_at, run.claim = RunStatus.EXECUTING, started_at, deadline_at, now, token
+    run.claims += 1
+    run.provider_calls += fresh
+    return run, token, fresh
 
 
 def run_heartbeat(run_id, token) -> str:
@@ -71,8 +94,8 @@ def timeout_error(run: Run) -> dict:
     return {"code": "timeout", "message": f"The run did not finish within its timeout of {run.timeout_secs} seconds."}
 
 
-def run_count_call(run_id) -> None:
-    Run.objects.filter(pk=run_id).update(provider_calls=F("provider_calls") + 1)
+def run_count_call(run_id, by: int = 1) -> None:
+    Run.objects.filter(pk=run_id).update(provider_calls=F("provider_calls") + by)
 
 
 def run_switch_model(run_id, token, model_id: str, entry: ModelInfo, multiplier) -> bool:
