@@ -104,7 +104,10 @@ def validate_rule(rule: TierModelRule) -> None:
 
 
 def validate_tier_rules(tier: Tier, tier_rules: dict[str, str]) -> None:
-    """A tier and its whole set of rules saved together (the admin's tier page with its inline rules)."""
+    """A tier and its whole set of rules saved together (the admin's tier page with its inline rules).
+    Only the problems the rules cause are raised: the tier's own form reports the others."""
     problems = catalog_problems(_candidate_rules(tier=tier, tier_rules=tier_rules))
-    if problems:
-        raise ValidationError([message for _, _, message in problems])
+    already = set(catalog_problems(_candidate_rules(tier=tier)))
+    caused = [message for problem in problems if problem not in already for message in problem[2:]]
+    if caused:
+        raise ValidationError(caused)

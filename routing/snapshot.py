@@ -2,11 +2,16 @@
 
 Every change to those tables bumps RulesRevision in the same transaction (routing.signals). A process
 re-reads the revision at most every RULES_REFRESH_SECS and rebuilds its snapshot when it moved, so an
-operator's edit reaches every web and worker process within that interval, without a restart."""
+operator's edit reaches every web and worker process within that interval, without a restart.
+
+An API request learns the revision sooner, for free: the API-key lookup reads it as one more column
+(revision_subquery), and observe_revision() drops a snapshot older than that. So a run admitted after an
+edit committed is always decided and priced by it, in whichever process it lands."""
 import threading
 import time
 
 from django.conf import settings
+from django.db.models import Subquery
 
 from .access import ModelInfo, Rules, TierInfo
 from .models import CatalogModel, RulesRevision, Tier, TierModelRule
@@ -70,6 +75,25 @@ def get_rules() -> Rules:
             _state["rules"] = rules
         _state["checked_at"] = time.monotonic()
         return rules
+
+
+def revision_subquery() -> Subquery:
+    """The committed rules revision, as a column another query can carry."""
+    return Subquery(RulesRevision.objects.filter(pk=1).values("value")[:1])
+
+
+def observe_revision(revision: int | None) -> None:
+    """A request read the committed revision: a snapshot older than it is dropped (the next get_rules()
+    rebuilds it), one at it needs no check for another interval."""
+    revision = revision or 0
+    with _lock:
+        rules = _state["rules"]
+        if rules is None:
+            return
+        if rules.revision < revision:
+            _state["rules"] = None
+        elif rules.revision == revision:
+            _state["checked_at"] = time.monotonic()
 
 
 def invalidate() -> None:

@@ -205,3 +205,23 @@ def test_set_tier_rejects_bad_arguments(catalog, args):
 
     with pytest.raises((CommandError, SystemExit)):
         call_command("set_tier", *args, stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_a_run_admitted_after_an_edit_is_priced_by_it_whatever_the_refresh_interval(make_client, make_agent, settings, django_assert_num_queries):
+    """The key lookup carries the rules revision, so an edit committed before the request is seen at
+    once, in any process, with no query of its own."""
+    from routing.models import CatalogModel
+    from routing.snapshot import get_rules
+
+    client = make_client("m1")
+    agent = make_agent(client.user)
+    settings.RULES_REFRESH_SECS = 3600  # the interval check alone would not see the edit for an hour
+    assert get_rules().lookup("claude-haiku-4-5").multiplier == 1
+    haiku = CatalogModel.objects.get(id="claude-haiku-4-5")
+    haiku.multiplier = 2
+    haiku.save()
+    response = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["usage"]["multiplier"] == "2"
+    with django_assert_num_queries(2):  # key (with the revision) and run: the unchanged rules cost nothing
+        assert client.get(f"/api/v1/runs/{response.json()['id']}").status_code == 200

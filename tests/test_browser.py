@@ -98,11 +98,7 @@ def operator_session(stack, page, screenshots):
     expect(page.locator(".messagelist .success")).to_contain_text("was changed successfully")
     page.screenshot(path=screenshots / "2-multiplier-saved.png", full_page=True)
     assert str(CatalogModel.objects.get(id="claude-haiku-4-5").multiplier) == "2.0000"
-    saved_at = time.monotonic()
-    # Every process applies an edit within a second (test_live_rules measures it); wait for this one.
-    while next(m for m in api.get("/api/v1/models").json()["results"] if m["id"] == "claude-haiku-4-5")["multiplier"] != "2":
-        assert time.monotonic() - saved_at < 1.0
-        time.sleep(0.02)
+    # No wait: whichever web process takes the run reads the rules revision with the API key.
     agent = api.post("/api/v1/agents", {"name": "after the edit"}).json()
     created = api.post(f"/api/v1/agents/{agent['id']}/run", {"input": {"message": "hello"}})
     assert created.status_code == 202, created.text
@@ -118,7 +114,9 @@ def operator_session(stack, page, screenshots):
     page.select_option("#id_default_model", "claude-opus-4-6")
     page.click("input[name=_save]")
     expect(page.locator(".errornote")).to_be_visible()
-    expect(page.locator(".errorlist")).to_contain_text("claude-opus-4-6 is the default model of m1, which may not use it.")
+    expect(page.locator(".field-default_model .errorlist")).to_contain_text(
+        "claude-opus-4-6 is the default model of m1, which may not use it."
+    )
     page.screenshot(path=screenshots / "3-default-refused.png", full_page=True)
     assert Tier.objects.get(slug="m1").default_model_id == "claude-haiku-4-5"
     assert ChangeRecord.objects.count() == records
