@@ -235,6 +235,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
 
+# Benchmarks only (bench/, issue 6): a baseline endpoint and a no-op task, never installed otherwise.
+if env_bool("MASCHINA_BENCH"):
+    INSTALLED_APPS += ["benchapp"]
+
 # Celery's Django fixup closes the database connection before and after every task unless this is set,
 # so each run paid for a new PostgreSQL connection (issue 6). Workers keep it, and check it around each
 # task as Django does around a request (runtime.apps), so CONN_MAX_AGE and the health checks apply.

@@ -38,3 +38,9 @@ handler400 = "maschina.errors.handler400"
 handler403 = "maschina.errors.handler403"
 handler404 = "maschina.errors.handler404"
 handler500 = "maschina.errors.handler500"
+
+# Benchmarks only (bench/, issue 6): the baseline endpoint, before the catch-all 404.
+from django.conf import settings as _settings  # noqa: E402
+
+if "benchapp" in _settings.INSTALLED_APPS:
+    urlpatterns.insert(0, path("bench/", include("benchapp.urls")))

@@ -1,0 +1,133 @@
+"""Benchmark 4: completed runs per second through one real worker (`celery worker -c 2`, prefork)
+against the zero-latency Anthropic emulator.
+
+Baseline, in the same run: a no-op task (benchapp.noop) on the same worker, same settings (acks_late,
+prefetch 1, the same queue). For each, the worker is started and ready, its consumer is paused while
+N messages are published (N queued runs admitted through agents.services.run_create, or N no-op
+tasks), then resumed; the clock runs from the resume until the last run is settled (or the queue and
+its unacked set are empty for the no-op). Reported: per second, the ratio (target >= 0.5), and the
+CPU each run costs in the worker, PostgreSQL (our backends), Redis and the emulator.
+
+    python bench/worker_throughput.py [--quick]
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+QUEUE = "maschina"
+
+
+def drain(app, redis_client, done, meter, timeout):
+    """Resume consuming and wait until done(); returns (seconds, cpu)."""
+    meter.start()
+    started = time.monotonic()
+    app.control.add_consumer(QUEUE, reply=True, timeout=5, limit=1)
+    deadline = started + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker did not finish in time")
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    return elapsed, meter.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n, rounds = (300, 1) if args.quick else (2000, 2)
+
+    logs = common.log_dir("worker")
+    redis = common.Redis()
+    emulator = common.Emulator(logs)
+    worker = None
+    try:
+        common.recreate_database()
+        common.django_setup(redis.url(0))
+        made = common.migrate_and_seed()
+        user, _, agent = made["bench"]
+        import redis as redis_lib
+
+        from agents.models import Run
+        from agents.services import run_create
+        from benchapp.tasks import noop
+        from billing.selectors import plan_for
+        from maschina.celery import app
+
+        client = redis_lib.Redis.from_url(redis.url(0))
+        env = common.stack_env(broker_url=redis.url(0), anthropic_url=emulator.url)
+        worker = common.start_worker(env, logs, concurrency=2)
+        common.wait_worker_ready(worker)
+        groups = {
+            "worker": lambda: common.descendants(worker.proc.pid),
+            "postgres (our backends)": common.pg_backend_pids,
+            "redis": lambda: [redis.pid],
+            "emulator": lambda: [emulator.pid],
+        }
+        plan = plan_for(user)
+
+        def queue_empty():
+            return client.llen(QUEUE) == 0 and client.hlen("unacked") == 0
+
+        def publish_noops():
+            for i in range(n):
+                noop.apply_async(args=[i])
+
+        def admit_runs():
+            for _ in range(n):
+                run_create(user=user, plan=plan, agent=agent, input={"message": "Summarize: the quick brown fox."}, model=None, timeout_secs=300, max_tokens=16)
+
+        def runs_done():
+            return not Run.objects.filter(settled_at__isnull=True).exists()
+
+        # Warm-up: the pool's processes import the runners, open connections, build the snapshot.
+        for publish, done in ((publish_noops, queue_empty), (admit_runs, runs_done)):
+            publish()
+            while not done():
+                time.sleep(0.05)
+
+        figures = {"noop": [], "runs": []}
+        for _ in range(rounds):
+            for name, publish, done in (("noop", publish_noops, queue_empty), ("runs", admit_runs, runs_done)):
+                app.control.cancel_consumer(QUEUE, reply=True, timeout=5, limit=1)
+                time.sleep(0.3)
+                publish()
+                profiler = common.Profiler(f"worker-{name}", [worker.proc.pid])
+                seconds, cpu = drain(app, client, done, common.CpuMeter(groups), timeout=600)
+                profiler.stop()
+                figures[name].append({"n": n, "seconds": seconds, "cpu": cpu})
+                print(f"  {name}: {n} in {seconds:.2f} s = {n / seconds:.1f}/s, cpu/op {common.per_op_ms(cpu, n)}")
+
+        statuses = dict(Run.objects.values_list("status").order_by().annotate(n=__import__("django.db.models", fromlist=["Count"]).Count("id")))
+        summary = {}
+        for name, items in figures.items():
+            total_n = sum(i["n"] for i in items)
+            total_s = sum(i["seconds"] for i in items)
+            cpu = {g: sum(i["cpu"][g] for i in items) for g in items[0]["cpu"]}
+            summary[name] = {"per_second": round(total_n / total_s, 1), "ops": total_n, "seconds": round(total_s, 2), "cpu_ms_per_op": common.per_op_ms(cpu, total_n)}
+        ratio = round(summary["runs"]["per_second"] / summary["noop"]["per_second"], 3)
+        print(f"worker: {summary['runs']['per_second']} runs/s vs {summary['noop']['per_second']} no-op tasks/s, ratio {ratio}; run statuses {statuses}")
+        result = {
+            "what": "completed, settled runs per second through one worker (-c 2) against a zero-latency emulator",
+            "baseline": "a no-op Celery task on the same worker and settings",
+            "runs": summary["runs"],
+            "noop": summary["noop"],
+            "ratio": ratio,
+            "run_statuses": statuses,
+            "target": "ratio >= 0.5",
+            "target_met": ratio >= 0.5,
+        }
+        common.save_result("worker_throughput", result)
+    finally:
+        if worker:
+            worker.stop()
+        emulator.stop()
+        redis.stop()
+
+
+if __name__ == "__main__":
+    main()
