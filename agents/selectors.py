@@ -7,10 +7,11 @@ from .models import Agent, Run, RunStatus
 
 def agent_get(*, owner, agent_id) -> Agent:
     """The caller's agent; another user's is indistinguishable from a missing one."""
-    agent = Agent.objects.filter(owner=owner, pk=agent_id).first()
-    if agent is None:
-        raise Http404
-    return agent
+    # get(), not first(): first() would add the model's ORDER BY to a primary-key read.
+    try:
+        return Agent.objects.get(owner=owner, pk=agent_id)
+    except Agent.DoesNotExist:
+        raise Http404 from None
 
 
 def agent_list(*, owner):
@@ -18,10 +19,10 @@ def agent_list(*, owner):
 
 
 def run_get(*, user, run_id) -> Run:
-    run = Run.objects.filter(user=user, pk=run_id).first()
-    if run is None:
-        raise Http404
-    return run
+    try:
+        return Run.objects.get(user=user, pk=run_id)
+    except Run.DoesNotExist:
+        raise Http404 from None
 
 
 def run_list(*, user, status: str | None = None, agent: Agent | None = None):
