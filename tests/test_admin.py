@@ -63,18 +63,22 @@ def test_runs_and_ledger_cannot_be_added_in_the_admin(admin_client, catalog):
     assert admin_client.get("/admin/billing/ledgerentry/add/").status_code == 403
 
 
-def test_deleting_an_allow_rule_a_default_relies_on_is_refused(admin_client, catalog):
-    from routing.models import RuleEffect, TierModelRule
-
-    rule = TierModelRule.objects.create(tier_id="access", model_id="claude-haiku-4-5", effect=RuleEffect.ALLOW)
-    Tier.objects.filter(slug="access").update(default_model_id="claude-haiku-4-5")
-    form = {
+def access_with_haiku_default_deleting(rule):
+    """The access tier's form: default claude-haiku-4-5, and `rule` (its allow rule for haiku) deleted."""
+    return {
         **TIER_FORM, "name": "Access", "rank": 0, "monthly_token_quota": 0, "monthly_run_quota": 50,
         "default_model": "claude-haiku-4-5", "rules-TOTAL_FORMS": 1, "rules-INITIAL_FORMS": 1,
         "rules-0-id": rule.pk, "rules-0-tier": "access", "rules-0-model": "claude-haiku-4-5", "rules-0-effect": "allow",
         "rules-0-DELETE": "on",
     }  # fmt: skip
-    response = admin_client.post("/admin/routing/tier/access/change/", form)
+
+
+def test_deleting_an_allow_rule_a_default_relies_on_is_refused(admin_client, catalog):
+    from routing.models import RuleEffect, TierModelRule
+
+    rule = TierModelRule.objects.create(tier_id="access", model_id="claude-haiku-4-5", effect=RuleEffect.ALLOW)
+    Tier.objects.filter(slug="access").update(default_model_id="claude-haiku-4-5")
+    response = admin_client.post("/admin/routing/tier/access/change/", access_with_haiku_default_deleting(rule))
     assert response.status_code == 200
     assert "Cannot save the tier with these rules: claude-haiku-4-5 is the default model of access" in response.content.decode()
     assert TierModelRule.objects.filter(pk=rule.pk).exists()
@@ -88,13 +92,7 @@ def test_a_new_default_and_a_deleted_rule_it_needs_are_refused_together(admin_cl
     rule = TierModelRule.objects.create(tier_id="access", model_id="claude-haiku-4-5", effect=RuleEffect.ALLOW)
     before = Tier.objects.get(slug="access").default_model_id
     assert before != "claude-haiku-4-5"
-    form = {
-        **TIER_FORM, "name": "Access", "rank": 0, "monthly_token_quota": 0, "monthly_run_quota": 50,
-        "default_model": "claude-haiku-4-5", "rules-TOTAL_FORMS": 1, "rules-INITIAL_FORMS": 1,
-        "rules-0-id": rule.pk, "rules-0-tier": "access", "rules-0-model": "claude-haiku-4-5", "rules-0-effect": "allow",
-        "rules-0-DELETE": "on",
-    }  # fmt: skip
-    response = admin_client.post("/admin/routing/tier/access/change/", form)
+    response = admin_client.post("/admin/routing/tier/access/change/", access_with_haiku_default_deleting(rule))
     assert response.status_code == 200
     assert "which may not use it" in response.content.decode()
     assert Tier.objects.get(slug="access").default_model_id == before
