@@ -151,6 +151,7 @@ def test_every_list_page_runs_a_constant_number_of_queries(admin_client, catalog
     few = {path: queries(path) for path in paths}
     _add_customers(10, make_user, make_agent)
     assert {path: queries(path) for path in paths} == few
+    print("queries per list page:", ", ".join(f"{path.split('/')[-2]} {n}" for path, n in few.items()))
 
 
 @pytest.mark.parametrize(
