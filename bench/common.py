@@ -312,12 +312,10 @@ def stack_env(*, broker_url, anthropic_url, **overrides) -> dict:
 
 
 def start_web(env, log_dir, workers=2):
-    from tests.processes import Process, free_port, wait_http
+    """gunicorn as the tests start it, once it answers."""
+    from tests.processes import start_gunicorn, wait_http
 
-    port = free_port()
-    argv = [str(BIN / "gunicorn"), "maschina.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    web = Process("web", argv, env, log_dir)
-    url = f"http://127.0.0.1:{port}"
+    web, url = start_gunicorn(env, log_dir, workers=workers)
     wait_http(url + "/healthz", [web], timeout=60)
     return web, url
 
