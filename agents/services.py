@@ -9,7 +9,7 @@ from billing.pricing import input_token_bound, reservation
 from billing.services import limits_for, quota_reserve, usage_settle
 from routing.access import Allowed, Denied, decide
 from routing.snapshot import get_rules
-from runtime.dispatch import dispatch_run
+from runtime.dispatch import admission_dispatch, publish_admitted
 
 from .models import Agent, Run, RunStatus
 from .risk import MAX_MESSAGE_CHARS, risk_flags
@@ -104,10 +104,11 @@ def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: in
             period=period,
             reserved_tokens=reserve,
             created_at=now,
+            **admission_dispatch(now),
         )
         quota_reserve(user_id=user.pk, period=period, tokens=reserve, limits=limits_for(plan, tier))
         # Only once the run is committed: a worker must never look for a row that is not there yet.
-        transaction.on_commit(lambda: dispatch_run(run.pk, run.timeout_secs), robust=True)
+        transaction.on_commit(lambda: publish_admitted(run.pk, run.timeout_secs), robust=True)
     return run
 
 

@@ -27,10 +27,39 @@ def redispatch_delay(dispatches: int) -> dt.timedelta:
     return dt.timedelta(seconds=settings.SWEEP_REDISPATCH_AFTER_SECS * 2 ** min(max(dispatches - 1, 0), 6))
 
 
+def admission_dispatch(now: dt.datetime) -> dict:
+    """The dispatch fields of a run admitted at `now`, written by its INSERT: admission publishes it
+    right after the commit, so recording the publish ahead saves an UPDATE on every run. A publish
+    that fails undoes them (publish_admitted), and the sweeper publishes the run 2 s after its
+    creation. A web process that dies between the commit and the publish leaves a run that looks
+    published: the sweeper publishes it at redispatch_at, as it does a message Redis lost."""
+    return {"dispatched_at": now, "dispatches": 1, "redispatch_at": now + redispatch_delay(1)}
+
+
+def publish_admitted(run_id, timeout_secs: int) -> bool:
+    """Publish a run admitted with admission_dispatch(); on failure, mark it never published."""
+    from agents.models import Run, RunStatus
+
+    if _publish(run_id, timeout_secs):
+        return True
+    Run.objects.filter(pk=run_id, status=RunStatus.QUEUED, dispatches=1).update(dispatched_at=None, dispatches=0, redispatch_at=None)
+    return False
+
+
 def dispatch_run(run_id, timeout_secs: int, dispatches: int = 0) -> bool:
-    """Publish the run's task; `dispatches` is how often it was published before."""
+    """Publish the run's task again (the sweeper); `dispatches` is how often it was published before."""
     from agents.models import Run
 
+    if not _publish(run_id, timeout_secs):
+        return False
+    now = timezone.now()
+    Run.objects.filter(pk=run_id).update(
+        dispatched_at=now, dispatches=F("dispatches") + 1, redispatch_at=now + redispatch_delay(dispatches + 1)
+    )
+    return True
+
+
+def _publish(run_id, timeout_secs: int) -> bool:
     from .tasks import execute_run
 
     soft, hard = task_time_limits(timeout_secs)
@@ -40,8 +69,4 @@ def dispatch_run(run_id, timeout_secs: int, dispatches: int = 0) -> bool:
     except (KombuError, RedisError, OSError) as exc:
         logger.warning("run %s not dispatched (%s); the sweeper will retry", run_id, exc)
         return False
-    now = timezone.now()
-    Run.objects.filter(pk=run_id).update(
-        dispatched_at=now, dispatches=F("dispatches") + 1, redispatch_at=now + redispatch_delay(dispatches + 1)
-    )
     return True

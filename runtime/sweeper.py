@@ -3,7 +3,8 @@ active forever (CONTRACT section 7).
 
 - queued: dispatched again 2 s after its creation if it never was (the broker was down at
   admission), else SWEEP_REDISPATCH_AFTER_SECS after its first dispatch, backing off from there (a
-  message Redis lost is found again; a duplicate delivery loses its claim, harmlessly).
+  message Redis lost, or one a dying web process never sent, is found again; a duplicate delivery
+  loses its claim, harmlessly).
 - executing, no heartbeat for HEARTBEAT_STALE_SECS: its worker died. If the provider's answer was
   recorded, the run is finished from it; otherwise it is dispatched again and the next claim takes
   it over (its deadline still counts from its first start).

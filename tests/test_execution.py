@@ -14,6 +14,7 @@ from billing.models import LedgerEntry, ModelUsage, UsagePeriod
 from billing.selectors import plan_for
 from routing.models import CatalogModel, RuleEffect, TierModelRule
 from runtime import sweeper
+from runtime.dispatch import redispatch_delay
 from runtime.tasks import execute_run
 
 from .emulators import Reply, anthropic_error
@@ -271,9 +272,14 @@ def test_cancel_while_the_provider_call_is_in_flight(start_run, providers):
 def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, monkeypatch):
     dispatched = []
     monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append(run_id) or True)
-    never_dispatched = start_run(model="claude-haiku-4-5")
-    Run.objects.filter(pk=never_dispatched.pk).update(created_at=timezone.now() - dt.timedelta(seconds=10))
+    never_dispatched = start_run(model="claude-haiku-4-5")  # its publish failed at admission:
+    Run.objects.filter(pk=never_dispatched.pk).update(
+        created_at=timezone.now() - dt.timedelta(seconds=10), dispatched_at=None, dispatches=0, redispatch_at=None
+    )
     fresh = start_run(model="claude-haiku-4-5")
+    # Admission records its publish in the INSERT: not again before the redispatch delay.
+    assert fresh.dispatches == 1 and fresh.redispatch_at - fresh.dispatched_at == redispatch_delay(1)
+    Run.objects.filter(pk=fresh.pk).update(created_at=timezone.now() - dt.timedelta(seconds=10))
     stuck = start_run(model="claude-haiku-4-5", timeout_secs=30)
     long_ago = timezone.now() - dt.timedelta(seconds=30 + 60)
     Run.objects.filter(pk=stuck.pk).update(status=RunStatus.EXECUTING, started_at=long_ago)
@@ -322,7 +328,10 @@ def test_sweeper_redispatches_an_orphan_once_per_stale_window(start_run, provide
     run = start_run(model="claude-haiku-4-5", timeout_secs=600)
     now = timezone.now()
     Run.objects.filter(pk=run.pk).update(
-        status=RunStatus.EXECUTING, started_at=now - dt.timedelta(seconds=100), heartbeat_at=now - dt.timedelta(seconds=90)
+        status=RunStatus.EXECUTING,
+        dispatched_at=now - dt.timedelta(seconds=100),  # published at admission
+        started_at=now - dt.timedelta(seconds=100),
+        heartbeat_at=now - dt.timedelta(seconds=90),
     )
     assert sweeper.sweep()["taken_over"] == 1
     assert dispatched[0][0] == run.pk and 490 <= dispatched[0][1] <= 500  # the time the run has left
@@ -404,7 +413,9 @@ def test_a_failing_broker_stops_the_sweeps_publishing_but_not_its_reaping(start_
     calls = []
     monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: calls.append(run_id) and False)
     queued = [start_run(model="claude-haiku-4-5") for _ in range(3)]
-    Run.objects.filter(pk__in=[r.pk for r in queued]).update(created_at=timezone.now() - dt.timedelta(seconds=10))
+    Run.objects.filter(pk__in=[r.pk for r in queued]).update(  # their publish failed at admission
+        created_at=timezone.now() - dt.timedelta(seconds=10), dispatched_at=None, dispatches=0, redispatch_at=None
+    )
     stuck = start_run(model="claude-haiku-4-5", timeout_secs=10)
     long_ago = timezone.now() - dt.timedelta(seconds=200)
     Run.objects.filter(pk=stuck.pk).update(status=RunStatus.EXECUTING, started_at=long_ago, deadline_at=long_ago, heartbeat_at=timezone.now())
