@@ -439,3 +439,25 @@ def test_a_takeover_keeps_the_first_deadline(start_run, providers):
     assert (run.status, run.claims, run.deadline_at, run.started_at) == (RunStatus.COMPLETED, 2, deadline, first_start)
     sent_timeout = float(providers[0].calls[0][2]["x-stainless-timeout"])
     assert 30 < sent_timeout <= 40  # the time left of the first deadline, not a fresh 100 s
+
+
+@pytest.mark.django_db
+def test_a_run_renders_as_drfs_field_by_field_rendering_would(start_run, providers):
+    from rest_framework import serializers
+
+    from agents.serializers import RunSerializer
+
+    queued = start_run(model="claude-haiku-4-5")
+    completed = start_run(model="claude-sonnet-4-5")
+    execute_run(str(completed.pk))
+    failed = start_run(model="claude-haiku-4-5")
+    providers[0].queue("claude-haiku-4-5", anthropic_error(400, "invalid_request_error", "bad"))
+    execute_run(str(failed.pk))
+    canceled = run_cancel(run=start_run(model="claude-haiku-4-5"))
+    canceled.agent.delete()
+    for run in Run.objects.filter(pk__in=[queued.pk, completed.pk, failed.pk, canceled.pk]):
+        fast = RunSerializer(run).data
+        generic = serializers.Serializer.to_representation(RunSerializer(run), run)
+        assert list(fast.items()) == list(generic.items())
+    statuses = {run.status for run in Run.objects.filter(pk__in=[queued.pk, completed.pk, failed.pk, canceled.pk])}
+    assert statuses == {"queued", "completed", "failed", "canceled"}
