@@ -46,16 +46,15 @@ def limits_for(plan: Plan, tier) -> Limits:
 
 
 def _counters_update(assignments: str, params: list, *, user_id: int, period: dt.date, where: str = "", where_params=(), returning: str):
-    """One UPDATE of the user's counter row for `period`, returning a column of the updated row (None
-    when no row matched). RETURNING saves the read that would follow, and with it the time the row
-    stays locked (PostgreSQL, and SQLite from 3.35)."""
+    """One UPDATE of the user's counter row for `period`, returning the `returning` columns of the
+    updated row (None when no row matched). RETURNING saves the read that would follow, and with it
+    the time the row stays locked (PostgreSQL, and SQLite from 3.35)."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {UsagePeriod._meta.db_table} SET {assignments} WHERE user_id = %s AND period = %s{where} RETURNING {returning}",
             [*params, user_id, connection.ops.adapt_datefield_value(period), *where_params],
         )
-        row = cursor.fetchone()
-    return None if row is None else row[0]
+        return cursor.fetchone()
 
 
 def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits) -> None:
@@ -74,7 +73,7 @@ def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits)
         where_params.append(limits.runs - 1)
     rows = UsagePeriod.objects.filter(user_id=user_id, period=period)
     for _ in range(4):
-        runs_used = _counters_update(
+        updated = _counters_update(
             "tokens_reserved = tokens_reserved + %s, runs_used = runs_used + 1",
             [tokens],
             user_id=user_id,
@@ -83,9 +82,9 @@ def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits)
             where_params=where_params,
             returning="runs_used",
         )
-        if runs_used is not None:
+        if updated is not None:
             if limits.runs:
-                alerts_record(user_id=user_id, period=period, quota="runs", used=runs_used, limit=limits.runs)
+                alerts_record(user_id=user_id, period=period, quota="runs", used=updated[0], limit=limits.runs)
             return
         # No row yet (the period's first run), or a limit refused it: which one, read under the row
         # lock. A settlement can free room between the refused UPDATE and this read; then nothing is
@@ -106,64 +105,75 @@ def usage_settle(run_id) -> bool:
 
     Bills the raw usage stored on the run (if the provider reported any) at the run's multiplier,
     writes its ledger row and per-model counters, and releases the reservation. Returns False when
-    the run was already settled (a redelivery), having changed nothing."""
+    the run was already settled (a redelivery), having changed nothing. (A worker whose run completes
+    settles it in the same UPDATE that ends it, runtime.services.run_complete.)"""
     from agents.models import TERMINAL_STATUSES, Run
 
     # Inside the caller's transaction when there is one (run_finish): no savepoint, whose two extra
     # round trips would buy nothing, as any failure here fails the caller's transaction anyway.
     with transaction.atomic(savepoint=False):
-        # The run, locked, with its user's plan for the token limit (one query).
-        run = Run.objects.select_for_update(of=("self",)).select_related("user__plan").get(pk=run_id)
+        run = Run.objects.select_for_update().get(pk=run_id)
         if run.settled_at is not None or run.status not in TERMINAL_STATUSES:
             return False
         has_usage = run.input_tokens is not None and run.output_tokens is not None
-        billed = billed_tokens(run.input_tokens, run.output_tokens, run.multiplier) if has_usage else 0
-        limit = _token_limit(run.user) if billed else None
-        Run.objects.filter(pk=run.pk).update(settled_at=timezone.now(), billed_tokens=billed if has_usage else None)
-        if has_usage:
-            LedgerEntry.objects.create(
-                run_id=run.pk,
-                user_id=run.user_id,
-                period=run.period,
-                model=run.model,
-                input_tokens=run.input_tokens,
-                output_tokens=run.output_tokens,
-                multiplier=run.multiplier,
-                billed_tokens=billed,
-            )
-            key = {"user_id": run.user_id, "period": run.period, "model": run.model}
-            add = {
-                "runs": F("runs") + 1,
-                "input_tokens": F("input_tokens") + run.input_tokens,
-                "output_tokens": F("output_tokens") + run.output_tokens,
-                "billed_tokens": F("billed_tokens") + billed,
-            }
-            if not ModelUsage.objects.filter(**key).update(**add):  # the model's first run this period
-                ModelUsage.objects.bulk_create([ModelUsage(**key)], ignore_conflicts=True)
-                ModelUsage.objects.filter(**key).update(**add)
-        # The user's counter row last: every admission of the user waits on its lock, held from here
-        # to the commit.
-        used = _counters_update(
-            "tokens_used = tokens_used + %s, tokens_reserved = tokens_reserved - %s",
-            [billed, run.reserved_tokens],
-            user_id=run.user_id,
-            period=run.period,
-            returning="tokens_used",
-        )
-        if limit and used is not None:
-            alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
+        run.billed_tokens = billed_tokens(run.input_tokens, run.output_tokens, run.multiplier) if has_usage else None
+        Run.objects.filter(pk=run.pk).update(settled_at=timezone.now(), billed_tokens=run.billed_tokens)
+        usage_bill(run)
     return True
 
 
-def _token_limit(user) -> int | None:
-    """The user's monthly token limit now (None: unlimited or exempt)."""
+def usage_bill(run) -> None:
+    """The writes of a settlement, for a run the caller has just marked settled (its billed_tokens
+    set, None when the provider reported no usage), in the caller's transaction: the ledger row and
+    per-model counters of what it used, then the user's counters, with its reservation released."""
+    billed = run.billed_tokens or 0
+    if run.billed_tokens is not None:
+        LedgerEntry.objects.create(
+            run_id=run.pk,
+            user_id=run.user_id,
+            period=run.period,
+            model=run.model,
+            input_tokens=run.input_tokens,
+            output_tokens=run.output_tokens,
+            multiplier=run.multiplier,
+            billed_tokens=billed,
+        )
+        key = {"user_id": run.user_id, "period": run.period, "model": run.model}
+        add = {
+            "runs": F("runs") + 1,
+            "input_tokens": F("input_tokens") + run.input_tokens,
+            "output_tokens": F("output_tokens") + run.output_tokens,
+            "billed_tokens": F("billed_tokens") + billed,
+        }
+        if not ModelUsage.objects.filter(**key).update(**add):  # the model's first run this period
+            ModelUsage.objects.bulk_create([ModelUsage(**key)], ignore_conflicts=True)
+            ModelUsage.objects.filter(**key).update(**add)
+    # The user's counter row last: every admission of the user waits on its lock, held from here to
+    # the commit. The user's plan rides along, for the token limit as it is now (no query of its own).
+    plan = f"(SELECT {{}} FROM {Plan._meta.db_table} WHERE user_id = {UsagePeriod._meta.db_table}.user_id)"
+    updated = _counters_update(
+        "tokens_used = tokens_used + %s, tokens_reserved = tokens_reserved - %s",
+        [billed, run.reserved_tokens],
+        user_id=run.user_id,
+        period=run.period,
+        returning=f"tokens_used, {plan.format(_column(Plan, 'tier'))}, {plan.format(_column(Plan, 'token_quota_override'))}",
+    )
+    if billed and updated is not None:
+        used, tier_id, token_quota_override = updated
+        limit = _token_limit(tier_id or DEFAULT_TIER, token_quota_override)
+        alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
+
+
+def _column(model, field_name: str) -> str:
+    return connection.ops.quote_name(model._meta.get_field(field_name).column)
+
+
+def _token_limit(tier_id: str, token_quota_override: int | None) -> int | None:
+    """A monthly token limit (None: unlimited or exempt), from a plan's tier and override."""
     from routing.snapshot import get_rules
 
-    try:
-        plan = user.plan
-    except Plan.DoesNotExist:
-        plan = Plan(user_id=user.pk, tier_id=DEFAULT_TIER)
-    return limits_for(plan, get_rules().tiers[plan.tier_id]).tokens
+    plan = Plan(tier_id=tier_id, token_quota_override=token_quota_override)
+    return limits_for(plan, get_rules().tiers[tier_id]).tokens
 
 
 def plan_set(*, user, tier_slug: str, token_quota=..., run_quota=...) -> Plan:

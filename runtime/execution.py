@@ -20,6 +20,7 @@ from routing.snapshot import get_rules
 from .runners import RUNNERS, Completion, CompletionRequest, ProviderError, provider_model_id
 from .services import (
     run_claim,
+    run_complete,
     run_count_call,
     run_deadline,
     run_finish,
@@ -172,6 +173,7 @@ class Execution:
                 if not run_switch_model(self.run.pk, self.token, fallback.id, fallback, multiplier):
                     self.heartbeat()  # canceled or taken over meanwhile: raises _Stop with the reason
                     raise _Stop("lost")
+                self.run.model, self.run.catalog_model, self.run.provider, self.run.multiplier = fallback.id, fallback.id, fallback.provider, multiplier
                 provider, model_id, entry = fallback.provider, fallback.id, fallback
                 continue
             self.completion = completion
@@ -179,6 +181,9 @@ class Execution:
             return
 
     def complete(self):
+        if _persist(lambda: run_complete(self.run, self.token, self.completion)):
+            return
+        # Canceled meanwhile (billed for what the provider reported all the same), or no longer ours.
         _persist(lambda: run_record_completion(self.run.pk, self.token, self.completion))
         self.finish(RunStatus.COMPLETED)
 

@@ -15,7 +15,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import Run, RunStatus
-from billing.services import usage_settle
+from billing.pricing import billed_tokens
+from billing.services import usage_bill, usage_settle
 from routing.access import ModelInfo
 
 from .runners import Completion
@@ -116,6 +117,34 @@ def run_record_completion(run_id, token, completion: Completion) -> None:
     unrecorded = Run.objects.filter(pk=run_id, claim=token, input_tokens__isnull=True)
     if not unrecorded.filter(status=RunStatus.EXECUTING).update(output={"text": completion.text}, **usage):
         unrecorded.filter(status=RunStatus.CANCELED, settled_at__isnull=True).update(**usage)
+
+
+def run_complete(run: Run, token, completion: Completion) -> bool:
+    """The provider answered: store its answer, end the run completed and settle it, in one
+    transaction whose first UPDATE does all three to the run row. `run` is this claim's view of the
+    row (its model and multiplier as it last switched them), re-checked by that UPDATE.
+
+    False, having written nothing, if the run is no longer this claim's to complete (canceled
+    meanwhile, or taken over); the caller then records the usage and settles the general way."""
+    billed = billed_tokens(completion.input_tokens, completion.output_tokens, run.multiplier)
+    now = timezone.now()
+    with transaction.atomic():
+        completed = Run.objects.filter(
+            pk=run.pk, status=RunStatus.EXECUTING, claim=token, input_tokens__isnull=True, model=run.model, multiplier=run.multiplier
+        ).update(
+            status=RunStatus.COMPLETED,
+            output={"text": completion.text},
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            billed_tokens=billed,
+            finished_at=now,
+            settled_at=now,
+        )
+        if not completed:
+            return False
+        run.input_tokens, run.output_tokens, run.billed_tokens = completion.input_tokens, completion.output_tokens, billed
+        usage_bill(run)
+    return True
 
 
 def run_finish(run_id, status: str, error: dict | None = None, token=None) -> None:
