@@ -1,14 +1,14 @@
 """Reserve -> settle, all in the database (CONTRACT section 6).
 
-quota_reserve runs inside the caller's admission transaction; usage_settle inside the worker's
-finishing transaction. Both touch counters only through conditional UPDATEs with F() expressions:
-PostgreSQL re-checks the WHERE clause of an UPDATE that waited for a row lock, so two concurrent
-admissions cannot both take the last tokens."""
+quota_reserve runs inside the caller's admission transaction; usage_settle (or usage_bill) inside
+the worker's finishing transaction. Both change counters only by statements that add in the
+database (conditional UPDATEs, an upsert), never by writing back a value read before: PostgreSQL
+re-checks the WHERE clause of an UPDATE that waited for a row lock, so two concurrent admissions
+cannot both take the last tokens."""
 import datetime as dt
 from dataclasses import dataclass
 
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from routing.models import Tier
@@ -138,16 +138,7 @@ def usage_bill(run) -> None:
             multiplier=run.multiplier,
             billed_tokens=billed,
         )
-        key = {"user_id": run.user_id, "period": run.period, "model": run.model}
-        add = {
-            "runs": F("runs") + 1,
-            "input_tokens": F("input_tokens") + run.input_tokens,
-            "output_tokens": F("output_tokens") + run.output_tokens,
-            "billed_tokens": F("billed_tokens") + billed,
-        }
-        if not ModelUsage.objects.filter(**key).update(**add):  # the model's first run this period
-            ModelUsage.objects.bulk_create([ModelUsage(**key)], ignore_conflicts=True)
-            ModelUsage.objects.filter(**key).update(**add)
+        _model_usage_add(run, billed)
     # The user's counter row last: every admission of the user waits on its lock, held from here to
     # the commit. The user's plan rides along, for the token limit as it is now (no query of its own).
     plan = f"(SELECT {{}} FROM {Plan._meta.db_table} WHERE user_id = {UsagePeriod._meta.db_table}.user_id)"
@@ -162,6 +153,21 @@ def usage_bill(run) -> None:
         used, tier_id, token_quota_override = updated
         limit = _token_limit(tier_id or DEFAULT_TIER, token_quota_override)
         alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
+
+
+def _model_usage_add(run, billed: int) -> None:
+    """Add one run to its model's counters for the period: one upsert on the unique (user, period,
+    model), which creates the model's row on its first run (PostgreSQL, and SQLite from 3.24)."""
+    table = ModelUsage._meta.db_table
+    key = [_column(ModelUsage, name) for name in ("user", "period", "model")]
+    counts = [_column(ModelUsage, name) for name in ("runs", "input_tokens", "output_tokens", "billed_tokens")]
+    add = ", ".join(f"{count} = {table}.{count} + excluded.{count}" for count in counts)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({', '.join(key + counts)}) VALUES (%s, %s, %s, 1, %s, %s, %s) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {add}",
+            [run.user_id, connection.ops.adapt_datefield_value(run.period), run.model, run.input_tokens, run.output_tokens, billed],
+        )
 
 
 def _column(model, field_name: str) -> str:
