@@ -5,7 +5,8 @@ from rest_framework import authentication, exceptions
 
 from routing import snapshot
 
-from .models import KEY_PREFIX, LOOKUP_LEN, ApiKey, hash_key
+from .key_lookup import active_key
+from .models import KEY_PREFIX, LOOKUP_LEN, hash_key
 
 KEY_RE = re.compile(r"^" + re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{40,200}$")
 
@@ -23,17 +24,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         raw = raw.strip()
         if scheme.lower() != "bearer" or not KEY_RE.match(raw):
             raise exceptions.AuthenticationFailed("The API key is invalid.")
-        lookup = raw[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_LEN]
-        # get(), not first(): `lookup` is unique, and first() would sort by the model's ordering. The
-        # rules revision rides along, so the gate sees every committed edit at no extra query.
-        keys = ApiKey.objects.select_related("user", "user__plan").annotate(rules_revision=snapshot.revision_subquery())
-        try:
-            key = keys.get(lookup=lookup, revoked_at__isnull=True, user__is_active=True)
-        except ApiKey.DoesNotExist:
-            key = None
+        # The rules revision rides along, so the gate sees every committed edit at no extra query.
+        key, rules_revision = active_key(raw[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_LEN])
         if key is None or not hmac.compare_digest(key.key_hash, hash_key(raw)):
             raise exceptions.AuthenticationFailed("The API key is invalid.")
-        snapshot.observe_revision(key.rules_revision)
+        snapshot.observe_revision(rules_revision)
         return key.user, key
 
     def authenticate_header(self, request):

@@ -5,13 +5,12 @@ re-reads the revision at most every RULES_REFRESH_SECS and rebuilds its snapshot
 operator's edit reaches every web and worker process within that interval, without a restart.
 
 An API request learns the revision sooner, for free: the API-key lookup reads it as one more column
-(revision_subquery), and observe_revision() drops a snapshot older than that. So a run admitted after an
+(accounts.key_lookup), and observe_revision() drops a snapshot older than that. So a run admitted after an
 edit committed is always decided and priced by it, in whichever process it lands."""
 import threading
 import time
 
 from django.conf import settings
-from django.db.models import Subquery
 
 from .access import ModelInfo, Rules, TierInfo
 from .models import CatalogModel, RulesRevision, Tier, TierModelRule
@@ -75,11 +74,6 @@ def get_rules() -> Rules:
             _state["rules"] = rules
         _state["checked_at"] = time.monotonic()
         return rules
-
-
-def revision_subquery() -> Subquery:
-    """The committed rules revision, as a column another query can carry."""
-    return Subquery(RulesRevision.objects.filter(pk=1).values("value")[:1])
 
 
 def observe_revision(revision: int | None) -> None:
