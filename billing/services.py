@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 from django.utils import timezone
 
+from maschina.rows import column
 from routing.models import Tier
 
 from .alerts import alerts_record
@@ -147,7 +148,7 @@ def usage_bill(run) -> None:
         [billed, run.reserved_tokens],
         user_id=run.user_id,
         period=run.period,
-        returning=f"tokens_used, {plan.format(_column(Plan, 'tier'))}, {plan.format(_column(Plan, 'token_quota_override'))}",
+        returning=f"tokens_used, {plan.format(column(Plan, 'tier'))}, {plan.format(column(Plan, 'token_quota_override'))}",
     )
     if billed and updated is not None:
         used, tier_id, token_quota_override = updated
@@ -159,8 +160,8 @@ def _model_usage_add(run, billed: int) -> None:
     """Add one run to its model's counters for the period: one upsert on the unique (user, period,
     model), which creates the model's row on its first run (PostgreSQL, and SQLite from 3.24)."""
     table = ModelUsage._meta.db_table
-    key = [_column(ModelUsage, name) for name in ("user", "period", "model")]
-    counts = [_column(ModelUsage, name) for name in ("runs", "input_tokens", "output_tokens", "billed_tokens")]
+    key = [column(ModelUsage, name) for name in ("user", "period", "model")]
+    counts = [column(ModelUsage, name) for name in ("runs", "input_tokens", "output_tokens", "billed_tokens")]
     add = ", ".join(f"{count} = {table}.{count} + excluded.{count}" for count in counts)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -168,10 +169,6 @@ def _model_usage_add(run, billed: int) -> None:
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {add}",
             [run.user_id, connection.ops.adapt_datefield_value(run.period), run.model, run.input_tokens, run.output_tokens, billed],
         )
-
-
-def _column(model, field_name: str) -> str:
-    return connection.ops.quote_name(model._meta.get_field(field_name).column)
 
 
 def _token_limit(tier_id: str, token_quota_override: int | None) -> int | None:
