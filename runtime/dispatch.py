@@ -40,7 +40,7 @@ def publish_admitted(run_id, timeout_secs: int) -> bool:
     """Publish a run admitted with admission_dispatch(); on failure, mark it never published."""
     from agents.models import Run, RunStatus
 
-    if _publish(run_id, timeout_secs):
+    if _publish(run_id, timeout_secs, queued=True):
         return True
     Run.objects.filter(pk=run_id, status=RunStatus.QUEUED, dispatches=1).update(dispatched_at=None, dispatches=0, redispatch_at=None)
     return False
@@ -59,13 +59,16 @@ def dispatch_run(run_id, timeout_secs: int, dispatches: int = 0) -> bool:
     return True
 
 
-def _publish(run_id, timeout_secs: int) -> bool:
+def _publish(run_id, timeout_secs: int, *, queued: bool = False) -> bool:
+    """Publish the run's task with time limits for `timeout_secs`. A `queued` run's message also
+    carries its timeout: the worker then claims it in one statement (runtime.services.run_claim)."""
     from .tasks import execute_run
 
     soft, hard = task_time_limits(timeout_secs)
+    kwargs = {"timeout_secs": timeout_secs} if queued else {}
     try:
         # Task id = run id: the run is findable in any Celery tool, and a duplicate publish is the same task.
-        execute_run.apply_async(args=[str(run_id)], task_id=str(run_id), soft_time_limit=soft, time_limit=hard)
+        execute_run.apply_async(args=[str(run_id)], kwargs=kwargs, task_id=str(run_id), soft_time_limit=soft, time_limit=hard)
     except (KombuError, RedisError, OSError) as exc:
         logger.warning("run %s not dispatched (%s); the sweeper will retry", run_id, exc)
         return False

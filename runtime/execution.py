@@ -188,8 +188,8 @@ class Execution:
         self.finish(RunStatus.COMPLETED)
 
 
-def execute(run_id) -> None:
-    claimed = run_claim(run_id)
+def execute(run_id, timeout_secs=None) -> None:
+    claimed = run_claim(run_id, timeout_secs)
     if claimed is None:
         resume(run_id)
         return

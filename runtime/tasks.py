@@ -17,8 +17,8 @@ from . import execution, sweeper
     retry_jitter=True,
     max_retries=20,
 )
-def execute_run(run_id: str) -> None:
-    execution.execute(run_id)
+def execute_run(run_id: str, timeout_secs: int | None = None) -> None:
+    execution.execute(run_id, timeout_secs)
 
 
 @shared_task(name="runtime.sweep_runs", acks_late=True, soft_time_limit=60, time_limit=90, ignore_result=True)

@@ -461,3 +461,36 @@ def test_a_run_renders_as_drfs_field_by_field_rendering_would(start_run, provide
         assert list(fast.items()) == list(generic.items())
     statuses = {run.status for run in Run.objects.filter(pk__in=[queued.pk, completed.pk, failed.pk, canceled.pk])}
     assert statuses == {"queued", "completed", "failed", "canceled"}
+
+
+@pytest.mark.django_db
+def test_a_message_with_the_runs_timeout_claims_it_in_one_statement(start_run, providers):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from runtime.services import run_claim
+
+    run = start_run(model="claude-haiku-4-5", timeout_secs=45)
+    with CaptureQueriesContext(connection) as queries:
+        claimed, token, counted = run_claim(str(run.pk), 45)
+    assert len(queries) == 1 and counted
+    stored = Run.objects.get(pk=run.pk)
+    loaded = {f.attname: getattr(claimed, f.attname) for f in Run._meta.concrete_fields}
+    assert loaded == {f.attname: getattr(stored, f.attname) for f in Run._meta.concrete_fields}
+    assert (stored.status, stored.claim, stored.claims, stored.provider_calls) == (RunStatus.EXECUTING, token, 1, 1)
+    assert stored.deadline_at - stored.started_at == dt.timedelta(seconds=45)
+    assert run_claim(str(run.pk), 45) is None  # a second delivery: executing, its worker alive
+
+
+@pytest.mark.django_db
+def test_a_wrong_timeout_in_the_message_falls_back_to_reading_the_run(start_run, providers):
+    run = start_run(model="claude-haiku-4-5", timeout_secs=45)
+    execute_run(str(run.pk), timeout_secs=44)
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED and run.deadline_at - run.started_at == dt.timedelta(seconds=45)
+    assert_settled(run, 62)
+    canceled = run_cancel(run=start_run(model="claude-haiku-4-5", timeout_secs=45))
+    execute_run(str(canceled.pk), timeout_secs=45)  # not queued any more: nothing to claim
+    canceled.refresh_from_db()
+    assert (canceled.status, canceled.claims, canceled.started_at) == (RunStatus.CANCELED, 0, None)
+    assert len(providers[0].calls) == 1
