@@ -1,17 +1,17 @@
 from django.http import Http404
 
 from maschina.errors import ApiError
+from maschina.rows import rows_of
 
 from .models import Agent, Run, RunStatus
 
 
 def agent_get(*, owner, agent_id) -> Agent:
     """The caller's agent; another user's is indistinguishable from a missing one."""
-    # get(), not first(): first() would add the model's ORDER BY to a primary-key read.
-    try:
-        return Agent.objects.get(owner=owner, pk=agent_id)
-    except Agent.DoesNotExist:
-        raise Http404 from None
+    agent = rows_of(Agent).get(id=agent_id, owner=owner.pk)  # on every admission: compiled once
+    if agent is None:
+        raise Http404
+    return agent
 
 
 def agent_list(*, owner):
@@ -19,10 +19,10 @@ def agent_list(*, owner):
 
 
 def run_get(*, user, run_id) -> Run:
-    try:
-        return Run.objects.get(user=user, pk=run_id)
-    except Run.DoesNotExist:
-        raise Http404 from None
+    run = rows_of(Run).get(id=run_id, user=user.pk)
+    if run is None:
+        raise Http404
+    return run
 
 
 def run_list(*, user, status: str | None = None, agent: Agent | None = None):

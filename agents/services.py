@@ -7,6 +7,7 @@ from django.utils import timezone
 from billing.periods import period_of
 from billing.pricing import input_token_bound, reservation
 from billing.services import limits_for, quota_reserve, usage_settle
+from maschina.rows import rows_of
 from routing.access import Allowed, Denied, decide
 from routing.snapshot import get_rules
 from runtime.dispatch import admission_dispatch, publish_admitted
@@ -88,7 +89,7 @@ def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: in
         # The run row first and the quota last: the user's counter row, which every admission and
         # settlement of the user updates, then stays locked only until the commit. A refusal rolls
         # the run back with the rest.
-        run = Run.objects.create(
+        run = Run(
             user=user,
             agent=agent,
             tier=tier.slug,
@@ -106,6 +107,7 @@ def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: in
             created_at=now,
             **admission_dispatch(now),
         )
+        rows_of(Run).insert(run)  # Run has no save() of its own and no signals
         quota_reserve(user_id=user.pk, period=period, tokens=reserve, limits=limits_for(plan, tier))
         # Only once the run is committed: a worker must never look for a row that is not there yet.
         transaction.on_commit(lambda: publish_admitted(run.pk, run.timeout_secs), robust=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 from django.utils import timezone
 
-from maschina.rows import column
+from maschina.rows import column, rows_of
 from routing.models import Tier
 
 from .alerts import alerts_record
@@ -129,7 +129,7 @@ def usage_bill(run) -> None:
     per-model counters of what it used, then the user's counters, with its reservation released."""
     billed = run.billed_tokens or 0
     if run.billed_tokens is not None:
-        LedgerEntry.objects.create(
+        entry = LedgerEntry(
             run_id=run.pk,
             user_id=run.user_id,
             period=run.period,
@@ -139,6 +139,7 @@ def usage_bill(run) -> None:
             multiplier=run.multiplier,
             billed_tokens=billed,
         )
+        rows_of(LedgerEntry).insert(entry)  # no save() of its own, no signals
         _model_usage_add(run, billed)
     # The user's counter row last: every admission of the user waits on its lock, held from here to
     # the commit. The user's plan rides along, for the token limit as it is now (no query of its own).

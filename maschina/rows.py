@@ -1,11 +1,13 @@
 """Model instances from hand-written SQL, for the few statements on the hot path of every run.
 
 Django's ORM rebuilds and recompiles a query on every call: ~0.5-2 ms of CPU per statement on the
-benchmark machine, several times what PostgreSQL spends on it (issue 6). A statement written once per
-process selects a model's columns with ModelRows.columns(), and ModelRows.load() turns them into an
-instance through Model.from_db, with every field's database converters applied as the ORM applies
-them (SQLite returns datetimes as text, for one). The columns come from the model's metadata, so a
-new field is read without a change here."""
+benchmark machine, several times what PostgreSQL spends on it (issue 6). Here a statement is written
+once per process: a read by key (get), an INSERT (insert), or hand-written SQL that selects a model's
+columns() and turns them into an instance with load(), through Model.from_db, with every field's
+database converters applied as the ORM applies them (SQLite returns datetimes as text, for one). The
+columns come from the model's metadata, so a new field is read and written without a change here."""
+import functools
+
 from django.db import connection
 
 
@@ -15,6 +17,7 @@ class ModelRows:
         self.fields = model._meta.concrete_fields
         self.attnames = [field.attname for field in self.fields]
         self._converters = {}  # vendor -> [(converters, column expression) per field]
+        self._sql = {}  # (vendor, statement, ...) -> compiled statement
 
     def __len__(self):
         return len(self.fields)
@@ -34,6 +37,47 @@ class ModelRows:
             converted.append(value)
         return self.model.from_db(connection.alias, self.attnames, converted)
 
+    def get(self, **equal):
+        """The one row whose fields equal these values (primary or unique key), or None. Without
+        `alias`, like Model.objects.filter(**equal).first() minus the ORDER BY, compiled once."""
+        names = tuple(equal)
+        key = (connection.vendor, "get", names)
+        sql = self._sql.get(key)
+        if sql is None:
+            fields = [self.model._meta.get_field(name) for name in names]
+            where = " AND ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in fields)
+            sql = self._sql[key] = f"SELECT {self.columns()} FROM {table(self.model)} WHERE {where}"
+        params = [self.model._meta.get_field(name).get_db_prep_value(value, connection) for name, value in equal.items()]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        return None if row is None else self.load(row)
+
+    def insert(self, instance) -> None:
+        """INSERT a new instance, every field written as Model.save() writes it (defaults and
+        auto_now_add included), and the database-generated primary key set on it. For models with
+        no save() of their own and no signals: neither runs."""
+        key = (connection.vendor, "insert")
+        compiled = self._sql.get(key)
+        if compiled is None:
+            written = [field for field in self.fields if not field.db_returning]
+            returned = [field for field in self.fields if field.db_returning]
+            sql = (
+                f"INSERT INTO {table(self.model)} ({', '.join(connection.ops.quote_name(f.column) for f in written)}) "
+                f"VALUES ({', '.join(['%s'] * len(written))})"
+            )
+            if returned:
+                sql += f" RETURNING {', '.join(connection.ops.quote_name(f.column) for f in returned)}"
+            compiled = self._sql[key] = (sql, written, returned)
+        sql, written, returned = compiled
+        params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in written]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            if returned:
+                for field, value in zip(returned, cursor.fetchone()):
+                    setattr(instance, field.attname, value)
+        instance._state.adding, instance._state.db = False, connection.alias
+
     def _field_converters(self, field):
         column = field.get_col(self.alias or self.model._meta.db_table)
         return connection.ops.get_db_converters(column) + column.get_db_converters(connection), column
@@ -46,3 +90,9 @@ def column(model, field_name: str) -> str:
 
 def table(model) -> str:
     return connection.ops.quote_name(model._meta.db_table)
+
+
+@functools.cache
+def rows_of(model) -> ModelRows:
+    """The process's ModelRows of `model` (unaliased), so each statement is compiled once."""
+    return ModelRows(model)

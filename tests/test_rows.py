@@ -1,4 +1,7 @@
-"""accounts.key_lookup: the precompiled API-key query gives what the ORM's select_related query gives."""
+"""maschina.rows and accounts.key_lookup: statements compiled once per process read and write what the ORM does."""
+import datetime as dt
+from decimal import Decimal
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.db.models import Subquery
@@ -102,3 +105,30 @@ def test_on_sqlite_every_value_is_converted_as_the_orm_converts_it(tmp_path):
         [sys.executable, "-c", "import django; django.setup()\n" + SQLITE_CHECK], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.django_db
+def test_rows_insert_and_get_write_and_read_what_the_orm_does(make_user, make_agent):
+    from agents.models import Run
+    from billing.models import LedgerEntry
+    from maschina.rows import rows_of
+
+    user = make_user()
+    agent = make_agent(user)
+    fields = {
+        "user": user, "agent": agent, "tier": "m1", "requested_model": None, "model": "claude-haiku-4-5",
+        "catalog_model": "claude-haiku-4-5", "provider": "anthropic", "multiplier": Decimal("1.5"), "system_prompt": "s",
+        "input": {"message": "é ☃", "extra": [1, None, {"deep": True}]}, "timeout_secs": 60, "max_tokens": 10,
+        "period": dt.date(2026, 11, 1), "reserved_tokens": 99,
+    }  # fmt: skip
+    fast, slow = Run(**fields), Run.objects.create(**fields)
+    rows_of(Run).insert(fast)
+    read = rows_of(Run).get(id=fast.pk, user=user.pk)
+    orm = Run.objects.get(pk=fast.pk)
+    assert {f.attname: getattr(read, f.attname) for f in Run._meta.concrete_fields} == {f.attname: getattr(orm, f.attname) for f in Run._meta.concrete_fields}
+    assert orm.input == fields["input"] and orm.multiplier == Decimal("1.5")
+    assert rows_of(Run).get(id=slow.pk, user=make_user().pk) is None  # another user's run
+    entry = LedgerEntry(run=orm, user=user, period=orm.period, model=orm.model, input_tokens=1, output_tokens=2, multiplier=orm.multiplier, billed_tokens=5)
+    rows_of(LedgerEntry).insert(entry)
+    assert entry.pk is not None and not entry._state.adding
+    assert LedgerEntry.objects.get(pk=entry.pk).created_at == entry.created_at is not None
