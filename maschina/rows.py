@@ -2,10 +2,11 @@
 
 Django's ORM rebuilds and recompiles a query on every call: ~0.5-2 ms of CPU per statement on the
 benchmark machine, several times what PostgreSQL spends on it (issue 6). Here a statement is written
-once per process: a read by key (get), an INSERT (insert), or hand-written SQL that selects a model's
-columns() and turns them into an instance with load(), through Model.from_db, with every field's
-database converters applied as the ORM applies them (SQLite returns datetimes as text, for one). The
-columns come from the model's metadata, so a new field is read and written without a change here."""
+once per process: a read by key (get), an INSERT (insert), an UPDATE by equality (update), or
+hand-written SQL that selects a model's columns() and turns them into an instance with load().
+Values are written as the ORM writes them (get_db_prep_save) and read as it reads them
+(Model.from_db, with every field's database converters: SQLite returns datetimes as text, for one).
+The columns come from the model's metadata, so a new field is read and written without a change here."""
 import functools
 
 from django.db import connection
@@ -77,6 +78,26 @@ class ModelRows:
                 for field, value in zip(returned, cursor.fetchone()):
                     setattr(instance, field.attname, value)
         instance._state.adding, instance._state.db = False, connection.alias
+
+    def update(self, where: dict, **values) -> int:
+        """UPDATE the rows whose fields equal `where` (None: IS NULL), setting `values` as
+        QuerySet.update() would write them; the number of rows changed."""
+        null = tuple(name for name, value in where.items() if value is None)
+        key = (connection.vendor, "update", tuple(values), tuple(where), null)
+        sql = self._sql.get(key)
+        if sql is None:
+            quote = connection.ops.quote_name
+            assign = ", ".join(f"{quote(self.model._meta.get_field(name).column)} = %s" for name in values)
+            conditions = " AND ".join(
+                f"{quote(self.model._meta.get_field(name).column)} {'IS NULL' if name in null else '= %s'}" for name in where
+            )
+            sql = self._sql[key] = f"UPDATE {table(self.model)} SET {assign} WHERE {conditions}"
+        field = self.model._meta.get_field
+        params = [field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+        params += [field(name).get_db_prep_value(value, connection) for name, value in where.items() if value is not None]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount
 
     def _field_converters(self, field):
         column = field.get_col(self.alias or self.model._meta.db_table)

@@ -17,7 +17,7 @@ from django.utils import timezone
 from agents.models import Run, RunStatus
 from billing.pricing import billed_tokens
 from billing.services import usage_bill, usage_settle
-from maschina.rows import ModelRows, column, table
+from maschina.rows import ModelRows, column, rows_of, table
 from routing.access import ModelInfo
 
 from .runners import Completion
@@ -164,9 +164,8 @@ def run_complete(run: Run, token, completion: Completion) -> bool:
     billed = billed_tokens(completion.input_tokens, completion.output_tokens, run.multiplier)
     now = timezone.now()
     with transaction.atomic():
-        completed = Run.objects.filter(
-            pk=run.pk, status=RunStatus.EXECUTING, claim=token, input_tokens__isnull=True, model=run.model, multiplier=run.multiplier
-        ).update(
+        completed = rows_of(Run).update(
+            {"id": run.pk, "status": RunStatus.EXECUTING, "claim": token, "input_tokens": None, "model": run.model, "multiplier": run.multiplier},
             status=RunStatus.COMPLETED,
             output={"text": completion.text},
             input_tokens=completion.input_tokens,

@@ -132,3 +132,24 @@ def test_rows_insert_and_get_write_and_read_what_the_orm_does(make_user, make_ag
     rows_of(LedgerEntry).insert(entry)
     assert entry.pk is not None and not entry._state.adding
     assert LedgerEntry.objects.get(pk=entry.pk).created_at == entry.created_at is not None
+
+
+@pytest.mark.django_db
+def test_rows_update_matches_nulls_and_values_and_counts_rows(make_user, make_agent):
+    import uuid
+
+    from agents.models import Run
+    from maschina.rows import rows_of
+
+    user = make_user()
+    run = Run.objects.create(
+        user=user, agent=make_agent(user), tier="m1", model="m", catalog_model="m", provider="anthropic", multiplier=Decimal("3"),
+        system_prompt="s", input={"message": "x"}, timeout_secs=60, max_tokens=10, period=dt.date(2026, 11, 1), reserved_tokens=1,
+    )  # fmt: skip
+    token = uuid.uuid4()
+    Run.objects.filter(pk=run.pk).update(claim=token)
+    assert rows_of(Run).update({"id": run.pk, "claim": uuid.uuid4()}, output={"text": "no"}) == 0
+    assert rows_of(Run).update({"id": run.pk, "claim": token, "input_tokens": 5}, output={"text": "no"}) == 0
+    assert rows_of(Run).update({"id": run.pk, "claim": token, "input_tokens": None, "multiplier": Decimal("3.0000")}, output={"text": "yes"}, input_tokens=7) == 1
+    run.refresh_from_db()
+    assert (run.output, run.input_tokens) == ({"text": "yes"}, 7)
