@@ -494,3 +494,19 @@ def test_a_wrong_timeout_in_the_message_falls_back_to_reading_the_run(start_run,
     canceled.refresh_from_db()
     assert (canceled.status, canceled.claims, canceled.started_at) == (RunStatus.CANCELED, 0, None)
     assert len(providers[0].calls) == 1
+
+
+def test_an_abandoned_provider_call_never_holds_up_the_next_and_threads_are_reused():
+    from runtime.execution import _start_call
+
+    release = threading.Event()
+    stuck = _start_call(lambda request: release.wait(10) and "late", None)  # e.g. its run was canceled
+    assert _start_call(lambda request: ("next", threading.current_thread()), None).result(timeout=2)[0] == "next"
+    release.set()
+    assert stuck.result(timeout=2) == "late"
+    time.sleep(0.05)  # both threads are free again
+    threads = {_start_call(lambda request: threading.current_thread(), None).result(timeout=2) for _ in range(20)}
+    assert len(threads) <= 2  # kept, not one per call
+    failing = _start_call(lambda request: 1 / 0, None)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=2)
