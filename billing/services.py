@@ -72,7 +72,6 @@ def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits)
     if limits.runs is not None:
         where += " AND runs_used <= %s"
         where_params.append(limits.runs - 1)
-    rows = UsagePeriod.objects.filter(user_id=user_id, period=period)
     for _ in range(4):
         updated = _counters_update(
             "tokens_reserved = tokens_reserved + %s, runs_used = runs_used + 1",
@@ -90,7 +89,7 @@ def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits)
         # No row yet (the period's first run), or a limit refused it: which one, read under the row
         # lock. A settlement can free room between the refused UPDATE and this read; then nothing is
         # over and the UPDATE is simply tried again.
-        usage = rows.select_for_update().first()
+        usage = UsagePeriod.objects.select_for_update().filter(user_id=user_id, period=period).first()
         if usage is None:
             UsagePeriod.objects.bulk_create([UsagePeriod(user_id=user_id, period=period)], ignore_conflicts=True)
             continue

@@ -179,6 +179,8 @@ else:
         "socket_connect_timeout": 2,
         "socket_timeout": 10,
     }
+if CELERY_BROKER_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "maschina.broker:Transport"  # kombu's, with one client per channel
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A publish that fails must fail fast: the run is already committed and the sweeper dispatches it
