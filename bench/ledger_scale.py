@@ -45,18 +45,21 @@ def use_database(name):
     connection.settings_dict["NAME"] = name
 
 
-FILL_SQL = """
+# Two statements, executed one by one: with parameters, PostgreSQL takes one statement per call when
+# they are bound server-side (the settings' DATABASE_PREPARED_STATEMENTS).
+FILL_SQL = ["""
 INSERT INTO agents_run (id, user_id, agent_id, tier, status, requested_model, model, catalog_model, provider, multiplier,
     system_prompt, input, output, timeout_secs, max_tokens, period, reserved_tokens, input_tokens, output_tokens,
     billed_tokens, error, provider_calls, claim, claims, heartbeat_at, created_at, dispatched_at, dispatches, started_at, finished_at, settled_at)
 SELECT gen_random_uuid(), %(user)s, %(agent)s, 'm1', 'completed', NULL, 'claude-haiku-4-5', 'claude-haiku-4-5', 'anthropic', 1,
     'bench', '{"message": "bench"}', '{"text": "ok"}', 300, 100, %(period)s, 100, 40, 22, 62, NULL, 1, NULL, 1, NULL,
     now() - interval '1 hour', now(), 1, now(), now(), now()
-FROM generate_series(1, %(n)s);
+FROM generate_series(1, %(n)s)
+""", """
 INSERT INTO billing_ledgerentry (run_id, user_id, period, model, input_tokens, output_tokens, multiplier, billed_tokens, created_at)
 SELECT id, user_id, period, model, 40, 22, 1, 62, now() FROM agents_run WHERE user_id = %(user)s AND settled_at IS NOT NULL
-    AND id NOT IN (SELECT run_id FROM billing_ledgerentry);
-"""
+    AND id NOT IN (SELECT run_id FROM billing_ledgerentry)
+"""]
 
 
 def fill(user_id, agent_id, period, target):
@@ -67,7 +70,8 @@ def fill(user_id, agent_id, period, target):
     missing = target - LedgerEntry.objects.count()
     if missing > 0:
         with connection.cursor() as cursor:
-            cursor.execute(FILL_SQL, {"user": user_id, "agent": str(agent_id), "period": period, "n": missing})
+            for sql in FILL_SQL:
+                cursor.execute(sql, {"user": user_id, "agent": str(agent_id), "period": period, "n": missing})
         # Settle the bulk load before timing: statistics, the visibility map, dirty pages on disk.
         connection.ensure_connection()
         connection.connection.autocommit = True
