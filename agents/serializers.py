@@ -40,6 +40,8 @@ def storable_json_problem(value) -> str | None:
     """Why PostgreSQL's jsonb could not store `value` as given, or None: NUL characters, lone
     surrogates, non-finite numbers, or nesting deeper than MAX_INPUT_DEPTH (walked without
     recursion, so no input can exhaust the stack)."""
+    if type(value) is str:  # a model id, the common case: no walk
+        return _string_problem(value)
     stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -51,14 +53,21 @@ def storable_json_problem(value) -> str | None:
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
         elif isinstance(item, str):
-            if "\x00" in item:
-                return "Must not contain NUL (U+0000) characters."
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return "Must be valid Unicode (no lone surrogates)."
+            problem = _string_problem(item)
+            if problem:
+                return problem
         elif isinstance(item, float) and not math.isfinite(item):
             return "Numbers must be finite."
+    return None
+
+
+def _string_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "Must not contain NUL (U+0000) characters."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "Must be valid Unicode (no lone surrogates)."
     return None
 
 

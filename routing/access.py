@@ -53,6 +53,7 @@ class Rules:
         # Patterns longest prefix first, so the most specific pattern matches.
         patterns = sorted((m for m in self.models.values() if m.is_pattern), key=lambda m: -len(m.id))
         object.__setattr__(self, "_patterns", tuple((m.id[:-1], m) for m in patterns))
+        object.__setattr__(self, "_decisions", {})  # decide()'s memo: (tier slug, model asked for) -> decision
 
     def lookup(self, model_id: str) -> ModelInfo | None:
         """The catalog row for a model id: the exact row, else the longest matching pattern."""
@@ -99,6 +100,21 @@ def decide(rules: Rules, tier: TierInfo, requested: str | None) -> Allowed | Den
     """Resolve the model for a run and check the tier may use it.
 
     `requested` is the body's model, else the agent's, else None for the tier default."""
+    # A snapshot never changes, so its decisions are remembered: for its own tiers, and for the
+    # default or a model id the catalog names exactly, a set the catalog bounds. Any other string
+    # comes from a request body and is decided afresh, so no client can grow the memo.
+    memoized = rules.tiers.get(tier.slug) is tier and (requested is None or type(requested) is str)
+    if memoized:
+        decision = rules._decisions.get((tier.slug, requested))
+        if decision is not None:
+            return decision
+    decision = _decide(rules, tier, requested)
+    if memoized and (requested is None or requested in rules.models):
+        rules._decisions[(tier.slug, requested)] = decision
+    return decision
+
+
+def _decide(rules: Rules, tier: TierInfo, requested: str | None) -> Allowed | Denied:
     model_id = requested if requested else tier.default_model
     if not model_id:
         return Denied("model_unavailable", "", tier=tier.slug)

@@ -147,3 +147,19 @@ def test_build_rules_is_the_whole_catalog(catalog):
     rules = build_rules()
     assert set(rules.tiers) == set(TIER_RANK)
     assert set(rules.models) == set(MODEL_MIN_TIER) - {"ollama/qwen2.5:7b"} | {"claude-opus-4-5", "ollama/*"}
+
+
+def test_decisions_are_remembered_only_for_catalog_ids_and_the_snapshots_own_tiers(rules):
+    import dataclasses
+
+    m1 = rules.tiers["m1"]
+    first = decide(rules, m1, "claude-haiku-4-5")
+    assert decide(rules, m1, "claude-haiku-4-5") is first and decide(rules, m1, None) is decide(rules, m1, None)
+    for n in range(100):  # strings from request bodies: unknown ids, pattern matches
+        decide(rules, m1, f"no-such-model-{n}")
+        decide(rules, m1, f"ollama/llama-{n}")
+    assert set(rules._decisions) == {("m1", "claude-haiku-4-5"), ("m1", None)}
+    # A TierInfo of a caller's own making, under the same slug, is decided on its own terms.
+    mine = dataclasses.replace(m1, default_model="claude-opus-4-5", rank=99)
+    assert decide(rules, mine, None).model_id == "claude-opus-4-5" and isinstance(decide(rules, mine, None), Allowed)
+    assert decide(rules, m1, None).model_id == m1.default_model
