@@ -9,7 +9,7 @@ import datetime as dt
 import uuid
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -17,7 +17,7 @@ from django.utils import timezone
 from agents.models import Run, RunStatus
 from billing.pricing import billed_tokens
 from billing.services import usage_bill, usage_settle
-from maschina.rows import ModelRows, column, rows_of, table
+from maschina.rows import rows_of
 from routing.access import ModelInfo
 
 from .runners import Completion
@@ -36,32 +36,19 @@ def is_stale(run: Run) -> bool:
     return run.heartbeat_at is None or run.heartbeat_at < stale_before()
 
 
-_queued_claim = {}  # vendor -> (sql, run rows)
-
-
 def _claim_queued(run_id, timeout_secs: int, token, now) -> Run | None:
     """queued -> executing in one UPDATE that returns the run, for a message that says the run's
     timeout (admission's): the deadline is computed here, and the UPDATE matches only a queued run
     with that timeout. None if it matched nothing (the run is not queued, or the hint is wrong)."""
-    compiled = _queued_claim.get(connection.vendor)
-    if compiled is None:
-        runs = ModelRows(Run)
-        assign = ", ".join(f"{column(Run, name)} = %s" for name in ("status", "started_at", "deadline_at", "heartbeat_at", "claim"))
-        counts = ", ".join(f"{column(Run, name)} = {column(Run, name)} + 1" for name in ("claims", "provider_calls"))
-        where = " AND ".join(f"{column(Run, name)} = %s" for name in ("id", "status", "timeout_secs"))
-        sql = f"UPDATE {table(Run)} SET {assign}, {counts} WHERE {where} RETURNING {runs.columns()}"
-        compiled = _queued_claim[connection.vendor] = (sql, runs)
-    sql, runs = compiled
-    deadline = now + dt.timedelta(seconds=timeout_secs)
-    values = [
-        ("status", RunStatus.EXECUTING), ("started_at", now), ("deadline_at", deadline), ("heartbeat_at", now), ("claim", token),
-        ("id", run_id), ("status", RunStatus.QUEUED), ("timeout_secs", timeout_secs),
-    ]  # fmt: skip
-    params = [Run._meta.get_field(name).get_db_prep_value(value, connection) for name, value in values]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return None if row is None else runs.load(row)
+    return rows_of(Run).update_returning(
+        {"id": run_id, "status": RunStatus.QUEUED, "timeout_secs": timeout_secs},
+        add={"claims": 1, "provider_calls": 1},
+        status=RunStatus.EXECUTING,
+        started_at=now,
+        deadline_at=now + dt.timedelta(seconds=timeout_secs),
+        heartbeat_at=now,
+        claim=token,
+    )
 
 
 def run_claim(run_id, timeout_secs: int | None = None) -> tuple[Run, uuid.UUID, bool] | None:
