@@ -6,6 +6,7 @@ database (conditional UPDATEs, an upsert), never by writing back a value read be
 re-checks the WHERE clause of an UPDATE that waited for a row lock, so two concurrent admissions
 cannot both take the last tokens."""
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from django.db import connection, transaction
@@ -142,13 +143,12 @@ def usage_bill(run) -> None:
         _model_usage_add(run, billed)
     # The user's counter row last: every admission of the user waits on its lock, held from here to
     # the commit. The user's plan rides along, for the token limit as it is now (no query of its own).
-    plan = f"(SELECT {{}} FROM {Plan._meta.db_table} WHERE user_id = {UsagePeriod._meta.db_table}.user_id)"
     updated = _counters_update(
         "tokens_used = tokens_used + %s, tokens_reserved = tokens_reserved - %s",
         [billed, run.reserved_tokens],
         user_id=run.user_id,
         period=run.period,
-        returning=f"tokens_used, {plan.format(column(Plan, 'tier'))}, {plan.format(column(Plan, 'token_quota_override'))}",
+        returning=_used_and_plan(connection.vendor),
     )
     if billed and updated is not None:
         used, tier_id, token_quota_override = updated
@@ -156,19 +156,33 @@ def usage_bill(run) -> None:
         alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
 
 
+@functools.cache
+def _used_and_plan(vendor: str) -> str:
+    """RETURNING columns of the counter row: tokens used, and the user's plan tier and token override."""
+    plan = f"(SELECT {{}} FROM {Plan._meta.db_table} WHERE user_id = {UsagePeriod._meta.db_table}.user_id)"
+    return f"tokens_used, {plan.format(column(Plan, 'tier'))}, {plan.format(column(Plan, 'token_quota_override'))}"
+
+
 def _model_usage_add(run, billed: int) -> None:
     """Add one run to its model's counters for the period: one upsert on the unique (user, period,
     model), which creates the model's row on its first run (PostgreSQL, and SQLite from 3.24)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _model_usage_upsert(connection.vendor),
+            [run.user_id, connection.ops.adapt_datefield_value(run.period), run.model, run.input_tokens, run.output_tokens, billed],
+        )
+
+
+@functools.cache
+def _model_usage_upsert(vendor: str) -> str:
     table = ModelUsage._meta.db_table
     key = [column(ModelUsage, name) for name in ("user", "period", "model")]
     counts = [column(ModelUsage, name) for name in ("runs", "input_tokens", "output_tokens", "billed_tokens")]
     add = ", ".join(f"{count} = {table}.{count} + excluded.{count}" for count in counts)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({', '.join(key + counts)}) VALUES (%s, %s, %s, 1, %s, %s, %s) "
-            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {add}",
-            [run.user_id, connection.ops.adapt_datefield_value(run.period), run.model, run.input_tokens, run.output_tokens, billed],
-        )
+    return (
+        f"INSERT INTO {table} ({', '.join(key + counts)}) VALUES (%s, %s, %s, 1, %s, %s, %s) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {add}"
+    )
 
 
 def _token_limit(tier_id: str, token_quota_override: int | None) -> int | None:
