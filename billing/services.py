@@ -1,6 +1,6 @@
 """Reserve -> settle, all in the database (CONTRACT section 6).
 
-quota_reserve runs inside the caller's admission transaction; usage_settle (or usage_bill) inside
+quota_reserve runs inside the caller's admission transaction; usage_settle (or settlement_write) inside
 the worker's finishing transaction. Both change counters only by statements that add in the
 database (conditional UPDATEs, an upsert), never by writing back a value read before: PostgreSQL
 re-checks the WHERE clause of an UPDATE that waited for a row lock, so two concurrent admissions
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 from django.utils import timezone
 
-from maschina.rows import column, rows_of
+from agents.models import TERMINAL_STATUSES, Run
+from maschina.rows import column, rows_of, table
 from routing.models import Tier
 
 from .alerts import alerts_record
@@ -107,9 +108,7 @@ def usage_settle(run_id) -> bool:
     Bills the raw usage stored on the run (if the provider reported any) at the run's multiplier,
     writes its ledger row and per-model counters, and releases the reservation. Returns False when
     the run was already settled (a redelivery), having changed nothing. (A worker whose run completes
-    settles it in the same UPDATE that ends it, runtime.services.run_complete.)"""
-    from agents.models import TERMINAL_STATUSES, Run
-
+    settles it in the UPDATE that ends it, runtime.services.run_complete.)"""
     # Inside the caller's transaction when there is one (run_finish): no savepoint, whose two extra
     # round trips would buy nothing, as any failure here fails the caller's transaction anyway.
     with transaction.atomic(savepoint=False):
@@ -117,72 +116,119 @@ def usage_settle(run_id) -> bool:
         if run.settled_at is not None or run.status not in TERMINAL_STATUSES:
             return False
         has_usage = run.input_tokens is not None and run.output_tokens is not None
-        run.billed_tokens = billed_tokens(run.input_tokens, run.output_tokens, run.multiplier) if has_usage else None
-        Run.objects.filter(pk=run.pk).update(settled_at=timezone.now(), billed_tokens=run.billed_tokens)
-        usage_bill(run)
+        billed = billed_tokens(run.input_tokens, run.output_tokens, run.multiplier) if has_usage else None
+        return settlement_write(run, {"id": run.pk, "settled_at": None}, settled_at=timezone.now(), billed_tokens=billed)
+
+
+def settlement_write(run: Run, where: dict, **values) -> bool:
+    """Settle a run: the UPDATE of its row that `where` and `values` describe (rows.update_sql;
+    `values` set settled_at and billed_tokens, None when the provider reported no usage), then the
+    ledger row and per-model counters of what it used and the user's counters, its reservation
+    released. Each of these reads the run row as that UPDATE left it, so none can disagree with it.
+    False, having changed nothing, when the UPDATE matches no row.
+
+    Atomic on its own, and part of the caller's transaction if there is one. On PostgreSQL the four
+    are one statement (a data-modifying WITH): one round trip, and one statement for the server, on
+    every run (issue 6); elsewhere, four statements in a transaction. The token alerts it records
+    (billing.alerts; `run` gives the user and period) follow: without the caller's transaction, they
+    commit after the settlement (see token_alerts_catch_up)."""
+    update, params = rows_of(Run).update_sql(where, returning=_settled_columns(connection.vendor), **values)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_settlement_in_one(update), params)
+            counters = cursor.fetchone()  # a row (of NULLs without a counter row) when the UPDATE matched
+        if counters is None:
+            return False
+    else:
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            cursor.execute(update, params)
+            if cursor.fetchone() is None:
+                return False
+            run_id = Run._meta.pk.get_db_prep_value(run.pk, connection)
+            for statement in _settlement_statements(connection.vendor, _run_by_id(connection.vendor)):
+                cursor.execute(statement, [run_id])
+            counters = cursor.fetchone()  # the user's counters, the last statement's RETURNING
+    if values["billed_tokens"] and counters is not None and counters[0] is not None:
+        _token_alerts(run, *counters)
     return True
 
 
-def usage_bill(run) -> None:
-    """The writes of a settlement, for a run the caller has just marked settled (its billed_tokens
-    set, None when the provider reported no usage), in the caller's transaction: the ledger row and
-    per-model counters of what it used, then the user's counters, with its reservation released."""
-    billed = run.billed_tokens or 0
-    if run.billed_tokens is not None:
-        entry = LedgerEntry(
-            run_id=run.pk,
-            user_id=run.user_id,
-            period=run.period,
-            model=run.model,
-            input_tokens=run.input_tokens,
-            output_tokens=run.output_tokens,
-            multiplier=run.multiplier,
-            billed_tokens=billed,
-        )
-        rows_of(LedgerEntry).insert(entry)  # no save() of its own, no signals
-        _model_usage_add(run, billed)
-    # The user's counter row last: every admission of the user waits on its lock, held from here to
-    # the commit. The user's plan rides along, for the token limit as it is now (no query of its own).
-    updated = _counters_update(
-        "tokens_used = tokens_used + %s, tokens_reserved = tokens_reserved - %s",
-        [billed, run.reserved_tokens],
-        user_id=run.user_id,
-        period=run.period,
-        returning=_used_and_plan(connection.vendor),
+def token_alerts_catch_up(run: Run) -> None:
+    """Record the token alerts the user's counters have reached, for a settled run whose settlement
+    may have committed without them: run_complete commits its statement alone, and a worker can
+    die before the alerts that follow it (the redelivery comes here, runtime.execution.resume)."""
+    counters = (
+        UsagePeriod.objects.filter(user_id=run.user_id, period=run.period)
+        .values_list("tokens_used", "user__plan__tier", "user__plan__token_quota_override")
+        .first()
     )
-    if billed and updated is not None:
-        used, tier_id, token_quota_override = updated
-        limit = _token_limit(tier_id or DEFAULT_TIER, token_quota_override)
-        alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
+    if counters is not None:
+        _token_alerts(run, *counters)
+
+
+def _token_alerts(run: Run, used: int, tier_id: str | None, token_quota_override: int | None) -> None:
+    limit = _token_limit(tier_id or DEFAULT_TIER, token_quota_override)
+    alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
+
+
+# What a settlement reads of the settled run, as `done`: the ledger copies it.
+_SETTLED = ("id", "user", "period", "model", "input_tokens", "output_tokens", "multiplier", "billed_tokens", "reserved_tokens", "settled_at")
 
 
 @functools.cache
-def _used_and_plan(vendor: str) -> str:
-    """RETURNING columns of the counter row: tokens used, and the user's plan tier and token override."""
-    plan = f"(SELECT {{}} FROM {Plan._meta.db_table} WHERE user_id = {UsagePeriod._meta.db_table}.user_id)"
-    return f"tokens_used, {plan.format(column(Plan, 'tier'))}, {plan.format(column(Plan, 'token_quota_override'))}"
-
-
-def _model_usage_add(run, billed: int) -> None:
-    """Add one run to its model's counters for the period: one upsert on the unique (user, period,
-    model), which creates the model's row on its first run (PostgreSQL, and SQLite from 3.24)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _model_usage_upsert(connection.vendor),
-            [run.user_id, connection.ops.adapt_datefield_value(run.period), run.model, run.input_tokens, run.output_tokens, billed],
-        )
+def _settled_columns(vendor: str) -> str:
+    return ", ".join(column(Run, name) for name in _SETTLED)
 
 
 @functools.cache
-def _model_usage_upsert(vendor: str) -> str:
-    table = ModelUsage._meta.db_table
+def _run_by_id(vendor: str) -> str:
+    """The settled run as `done`, read back by its id (the one parameter)."""
+    return f"(SELECT {_settled_columns(vendor)} FROM {table(Run)} WHERE {column(Run, 'id')} = %s) AS done"
+
+
+@functools.cache
+def _settlement_in_one(update: str) -> str:
+    """The settling UPDATE and the writes that read it, as one PostgreSQL statement. It yields the
+    user's counters (tokens used, plan tier, token override) when the UPDATE matched, else no row."""
+    ledger, model_usage, user_counters = _settlement_statements(connection.vendor, "done")
+    return (
+        f"WITH done AS ({update}), ledger AS ({ledger}), model_usage AS ({model_usage}), counters AS ({user_counters}) "
+        "SELECT counters.* FROM done LEFT JOIN counters ON true"
+    )
+
+
+@functools.cache
+def _settlement_statements(vendor: str, source: str) -> tuple[str, str, str]:
+    """The ledger INSERT, the per-model upsert (on the unique user, period, model: the model's first
+    run creates its row) and the user's counters UPDATE, each reading the settled run as `done` from
+    `source`. A run without usage (billed_tokens NULL) writes no ledger row and no model counters, and
+    only releases its reservation. The counters' UPDATE returns the tokens used and, riding along,
+    the user's plan tier and token override, for the token limit as it is now (no query of its own)."""
+    done = {name: f"done.{column(Run, name)}" for name in _SETTLED}
+    billed = f"WHERE {done['billed_tokens']} IS NOT NULL"
+    ledger_columns = [column(LedgerEntry, name) for name in ("run", "user", "period", "model", "input_tokens", "output_tokens", "multiplier", "billed_tokens", "created_at")]
+    ledger_values = [done[name] for name in ("id", "user", "period", "model", "input_tokens", "output_tokens", "multiplier", "billed_tokens", "settled_at")]
+    ledger = f"INSERT INTO {table(LedgerEntry)} ({', '.join(ledger_columns)}) SELECT {', '.join(ledger_values)} FROM {source} {billed}"
+
+    usage_table = table(ModelUsage)
     key = [column(ModelUsage, name) for name in ("user", "period", "model")]
     counts = [column(ModelUsage, name) for name in ("runs", "input_tokens", "output_tokens", "billed_tokens")]
-    add = ", ".join(f"{count} = {table}.{count} + excluded.{count}" for count in counts)
-    return (
-        f"INSERT INTO {table} ({', '.join(key + counts)}) VALUES (%s, %s, %s, 1, %s, %s, %s) "
+    add = ", ".join(f"{count} = {usage_table}.{count} + excluded.{count}" for count in counts)
+    usage_values = [done["user"], done["period"], done["model"], "1", done["input_tokens"], done["output_tokens"], done["billed_tokens"]]
+    model_usage = (
+        f"INSERT INTO {usage_table} ({', '.join(key + counts)}) SELECT {', '.join(usage_values)} FROM {source} {billed} "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {add}"
     )
+
+    period_table = table(UsagePeriod)
+    used, reserved = column(UsagePeriod, "tokens_used"), column(UsagePeriod, "tokens_reserved")
+    plan = f"(SELECT {{}} FROM {table(Plan)} WHERE {column(Plan, 'user')} = {period_table}.{column(UsagePeriod, 'user')})"
+    user_counters = (
+        f"UPDATE {period_table} SET {used} = {used} + COALESCE({done['billed_tokens']}, 0), {reserved} = {reserved} - {done['reserved_tokens']} "
+        f"FROM {source} WHERE {period_table}.{column(UsagePeriod, 'user')} = {done['user']} AND {period_table}.{column(UsagePeriod, 'period')} = {done['period']} "
+        f"RETURNING {period_table}.{used}, {plan.format(column(Plan, 'tier'))}, {plan.format(column(Plan, 'token_quota_override'))}"
+    )
+    return ledger, model_usage, user_counters
 
 
 def _token_limit(tier_id: str, token_quota_override: int | None) -> int | None:

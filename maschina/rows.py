@@ -3,7 +3,8 @@
 Django's ORM rebuilds and recompiles a query on every call: ~0.5-2 ms of CPU per statement on the
 benchmark machine, several times what PostgreSQL spends on it (issue 6). Here a statement is written
 once per process: a read by key (get), an INSERT (insert), an UPDATE by equality (update,
-update_returning), or hand-written SQL that selects a model's columns() and turns them into an instance with load().
+update_returning, update_sql), or hand-written SQL that selects a model's columns() and turns them
+into an instance with load().
 Values are written as the ORM writes them (get_db_prep_save) and read as it reads them
 (Model.from_db, with every field's database converters: SQLite returns datetimes as text, for one).
 The columns come from the model's metadata, so a new field is read and written without a change here."""
@@ -83,16 +84,21 @@ class ModelRows:
         """UPDATE the rows whose fields equal `where` (None: IS NULL), setting `values` as
         QuerySet.update() would write them and adding `add`'s amounts in the database (as F() + n
         would); the number of rows changed."""
-        with self._update(where, add or {}, values, returning=False) as cursor:
+        with connection.cursor() as cursor:
+            cursor.execute(*self.update_sql(where, add=add, **values))
             return cursor.rowcount
 
     def update_returning(self, where: dict, *, add: dict | None = None, **values):
         """The same UPDATE for a key that matches one row at most: the row as updated, or None."""
-        with self._update(where, add or {}, values, returning=True) as cursor:
+        with connection.cursor() as cursor:
+            cursor.execute(*self.update_sql(where, add=add, returning=self.columns(), **values))
             row = cursor.fetchone()
         return None if row is None else self.load(row)
 
-    def _update(self, where: dict, add: dict, values: dict, returning: bool):
+    def update_sql(self, where: dict, *, add: dict | None = None, returning: str = "", **values) -> tuple[str, list]:
+        """The statement and parameters of that UPDATE, RETURNING `returning` (SQL) if given, for a
+        caller that builds on it (billing.services.settlement_write)."""
+        add = add or {}
         null = tuple(name for name, value in where.items() if value is None)
         key = (connection.vendor, "update", tuple(values), tuple(add), tuple(where), null, returning)
         sql = self._sql.get(key)
@@ -102,15 +108,13 @@ class ModelRows:
             conditions = " AND ".join(f"{quote(name)} {'IS NULL' if name in null else '= %s'}" for name in where)
             sql = f"UPDATE {table(self.model)} SET {', '.join(assign)} WHERE {conditions}"
             if returning:
-                sql += f" RETURNING {self.columns()}"
+                sql += f" RETURNING {returning}"
             self._sql[key] = sql
         field = self.model._meta.get_field
         params = [field(name).get_db_prep_save(value, connection) for name, value in values.items()]
         params += list(add.values())
         params += [field(name).get_db_prep_value(value, connection) for name, value in where.items() if value is not None]
-        cursor = connection.cursor()
-        cursor.execute(sql, params)
-        return cursor
+        return sql, params
 
     def _field_converters(self, field):
         column = field.get_col(self.alias or self.model._meta.db_table)

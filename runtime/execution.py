@@ -14,7 +14,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from agents.models import Run, RunStatus
-from billing.services import usage_settle
+from billing.services import token_alerts_catch_up, usage_settle
 from routing.access import usable_fallback
 from routing.snapshot import get_rules
 
@@ -234,7 +234,7 @@ def execute(run_id, timeout_secs=None) -> None:
 def resume(run_id) -> None:
     """A delivery of a run it could not claim: a duplicate, a redelivery while its worker is alive,
     or a run that has ended. Finish only what is safe without calling the provider: a recorded
-    answer whose worker is gone, or an unsettled terminal run."""
+    answer whose worker is gone, an unsettled terminal run, or a completed run's token alerts."""
     run = Run.objects.filter(pk=run_id).first()
     if run is None:
         logger.warning("run %s does not exist; nothing to do", run_id)
@@ -242,3 +242,5 @@ def resume(run_id) -> None:
         run_finish(run.pk, RunStatus.COMPLETED)
     elif run.is_terminal and run.settled_at is None and run.status != RunStatus.CANCELED:
         usage_settle(run.pk)
+    elif run.status == RunStatus.COMPLETED and run.billed_tokens:
+        token_alerts_catch_up(run)  # settled by run_complete, whose alerts commit after it

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from agents.models import Run, RunStatus
 from billing.pricing import billed_tokens
-from billing.services import usage_bill, usage_settle
+from billing.services import settlement_write, usage_settle
 from maschina.rows import rows_of
 from routing.access import ModelInfo
 
@@ -142,30 +142,32 @@ def run_record_completion(run_id, token, completion: Completion) -> None:
 
 
 def run_complete(run: Run, token, completion: Completion) -> bool:
-    """The provider answered: store its answer, end the run completed and settle it, in one
-    transaction whose first UPDATE does all three to the run row. `run` is this claim's view of the
-    row (its model and multiplier as it last switched them), re-checked by that UPDATE.
+    """The provider answered: store its answer, end the run completed and settle it, in one UPDATE
+    of the run row that the settlement's writes build on (one statement on PostgreSQL,
+    billing.services.settlement_write). `run` is this claim's view of the row (its model and
+    multiplier as it last switched them), re-checked by that UPDATE.
 
     False, having written nothing, if the run is no longer this claim's to complete (canceled
     meanwhile, or taken over); the caller then records the usage and settles the general way."""
     billed = billed_tokens(completion.input_tokens, completion.output_tokens, run.multiplier)
     now = timezone.now()
-    with transaction.atomic():
-        completed = rows_of(Run).update(
-            {"id": run.pk, "status": RunStatus.EXECUTING, "claim": token, "input_tokens": None, "model": run.model, "multiplier": run.multiplier},
-            status=RunStatus.COMPLETED,
-            output={"text": completion.text},
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
-            billed_tokens=billed,
-            finished_at=now,
-            settled_at=now,
-        )
-        if not completed:
-            return False
+    # No transaction around it: settlement_write is atomic on its own, and BEGIN and COMMIT would
+    # double the round trips of its one statement on PostgreSQL (issue 6). The token alerts it may
+    # record commit after it; a redelivery catches up on them should this worker die in between.
+    completed = settlement_write(
+        run,
+        {"id": run.pk, "status": RunStatus.EXECUTING, "claim": token, "input_tokens": None, "model": run.model, "multiplier": run.multiplier},
+        status=RunStatus.COMPLETED,
+        output={"text": completion.text},
+        input_tokens=completion.input_tokens,
+        output_tokens=completion.output_tokens,
+        billed_tokens=billed,
+        finished_at=now,
+        settled_at=now,
+    )
+    if completed:
         run.input_tokens, run.output_tokens, run.billed_tokens = completion.input_tokens, completion.output_tokens, billed
-        usage_bill(run)
-    return True
+    return completed
 
 
 def run_finish(run_id, status: str, error: dict | None = None, token=None) -> None:

@@ -44,6 +44,8 @@ def test_default_configuration_runs_a_model_end_to_end(ollama_emulator, anthropi
             assert run["usage"]["billed_tokens"] == billed
         usage = client.get("/api/v1/usage").json()
         assert (usage["tokens"]["used"], usage["tokens"]["reserved"], usage["runs"]["used"]) == (62, 0, 2)
+        # SQLite settles in four statements (PostgreSQL in one): the per-model counters too.
+        assert [(m["model"], m["runs"], m["billed_tokens"]) for m in usage["by_model"]] == [("claude-haiku-4-5", 1, 62), ("ollama/mistral", 1, 0)]
     finally:
         web.stop()
         worker.stop()

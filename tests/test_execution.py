@@ -98,10 +98,30 @@ def test_completed_run_is_billed_at_its_multiplier(start_run, providers, model, 
     assert_settled(run, billed)
     entry = LedgerEntry.objects.get(run=run)
     assert (entry.model, entry.input_tokens, entry.output_tokens, entry.billed_tokens) == (model, *raw, billed)
+    assert (entry.user_id, entry.period, entry.multiplier, entry.created_at) == (run.user_id, run.period, run.multiplier, run.settled_at)
     by_model = ModelUsage.objects.get(user=run.user, period=run.period, model=model)
     assert (by_model.runs, by_model.input_tokens, by_model.output_tokens, by_model.billed_tokens) == (1, *raw, billed)
     if model.startswith("ollama/"):
         assert providers[1].calls[-1][1]["model"] == model.removeprefix("ollama/")
+
+
+@pytest.mark.django_db
+def test_a_settlement_whose_update_matches_nothing_writes_nothing(start_run, providers):
+    from billing.services import settlement_write
+
+    run = start_run(model="claude-sonnet-4-6")
+    before = usage_row(run)
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED, input_tokens=10, output_tokens=10)
+    now = timezone.now()
+    # The run is completed, not executing: an UPDATE that expects it executing matches no row.
+    assert settlement_write(run, {"id": run.pk, "status": RunStatus.EXECUTING}, billed_tokens=60, settled_at=now) is False
+    run.refresh_from_db()
+    assert (run.settled_at, run.billed_tokens) == (None, None)
+    assert (usage_row(run).tokens_used, usage_row(run).tokens_reserved) == (before.tokens_used, before.tokens_reserved)
+    assert not LedgerEntry.objects.filter(run=run).exists() and not ModelUsage.objects.filter(user=run.user).exists()
+    assert settlement_write(run, {"id": run.pk, "status": RunStatus.COMPLETED}, billed_tokens=60, settled_at=now) is True
+    assert_settled(run, 60)
+    assert ModelUsage.objects.get(user=run.user).billed_tokens == 60
 
 
 @pytest.mark.django_db

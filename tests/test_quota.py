@@ -184,6 +184,23 @@ def test_token_alerts_are_recorded_once_under_concurrent_settlement(make_user, m
     assert sorted(Alert.objects.filter(user=user, quota="tokens").values_list("threshold", flat=True)) == [80, 100]
 
 
+@pytest.mark.django_db
+def test_a_workers_completion_records_its_token_alert_and_a_redelivery_catches_up_on_it(make_user, make_agent, providers):
+    user = make_user("m1")
+    run = run_create(user=user, plan=plan_for(user), agent=make_agent(user), input={"message": "hi"}, model="claude-haiku-4-5", timeout_secs=60, max_tokens=8)
+    plan_set(user=user, tier_slug="m1", token_quota=70)  # the limit at settlement is the one that counts
+    execute_run(str(run.pk))  # billed 62 of 70: past 80 %
+    assert list(Alert.objects.filter(user=user).values_list("quota", "threshold", "used", "limit")) == [("tokens", 80, 62, 70)]
+    # As if the worker had died between the settlement's commit and its alert: the redelivery of
+    # the run's message records the alert, and bills nothing again.
+    Alert.objects.filter(user=user).delete()
+    execute_run(str(run.pk))
+    assert list(Alert.objects.filter(user=user).values_list("quota", "threshold", "used", "limit")) == [("tokens", 80, 62, 70)]
+    usage = UsagePeriod.objects.get(user=user)
+    assert (usage.tokens_used, usage.tokens_reserved, LedgerEntry.objects.filter(user=user).count()) == (62, 0, 1)
+    assert len(providers[0].calls) == 1
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_same_threshold_from_many_threads_is_one_alert(make_user):
     user = make_user("m1")
