@@ -1,12 +1,12 @@
 """Writes for agents and runs. run_create is the gate of CONTRACT section 5 after the body is valid:
 risk -> model -> quota, then the run row and its dispatch after commit. Every refusal is raised
 before anything is written, and the reservation shares the run's transaction."""
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.periods import period_of
 from billing.pricing import input_token_bound, reservation
-from billing.services import limits_for, quota_reserve, usage_settle
+from billing.services import limits_for, quota_reserve, quota_reserve_inserting, usage_settle
 from maschina.rows import rows_of
 from routing.access import Allowed, Denied, decide
 from routing.snapshot import get_rules
@@ -85,32 +85,38 @@ def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: in
     reserve = reservation(input_token_bound(system_prompt, message), max_tokens, entry.multiplier)
     now = timezone.now()
     period = period_of(now)
-    with transaction.atomic():
-        # The run row first and the quota last: the user's counter row, which every admission and
-        # settlement of the user updates, then stays locked only until the commit. A refusal rolls
-        # the run back with the rest.
-        run = Run(
-            user=user,
-            agent=agent,
-            tier=tier.slug,
-            requested_model=decision.requested,
-            model=decision.model_id,
-            catalog_model=entry.id,
-            provider=entry.provider,
-            multiplier=entry.multiplier,
-            system_prompt=system_prompt,
-            input=input,
-            timeout_secs=timeout_secs,
-            max_tokens=max_tokens,
-            period=period,
-            reserved_tokens=reserve,
-            created_at=now,
-            **admission_dispatch(now),
-        )
-        rows_of(Run).insert(run)  # Run has no save() of its own and no signals
-        quota_reserve(user_id=user.pk, period=period, tokens=reserve, limits=limits_for(plan, tier))
-        # Only once the run is committed: a worker must never look for a row that is not there yet.
-        transaction.on_commit(lambda: publish_admitted(run.pk, run.timeout_secs), robust=True)
+    run = Run(
+        user=user,
+        agent=agent,
+        tier=tier.slug,
+        requested_model=decision.requested,
+        model=decision.model_id,
+        catalog_model=entry.id,
+        provider=entry.provider,
+        multiplier=entry.multiplier,
+        system_prompt=system_prompt,
+        input=input,
+        timeout_secs=timeout_secs,
+        max_tokens=max_tokens,
+        period=period,
+        reserved_tokens=reserve,
+        created_at=now,
+        **admission_dispatch(now),
+    )
+    limits = limits_for(plan, tier)
+    quota = {"user_id": user.pk, "period": period, "tokens": reserve, "limits": limits}
+    # Run has no save() of its own and no signals: its INSERT is written once per process (rows).
+    if not quota_reserve_inserting(rows_of(Run).insert_sql(run, source="reserved"), **quota):
+        # The general way (and SQLite's): the run row first and the quota last, so the user's
+        # counter row, which every admission and settlement of the user updates, stays locked only
+        # until the commit. A refusal rolls the run back with the rest.
+        with transaction.atomic():
+            rows_of(Run).insert(run)
+            quota_reserve(**quota)
+    run._state.adding, run._state.db = False, connection.alias
+    # Only once the run is committed (at once, outside a transaction): a worker must never look
+    # for a row that is not there yet.
+    transaction.on_commit(lambda: publish_admitted(run.pk, run.timeout_secs), robust=True)
     return run
 
 

@@ -48,23 +48,30 @@ def limits_for(plan: Plan, tier) -> Limits:
     return Limits(tokens, runs, False)
 
 
+def _counters_sql(assignments: str, where: str, returning: str) -> str:
+    """An UPDATE of the user's counter row for a period (parameters: the assignments', then user
+    and period, then the `where` conditions'), returning the `returning` columns of the updated row.
+    RETURNING saves the read that would follow, and with it the time the row stays locked
+    (PostgreSQL, and SQLite from 3.35)."""
+    return f"UPDATE {UsagePeriod._meta.db_table} SET {assignments} WHERE user_id = %s AND period = %s{where} RETURNING {returning}"
+
+
 def _counters_update(assignments: str, params: list, *, user_id: int, period: dt.date, where: str = "", where_params=(), returning: str):
-    """One UPDATE of the user's counter row for `period`, returning the `returning` columns of the
-    updated row (None when no row matched). RETURNING saves the read that would follow, and with it
-    the time the row stays locked (PostgreSQL, and SQLite from 3.35)."""
+    """Run that UPDATE; the updated row's `returning` columns, or None when no row matched."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {UsagePeriod._meta.db_table} SET {assignments} WHERE user_id = %s AND period = %s{where} RETURNING {returning}",
+            _counters_sql(assignments, where, returning),
             [*params, user_id, connection.ops.adapt_datefield_value(period), *where_params],
         )
         return cursor.fetchone()
 
 
-def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits) -> None:
-    """Count one run and reserve `tokens` against the period, or raise QuotaExceeded.
+_RESERVE = "tokens_reserved = tokens_reserved + %s, runs_used = runs_used + 1"
 
-    Must run inside a transaction that also records the run, so a failure after it undoes it; the
-    caller does this last before committing, so the counter row stays locked only for the commit."""
+
+def _reserve_conditions(tokens: int, limits: Limits) -> tuple[str, list, bool]:
+    """The conditions under which the counter row takes one more run reserving `tokens`, and
+    whether they check the token limit."""
     where, where_params = "", []
     # A 0-token reservation (a 0x model) is admitted even at a token limit of 0 (CONTRACT section 6).
     checks_tokens = limits.tokens is not None and tokens > 0
@@ -74,16 +81,50 @@ def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits)
     if limits.runs is not None:
         where += " AND runs_used <= %s"
         where_params.append(limits.runs - 1)
-    for _ in range(4):
-        updated = _counters_update(
-            "tokens_reserved = tokens_reserved + %s, runs_used = runs_used + 1",
-            [tokens],
-            user_id=user_id,
-            period=period,
-            where=where,
-            where_params=where_params,
-            returning="runs_used",
+    return where, where_params, checks_tokens
+
+
+def quota_reserve_inserting(insert: tuple[str, list], *, user_id: int, period: dt.date, tokens: int, limits: Limits) -> bool:
+    """On PostgreSQL, count one run, reserve `tokens` and INSERT the run in one statement: a
+    data-modifying WITH whose INSERT selects from the reservation, so it writes the run only if the
+    reservation was taken. One round trip, where a transaction takes four (BEGIN, INSERT, UPDATE,
+    COMMIT; issue 6). `insert` is the run's INSERT ... SELECT ... FROM reserved (rows.insert_sql).
+
+    False, having written nothing, elsewhere than on PostgreSQL, or when the counter row refused or
+    is missing (a limit, or the period's first run): the caller then goes quota_reserve's way,
+    which tells which. Part of the caller's transaction if there is one. A runs alert it reaches is
+    recorded after the statement; one a crash skipped is recorded by the user's next admission
+    (alerts_record records every threshold reached)."""
+    if connection.vendor != "postgresql":
+        return False
+    where, where_params, _ = _reserve_conditions(tokens, limits)
+    insert_sql, insert_params = insert
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _reserve_inserting_sql(insert_sql, where),
+            [tokens, user_id, connection.ops.adapt_datefield_value(period), *where_params, *insert_params],
         )
+        reserved = cursor.fetchone()
+    if reserved is None:
+        return False
+    if limits.runs:
+        alerts_record(user_id=user_id, period=period, quota="runs", used=reserved[0], limit=limits.runs)
+    return True
+
+
+@functools.cache
+def _reserve_inserting_sql(insert_sql: str, where: str) -> str:
+    return f"WITH reserved AS ({_counters_sql(_RESERVE, where, 'runs_used')}), inserted AS ({insert_sql}) SELECT runs_used FROM reserved"
+
+
+def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits) -> None:
+    """Count one run and reserve `tokens` against the period, or raise QuotaExceeded.
+
+    Must run inside a transaction that also records the run, so a failure after it undoes it; the
+    caller does this last before committing, so the counter row stays locked only for the commit."""
+    where, where_params, checks_tokens = _reserve_conditions(tokens, limits)
+    for _ in range(4):
+        updated = _counters_update(_RESERVE, [tokens], user_id=user_id, period=period, where=where, where_params=where_params, returning="runs_used")
         if updated is not None:
             if limits.runs:
                 alerts_record(user_id=user_id, period=period, quota="runs", used=updated[0], limit=limits.runs)

@@ -2,7 +2,7 @@
 
 Django's ORM rebuilds and recompiles a query on every call: ~0.5-2 ms of CPU per statement on the
 benchmark machine, several times what PostgreSQL spends on it (issue 6). Here a statement is written
-once per process: a read by key (get), an INSERT (insert), an UPDATE by equality (update,
+once per process: a read by key (get), an INSERT (insert, insert_sql), an UPDATE by equality (update,
 update_returning, update_sql), or hand-written SQL that selects a model's columns() and turns them
 into an instance with load().
 Values are written as the ORM writes them (get_db_prep_save) and read as it reads them
@@ -59,26 +59,35 @@ class ModelRows:
         """INSERT a new instance, every field written as Model.save() writes it (defaults and
         auto_now_add included), and the database-generated primary key set on it. For models with
         no save() of their own and no signals: neither runs."""
-        key = (connection.vendor, "insert")
-        compiled = self._sql.get(key)
-        if compiled is None:
-            written = [field for field in self.fields if not field.db_returning]
-            returned = [field for field in self.fields if field.db_returning]
-            sql = (
-                f"INSERT INTO {table(self.model)} ({', '.join(connection.ops.quote_name(f.column) for f in written)}) "
-                f"VALUES ({', '.join(['%s'] * len(written))})"
-            )
-            if returned:
-                sql += f" RETURNING {', '.join(connection.ops.quote_name(f.column) for f in returned)}"
-            compiled = self._sql[key] = (sql, written, returned)
-        sql, written, returned = compiled
-        params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in written]
+        sql, params = self.insert_sql(instance)
+        returned = self._insert_compiled(None)[2]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             if returned:
                 for field, value in zip(returned, cursor.fetchone()):
                     setattr(instance, field.attname, value)
         instance._state.adding, instance._state.db = False, connection.alias
+
+    def insert_sql(self, instance, source: str | None = None) -> tuple[str, list]:
+        """The statement and parameters of that INSERT; with `source` (SQL naming a table), an
+        INSERT ... SELECT of the same values FROM it, which writes the row once per row of `source`
+        (billing.services.quota_reserve_inserting). The caller marks the instance saved."""
+        sql, written, _ = self._insert_compiled(source)
+        return sql, [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in written]
+
+    def _insert_compiled(self, source):
+        key = (connection.vendor, "insert", source)
+        compiled = self._sql.get(key)
+        if compiled is None:
+            written = [field for field in self.fields if not field.db_returning]
+            returned = [field for field in self.fields if field.db_returning]
+            values = ", ".join(["%s"] * len(written))
+            sql = f"INSERT INTO {table(self.model)} ({', '.join(connection.ops.quote_name(f.column) for f in written)}) "
+            sql += f"SELECT {values} FROM {source}" if source else f"VALUES ({values})"
+            if returned:
+                sql += f" RETURNING {', '.join(connection.ops.quote_name(f.column) for f in returned)}"
+            compiled = self._sql[key] = (sql, written, returned)
+        return compiled
 
     def update(self, where: dict, *, add: dict | None = None, **values) -> int:
         """UPDATE the rows whose fields equal `where` (None: IS NULL), setting `values` as

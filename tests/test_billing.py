@@ -93,6 +93,31 @@ def test_internal_skips_quotas_even_with_overrides_and_unlimited_reports_null(ma
 
 
 @pytest.mark.django_db
+def test_an_admission_is_one_statement_once_the_period_has_its_counter_row(make_user, make_agent):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    user = make_user("m1", run_quota=3)
+    agent = make_agent(user)
+    with CaptureQueriesContext(connection) as first:  # the period's first run makes the row, the general way
+        admit(user, agent, "claude-haiku-4-5")
+    with CaptureQueriesContext(connection) as second:
+        run = admit(user, agent, "claude-haiku-4-5")
+    assert len(first) > 1
+    statements = [q["sql"] for q in second if "routing_rulesrevision" not in q["sql"]]  # the snapshot's freshness check
+    assert [sql.split(" ", 1)[0] for sql in statements] == ["WITH"], statements
+    stored = Run.objects.get(pk=run.pk)  # the INSERT ... SELECT wrote what the instance holds
+    for field in Run._meta.concrete_fields:
+        assert getattr(stored, field.attname) == getattr(run, field.attname), field.name
+    admit(user, agent, "claude-haiku-4-5")
+    with pytest.raises(QuotaExceeded) as refused:  # refused by the statement, told by the general way
+        admit(user, agent, "claude-haiku-4-5")
+    assert (refused.value.quota, refused.value.used, refused.value.limit) == ("runs", 3, 3)
+    row = UsagePeriod.objects.get(user=user)
+    assert (Run.objects.filter(user=user).count(), row.runs_used, row.tokens_reserved) == (3, 3, 3 * run.reserved_tokens)
+
+
+@pytest.mark.django_db
 def test_settlement_replaces_the_reservation_by_the_actual_figure(make_user, make_agent):
     user = make_user("m5")
     run = admit(user, make_agent(user), "claude-sonnet-4-6")
