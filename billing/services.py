@@ -1,7 +1,7 @@
 """Reserve -> settle, all in the database (CONTRACT section 6).
 
-quota_reserve runs inside the caller's admission transaction; usage_settle (or settlement_write) inside
-the worker's finishing transaction. Both change counters only by statements that add in the
+An admission reserves in the statement that inserts its run (quota_reserve_inserting) or inside its
+transaction (quota_reserve); a settlement (settlement_write) is atomic with the UPDATE that ends the run. Both change counters only by statements that add in the
 database (conditional UPDATEs, an upsert), never by writing back a value read before: PostgreSQL
 re-checks the WHERE clause of an UPDATE that waited for a row lock, so two concurrent admissions
 cannot both take the last tokens."""
@@ -16,7 +16,7 @@ from agents.models import TERMINAL_STATUSES, Run
 from maschina.rows import column, rows_of, table
 from routing.models import Tier
 
-from .alerts import alerts_record
+from .alerts import THRESHOLDS, alerts_record
 from .models import LedgerEntry, ModelUsage, Plan, UsagePeriod
 from .periods import period_end
 from .pricing import billed_tokens
@@ -90,26 +90,23 @@ def quota_reserve_inserting(insert: tuple[str, list], *, user_id: int, period: d
     reservation was taken. One round trip, where a transaction takes four (BEGIN, INSERT, UPDATE,
     COMMIT; issue 6). `insert` is the run's INSERT ... SELECT ... FROM reserved (rows.insert_sql).
 
-    False, having written nothing, elsewhere than on PostgreSQL, or when the counter row refused or
-    is missing (a limit, or the period's first run): the caller then goes quota_reserve's way,
-    which tells which. Part of the caller's transaction if there is one. A runs alert it reaches is
-    recorded after the statement; one a crash skipped is recorded by the user's next admission
-    (alerts_record records every threshold reached)."""
+    False, having written nothing, elsewhere than on PostgreSQL, when the counter row refused or is
+    missing (a limit, or the period's first run), or when the run would reach the first runs alert:
+    the caller then goes quota_reserve's way, which tells which limit refused, and records the alert
+    in the run's transaction. Part of the caller's transaction if there is one."""
     if connection.vendor != "postgresql":
         return False
     where, where_params, _ = _reserve_conditions(tokens, limits)
+    if limits.runs:  # only below the first runs alert: the general way records alerts with the run
+        where += " AND (runs_used + 1) * 100 < %s"
+        where_params = [*where_params, THRESHOLDS[0] * limits.runs]
     insert_sql, insert_params = insert
     with connection.cursor() as cursor:
         cursor.execute(
             _reserve_inserting_sql(insert_sql, where),
             [tokens, user_id, connection.ops.adapt_datefield_value(period), *where_params, *insert_params],
         )
-        reserved = cursor.fetchone()
-    if reserved is None:
-        return False
-    if limits.runs:
-        alerts_record(user_id=user_id, period=period, quota="runs", used=reserved[0], limit=limits.runs)
-    return True
+        return cursor.fetchone() is not None
 
 
 @functools.cache
@@ -157,47 +154,50 @@ def usage_settle(run_id) -> bool:
         if run.settled_at is not None or run.status not in TERMINAL_STATUSES:
             return False
         has_usage = run.input_tokens is not None and run.output_tokens is not None
-        billed = billed_tokens(run.input_tokens, run.output_tokens, run.multiplier) if has_usage else None
-        return settlement_write(run, {"id": run.pk, "settled_at": None}, settled_at=timezone.now(), billed_tokens=billed)
+        run.billed_tokens = billed_tokens(run.input_tokens, run.output_tokens, run.multiplier) if has_usage else None
+        counters = settlement_write(run, {"id": run.pk, "settled_at": None}, settled_at=timezone.now(), billed_tokens=run.billed_tokens)
+        token_alerts_record(run, counters)  # in the same transaction
+    return True
 
 
-def settlement_write(run: Run, where: dict, **values) -> bool:
+def settlement_write(run: Run, where: dict, **values) -> tuple | None:
     """Settle a run: the UPDATE of its row that `where` and `values` describe (rows.update_sql;
     `values` set settled_at and billed_tokens, None when the provider reported no usage), then the
     ledger row and per-model counters of what it used and the user's counters, its reservation
     released. Each of these reads the run row as that UPDATE left it, so none can disagree with it.
-    False, having changed nothing, when the UPDATE matches no row.
 
-    Atomic on its own, and part of the caller's transaction if there is one. On PostgreSQL the four
-    are one statement (a data-modifying WITH): one round trip, and one statement for the server, on
-    every run (issue 6); elsewhere, four statements in a transaction. The token alerts it records
-    (billing.alerts; `run` gives the user and period) follow: without the caller's transaction, they
-    commit after the settlement (see token_alerts_catch_up)."""
+    The user's counters as updated (tokens used, plan tier, token override; NULLs if the user has no
+    counter row), for token_alerts_record; None, having changed nothing, when the UPDATE matches no
+    row. Atomic on its own, and part of the caller's transaction if there is one: on PostgreSQL the
+    four are one statement (a data-modifying WITH), one round trip and one statement for the server
+    on every run (issue 6); elsewhere, four statements in a transaction."""
     update, params = rows_of(Run).update_sql(where, returning=_settled_columns(connection.vendor), **values)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(_settlement_in_one(update), params)
-            counters = cursor.fetchone()  # a row (of NULLs without a counter row) when the UPDATE matched
-        if counters is None:
-            return False
-    else:
-        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-            cursor.execute(update, params)
-            if cursor.fetchone() is None:
-                return False
-            run_id = Run._meta.pk.get_db_prep_value(run.pk, connection)
-            for statement in _settlement_statements(connection.vendor, _run_by_id(connection.vendor)):
-                cursor.execute(statement, [run_id])
-            counters = cursor.fetchone()  # the user's counters, the last statement's RETURNING
-    if values["billed_tokens"] and counters is not None and counters[0] is not None:
-        _token_alerts(run, *counters)
-    return True
+            return cursor.fetchone()  # a row (of NULLs without a counter row) when the UPDATE matched
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute(update, params)
+        if cursor.fetchone() is None:
+            return None
+        run_id = Run._meta.pk.get_db_prep_value(run.pk, connection)
+        for statement in _settlement_statements(connection.vendor, _run_by_id(connection.vendor)):
+            cursor.execute(statement, [run_id])
+        return cursor.fetchone() or (None, None, None)  # the last statement's RETURNING
+
+
+def token_alerts_record(run: Run, counters: tuple) -> None:
+    """The token alerts a settled run (its billed_tokens set) has reached, from the counters that
+    settlement_write returned: the limit is the plan's as it is now (no query of its own)."""
+    used, tier_id, token_quota_override = counters
+    if run.billed_tokens and used is not None:
+        _token_alerts(run, used, tier_id, token_quota_override)
 
 
 def token_alerts_catch_up(run: Run) -> None:
-    """Record the token alerts the user's counters have reached, for a settled run whose settlement
-    may have committed without them: run_complete commits its statement alone, and a worker can
-    die before the alerts that follow it (the redelivery comes here, runtime.execution.resume)."""
+    """Record the token alerts the user's counters have reached, for a completed run whose worker
+    may have died between its settlement's commit and its alerts (runtime.execution records them
+    in a step of their own; the redelivery of the run's message comes here)."""
     counters = (
         UsagePeriod.objects.filter(user_id=run.user_id, period=run.period)
         .values_list("tokens_used", "user__plan__tier", "user__plan__token_quota_override")

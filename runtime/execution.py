@@ -14,7 +14,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from agents.models import Run, RunStatus
-from billing.services import token_alerts_catch_up, usage_settle
+from billing.services import token_alerts_catch_up, token_alerts_record, usage_settle
 from routing.access import usable_fallback
 from routing.snapshot import get_rules
 
@@ -197,7 +197,11 @@ class Execution:
             return
 
     def complete(self):
-        if _persist(lambda: run_complete(self.run, self.token, self.completion)):
+        counters = _persist(lambda: run_complete(self.run, self.token, self.completion))
+        if counters is not None:
+            # Settled; its token alerts in a step of their own, a database outage waited out like
+            # the settlement's (a worker dying in between leaves them to the redelivery, resume()).
+            _persist(lambda: token_alerts_record(self.run, counters))
             return
         # Canceled meanwhile (billed for what the provider reported all the same), or no longer ours.
         _persist(lambda: run_record_completion(self.run.pk, self.token, self.completion))
@@ -243,4 +247,4 @@ def resume(run_id) -> None:
     elif run.is_terminal and run.settled_at is None and run.status != RunStatus.CANCELED:
         usage_settle(run.pk)
     elif run.status == RunStatus.COMPLETED and run.billed_tokens:
-        token_alerts_catch_up(run)  # settled by run_complete, whose alerts commit after it
+        token_alerts_catch_up(run)  # its worker may have died between its settlement and its alerts

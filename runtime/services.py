@@ -141,20 +141,19 @@ def run_record_completion(run_id, token, completion: Completion) -> None:
         unrecorded.filter(status=RunStatus.CANCELED, settled_at__isnull=True).update(**usage)
 
 
-def run_complete(run: Run, token, completion: Completion) -> bool:
+def run_complete(run: Run, token, completion: Completion) -> tuple | None:
     """The provider answered: store its answer, end the run completed and settle it, in one UPDATE
     of the run row that the settlement's writes build on (one statement on PostgreSQL,
     billing.services.settlement_write). `run` is this claim's view of the row (its model and
     multiplier as it last switched them), re-checked by that UPDATE.
 
-    False, having written nothing, if the run is no longer this claim's to complete (canceled
-    meanwhile, or taken over); the caller then records the usage and settles the general way."""
+    The user's counters for the token alerts, which the caller records next (no transaction
+    around both: BEGIN and COMMIT would double the round trips of the one statement, issue 6); or
+    None, having written nothing, if the run is no longer this claim's to complete (canceled
+    meanwhile, or taken over): the caller then records the usage and settles the general way."""
     billed = billed_tokens(completion.input_tokens, completion.output_tokens, run.multiplier)
     now = timezone.now()
-    # No transaction around it: settlement_write is atomic on its own, and BEGIN and COMMIT would
-    # double the round trips of its one statement on PostgreSQL (issue 6). The token alerts it may
-    # record commit after it; a redelivery catches up on them should this worker die in between.
-    completed = settlement_write(
+    counters = settlement_write(
         run,
         {"id": run.pk, "status": RunStatus.EXECUTING, "claim": token, "input_tokens": None, "model": run.model, "multiplier": run.multiplier},
         status=RunStatus.COMPLETED,
@@ -165,9 +164,9 @@ def run_complete(run: Run, token, completion: Completion) -> bool:
         finished_at=now,
         settled_at=now,
     )
-    if completed:
+    if counters is not None:
         run.input_tokens, run.output_tokens, run.billed_tokens = completion.input_tokens, completion.output_tokens, billed
-    return completed
+    return counters
 
 
 def run_finish(run_id, status: str, error: dict | None = None, token=None) -> None:

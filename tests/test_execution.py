@@ -114,12 +114,13 @@ def test_a_settlement_whose_update_matches_nothing_writes_nothing(start_run, pro
     Run.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED, input_tokens=10, output_tokens=10)
     now = timezone.now()
     # The run is completed, not executing: an UPDATE that expects it executing matches no row.
-    assert settlement_write(run, {"id": run.pk, "status": RunStatus.EXECUTING}, billed_tokens=60, settled_at=now) is False
+    assert settlement_write(run, {"id": run.pk, "status": RunStatus.EXECUTING}, billed_tokens=60, settled_at=now) is None
     run.refresh_from_db()
     assert (run.settled_at, run.billed_tokens) == (None, None)
     assert (usage_row(run).tokens_used, usage_row(run).tokens_reserved) == (before.tokens_used, before.tokens_reserved)
     assert not LedgerEntry.objects.filter(run=run).exists() and not ModelUsage.objects.filter(user=run.user).exists()
-    assert settlement_write(run, {"id": run.pk, "status": RunStatus.COMPLETED}, billed_tokens=60, settled_at=now) is True
+    used, tier, override = settlement_write(run, {"id": run.pk, "status": RunStatus.COMPLETED}, billed_tokens=60, settled_at=now)
+    assert (used, tier, override) == (60, "m10", None)  # the counters, for the token alerts
     assert_settled(run, 60)
     assert ModelUsage.objects.get(user=run.user).billed_tokens == 60
 
