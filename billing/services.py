@@ -191,7 +191,8 @@ def token_alerts_record(run: Run, counters: tuple) -> None:
     settlement_write returned: the limit is the plan's as it is now (no query of its own)."""
     used, tier_id, token_quota_override = counters
     if run.billed_tokens and used is not None:
-        _token_alerts(run, used, tier_id, token_quota_override)
+        limit = _token_limit(tier_id or DEFAULT_TIER, token_quota_override)
+        alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
 
 
 def token_alerts_catch_up(run: Run) -> None:
@@ -204,12 +205,7 @@ def token_alerts_catch_up(run: Run) -> None:
         .first()
     )
     if counters is not None:
-        _token_alerts(run, *counters)
-
-
-def _token_alerts(run: Run, used: int, tier_id: str | None, token_quota_override: int | None) -> None:
-    limit = _token_limit(tier_id or DEFAULT_TIER, token_quota_override)
-    alerts_record(user_id=run.user_id, period=run.period, quota="tokens", used=used, limit=limit)
+        token_alerts_record(run, counters)
 
 
 # What a settlement reads of the settled run, as `done`: the ledger copies it.

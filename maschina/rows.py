@@ -25,8 +25,12 @@ class ModelRows:
         return len(self.fields)
 
     def columns(self) -> str:
-        prefix = f"{self.alias}." if self.alias else ""
-        return ", ".join(prefix + connection.ops.quote_name(field.column) for field in self.fields)
+        key = (connection.vendor, "columns")
+        columns = self._sql.get(key)
+        if columns is None:
+            prefix = f"{self.alias}." if self.alias else ""
+            columns = self._sql[key] = ", ".join(prefix + connection.ops.quote_name(field.column) for field in self.fields)
+        return columns
 
     def load(self, values):
         converters = self._converters.get(connection.vendor)
@@ -59,8 +63,8 @@ class ModelRows:
         """INSERT a new instance, every field written as Model.save() writes it (defaults and
         auto_now_add included), and the database-generated primary key set on it. For models with
         no save() of their own and no signals: neither runs."""
-        sql, params = self.insert_sql(instance)
-        returned = self._insert_compiled(None)[2]
+        sql, written, returned = self._insert_compiled(None)
+        params = self._insert_params(instance, written)
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             if returned:
@@ -73,7 +77,11 @@ class ModelRows:
         INSERT ... SELECT of the same values FROM it, which writes the row once per row of `source`
         (billing.services.quota_reserve_inserting). The caller marks the instance saved."""
         sql, written, _ = self._insert_compiled(source)
-        return sql, [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in written]
+        return sql, self._insert_params(instance, written)
+
+    @staticmethod
+    def _insert_params(instance, written) -> list:
+        return [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in written]
 
     def _insert_compiled(self, source):
         key = (connection.vendor, "insert", source)
