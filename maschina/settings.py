@@ -213,6 +213,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # --- Providers -----------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL") or None
+# The SDK's OpenTelemetry spans of each call: on only where an OpenTelemetry exporter is set up.
+ANTHROPIC_OPEN_TELEMETRY = env_bool("ANTHROPIC_OPEN_TELEMETRY", False)
 OLLAMA_BASE_URL = (os.environ.get("OLLAMA_BASE_URL") or "http://localhost:11434").rstrip("/")
 PROVIDER_CONNECT_TIMEOUT_SECS = 5.0
 # Retries of transient provider errors are ours (the SDK's own retries are off): attempts per model,

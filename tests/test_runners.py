@@ -88,6 +88,37 @@ def test_anthropic_invalid_usage(anthropic, usage):
     assert exc.value.code == "invalid_provider_usage"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "message", "content": [{"type": "text", "text": "no usage"}]},
+        {"type": "message", "content": [], "usage": {"input_tokens": 3}},
+        {"type": "message", "content": [{"type": "text", "text": 7}], "usage": {"input_tokens": 3, "output_tokens": 4}},
+        {"type": "message", "content": "not a list of blocks", "usage": {"input_tokens": 3, "output_tokens": 4}},
+        {"type": "message", "content": [], "usage": {"input_tokens": "3", "output_tokens": 4}},
+        {"type": "message", "content": [], "usage": [3, 4]},
+    ],
+)
+def test_anthropic_unreadable_answer(anthropic, body):
+    anthropic.queue("claude-haiku-4-5", Reply(body=body))
+    with pytest.raises(ProviderError) as exc:
+        RUNNERS["anthropic"](request())
+    assert exc.value.code == "invalid_provider_usage"
+
+
+def test_anthropic_text_is_the_text_blocks_joined(anthropic):
+    blocks = [
+        {"type": "thinking", "thinking": "hmm", "signature": "s"},
+        {"type": "text", "text": "one, "},
+        {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+        {"type": "text", "text": "two \u00e9"},
+    ]
+    body = {"type": "message", "role": "assistant", "content": blocks, "usage": {"input_tokens": 11, "output_tokens": 4}}
+    anthropic.queue("claude-haiku-4-5", Reply(body=body))
+    completion = RUNNERS["anthropic"](request())
+    assert (completion.text, completion.input_tokens, completion.output_tokens) == ("one, two \u00e9", 11, 4)
+
+
 def test_anthropic_timeout(anthropic):
     anthropic.queue("claude-haiku-4-5", Reply(delay=2))
     started = time.monotonic()
@@ -114,6 +145,16 @@ def test_anthropic_not_configured(settings, providers):
 def test_anthropic_client_has_no_sdk_retries(providers):
     client = anthropic_runner._client()
     assert client.max_retries == 0
+
+
+def test_anthropic_client_has_no_spans_unless_asked(settings, providers):
+    assert anthropic_runner._client()._tracer is None
+    settings.ANTHROPIC_OPEN_TELEMETRY = True
+    anthropic_runner._clients.clear()
+    try:
+        assert anthropic_runner._client()._open_telemetry["traces"]["enabled"]
+    finally:
+        anthropic_runner._clients.clear()
 
 
 def test_ollama_success(ollama):
