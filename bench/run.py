@@ -144,7 +144,7 @@ def main():
             print(f"== {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {time.monotonic() - started:.0f} s", flush=True)
             if code:
                 failed.append(name)
-        results = json.loads(common.RESULTS.read_text())
+        results = json.loads(common.RESULTS.read_text()) if common.RESULTS.exists() else {}
         results["_run"] = {"quick": args.quick, "benchmarks": args.only or BENCHMARKS, "failed": failed, "machine": common.machine(), "commit": common.git_commit()}
         common.RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     results = json.loads(common.RESULTS.read_text())
