@@ -7,6 +7,8 @@ import psycopg
 import pytest
 from django.db import connection, connections
 
+from maschina.postgresql.base import QUIET_SECS
+
 
 @pytest.fixture
 def kept():
@@ -37,6 +39,19 @@ def test_a_quiet_connection_is_usable_without_a_statement(kept):
     # Django's own check would have run a statement.
     assert super(type(kept), kept).is_usable()
     assert last_statement(backend_pid(kept)) == "SELECT 1"
+
+
+@pytest.mark.django_db
+def test_a_connection_not_checked_for_a_while_is_asked(kept):
+    """A peer that vanished without closing the socket leaves it quiet: only a connection found usable
+    within QUIET_SECS skips the statement."""
+    kept.connection.execute("SELECT 'the last statement'")
+    kept._usable_at = time.monotonic() - QUIET_SECS - 1
+    assert kept.is_usable()
+    assert last_statement(backend_pid(kept)) == "SELECT 1"
+    kept.connection.execute("SELECT 'the next statement'")
+    assert kept.is_usable()  # just checked: no statement
+    assert last_statement(backend_pid(kept)) == "SELECT 'the next statement'"
 
 
 @pytest.mark.django_db

@@ -21,7 +21,7 @@ _lock = threading.Lock()
 
 
 def _client() -> anthropic.Anthropic:
-    key = (settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL)
+    key = (settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_OPEN_TELEMETRY)
     with _lock:
         client = _clients.get(key)
         if client is None:
@@ -79,10 +79,11 @@ def _completion(body: bytes) -> Completion:
     try:
         message = json.loads(body)
         usage = message["usage"]
+        cache_write, cache_read = usage.get("cache_creation_input_tokens"), usage.get("cache_read_input_tokens")
         counts = (
             usage["input_tokens"],
-            usage.get("cache_creation_input_tokens") or 0,
-            usage.get("cache_read_input_tokens") or 0,
+            0 if cache_write is None else cache_write,  # absent or null: none; anything else is checked
+            0 if cache_read is None else cache_read,
             usage["output_tokens"],
         )
         text = "".join(block["text"] for block in message.get("content") or () if block.get("type") == "text")
