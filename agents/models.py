@@ -8,7 +8,9 @@ from django.utils import timezone
 
 class Agent(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agents")
+    # No index of its own on a foreign key that leads a composite index: that one serves its lookups,
+    # and every index is one more write on each INSERT and non-HOT UPDATE (tests/test_schema.py).
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agents", db_index=False)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
     system_prompt = models.TextField(blank=True, default="")
@@ -42,9 +44,11 @@ class Run(models.Model):
     conditional UPDATE (runtime.services), so concurrent deliveries and cancels cannot both win."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs")
+    # Indexed by (user, -created_at) and (agent, -created_at) below, not on their own: a run row is
+    # written three times (admission, claim, settlement), each write into every index.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs", db_index=False)
     # A deleted agent keeps its runs: they are billing history.
-    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, related_name="runs")
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, related_name="runs", db_index=False)
     tier = models.CharField(max_length=32)  # the caller's tier at admission, for fallback decisions
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     requested_model = models.CharField(max_length=200, null=True, blank=True)

@@ -39,7 +39,8 @@ class Plan(AuditedModel):
 class UsagePeriod(models.Model):
     """A user's counters for one UTC calendar month (`period` is its first day)."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_periods")
+    # Each user foreign key here leads a unique constraint or index, which serves its lookups.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_periods", db_index=False)
     period = models.DateField()
     tokens_used = models.BigIntegerField(default=0)  # billed tokens of settled runs
     tokens_reserved = models.BigIntegerField(default=0)  # worst cases of admitted, unsettled runs
@@ -60,7 +61,7 @@ class UsagePeriod(models.Model):
 class ModelUsage(models.Model):
     """Per model that actually ran: the `by_model` lines of GET /usage, kept as counters."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
     period = models.DateField()
     model = models.CharField(max_length=200)
     runs = models.IntegerField(default=0)
@@ -83,7 +84,7 @@ class LedgerEntry(models.Model):
     """What one run was billed. Append-only; the unique run makes a second settlement impossible."""
 
     run = models.OneToOneField("agents.Run", on_delete=models.PROTECT, related_name="ledger_entry")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False)
     period = models.DateField()
     model = models.CharField(max_length=200)
     input_tokens = models.BigIntegerField()
@@ -112,7 +113,7 @@ class Alert(models.Model):
         TOKENS = "tokens"
         RUNS = "runs"
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alerts")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alerts", db_index=False)
     period = models.DateField()
     quota = models.CharField(max_length=8, choices=Quota.choices)
     threshold = models.PositiveSmallIntegerField()  # percent of the limit: 80 or 100

@@ -102,7 +102,7 @@ class RuleEffect(models.TextChoices):
 
 
 class TierModelRule(AuditedModel):
-    tier = models.ForeignKey(Tier, on_delete=models.CASCADE, related_name="rules")
+    tier = models.ForeignKey(Tier, on_delete=models.CASCADE, related_name="rules", db_index=False)  # leads the unique (tier, model)
     model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="tier_rules")
     effect = models.CharField(max_length=8, choices=RuleEffect.choices)
 
