@@ -105,21 +105,28 @@ class Emulator:
         return Handler
 
 
+ANTHROPIC_USAGE = {"input_tokens": 20, "output_tokens": 30, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 7}
+
+
+def anthropic_message(payload, usage=None):
+    """The Messages API's answer to `payload`: its first message echoed, with `usage` over the default."""
+    return {
+        "id": "msg_emulated",
+        "type": "message",
+        "role": "assistant",
+        "model": payload.get("model"),
+        "content": [{"type": "text", "text": f"echo: {payload['messages'][0]['content']}"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {**ANTHROPIC_USAGE, **(usage or {})},
+    }
+
+
 class AnthropicEmulator(Emulator):
     path = "/v1/messages"
-    USAGE = {"input_tokens": 20, "output_tokens": 30, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 7}
 
     def success(self, payload, usage=None):
-        return {
-            "id": "msg_emulated",
-            "type": "message",
-            "role": "assistant",
-            "model": payload.get("model"),
-            "content": [{"type": "text", "text": f"echo: {payload['messages'][0]['content']}"}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": {**self.USAGE, **self.default_usage, **(usage or {})},
-        }
+        return anthropic_message(payload, {**self.default_usage, **(usage or {})})
 
 
 def anthropic_error(status, error_type, message="emulated error", error_code=None):
