@@ -221,8 +221,10 @@ class CpuMeter:
 
 
 class Profiler:
-    """With BENCH_PROFILE=<folder>: py-spy records the given processes (and their children) while a
-    benchmark loads them, as flame-graph input (<folder>/<name>.txt, collapsed stacks). Off by default."""
+    """With BENCH_PROFILE=<folder>: py-spy records each of the given processes while a benchmark
+    loads them, as flame-graph input (<folder>/<name>-<pid>.txt, collapsed stacks). Off by default.
+    Pass the children too (descendants()): py-spy's --subprocesses recorded none of a running
+    prefork pool's children."""
 
     def __init__(self, name, pids, idle=False):
         self.procs = []
@@ -232,7 +234,7 @@ class Profiler:
             return
         Path(folder).mkdir(parents=True, exist_ok=True)
         for pid in pids:
-            argv = [spy, "record", "--subprocesses", "-r", "250", "-f", "raw", "-o", f"{folder}/{name}-{pid}.txt", "-p", str(pid)]
+            argv = [spy, "record", "-r", "250", "-f", "raw", "-o", f"{folder}/{name}-{pid}.txt", "-p", str(pid)]
             if idle or os.environ.get("BENCH_PROFILE_IDLE"):
                 argv.append("--idle")
             self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))

@@ -8,6 +8,10 @@ tasks), then resumed; the clock runs from the resume until the last run is settl
 its unacked set are empty for the no-op). Reported: per second, the ratio (target >= 0.5), and the
 CPU each run costs in the worker, PostgreSQL (our backends), Redis and the emulator.
 
+A breakdown, in the same run: the same admitted runs through benchapp.run_without_provider, their
+claim and settlement without the provider call. Its ratio is the most any provider call, however
+cheap, would leave benchmark 4.
+
     python bench/worker_throughput.py [--quick]
 """
 import argparse
@@ -54,7 +58,7 @@ def main():
 
         from agents.models import Run
         from agents.services import run_create
-        from benchapp.tasks import noop
+        from benchapp.tasks import noop, run_without_provider
         from billing.selectors import plan_for
         from maschina.celery import app
 
@@ -84,19 +88,33 @@ def main():
         def runs_done():
             return not Run.objects.filter(settled_at__isnull=True).exists()
 
+        def admit_runs_without_provider():
+            # Admitted as always (their execute_run messages wait in the paused queue), then their
+            # messages are replaced by the breakdown's task.
+            admit_runs()
+            client.delete(QUEUE)
+            for run_id, timeout_secs in Run.objects.filter(status="queued").values_list("id", "timeout_secs"):
+                run_without_provider.apply_async(args=[str(run_id), timeout_secs])
+
+        phases = (
+            ("noop", publish_noops, queue_empty),
+            ("runs", admit_runs, runs_done),
+            ("runs_without_provider", admit_runs_without_provider, runs_done),
+        )
+
         # Warm-up: the pool's processes import the runners, open connections, build the snapshot.
-        for publish, done in ((publish_noops, queue_empty), (admit_runs, runs_done)):
+        for _, publish, done in phases:
             publish()
             while not done():
                 time.sleep(0.05)
 
-        figures = {"noop": [], "runs": []}
+        figures = {name: [] for name, _, _ in phases}
         for _ in range(rounds):
-            for name, publish, done in (("noop", publish_noops, queue_empty), ("runs", admit_runs, runs_done)):
+            for name, publish, done in phases:
                 app.control.cancel_consumer(QUEUE, reply=True, timeout=5, limit=1)
                 time.sleep(0.3)
                 publish()
-                profiler = common.Profiler(f"worker-{name}", [worker.proc.pid])
+                profiler = common.Profiler(f"worker-{name}", common.descendants(worker.proc.pid))
                 seconds, cpu = drain(app, client, done, common.CpuMeter(groups), timeout=600)
                 profiler.stop()
                 figures[name].append({"n": n, "seconds": seconds, "cpu": cpu})
@@ -110,13 +128,17 @@ def main():
             cpu = {g: sum(i["cpu"][g] for i in items) for g in items[0]["cpu"]}
             summary[name] = {"per_second": round(total_n / total_s, 1), "ops": total_n, "seconds": round(total_s, 2), "cpu_ms_per_op": common.per_op_ms(cpu, total_n)}
         ratio = round(summary["runs"]["per_second"] / summary["noop"]["per_second"], 3)
+        ceiling = round(summary["runs_without_provider"]["per_second"] / summary["noop"]["per_second"], 3)
         print(f"worker: {summary['runs']['per_second']} runs/s vs {summary['noop']['per_second']} no-op tasks/s, ratio {ratio}; run statuses {statuses}")
+        print(f"  without the provider call: {summary['runs_without_provider']['per_second']} runs/s, ratio {ceiling}")
         result = {
             "what": "completed, settled runs per second through one worker (-c 2) against a zero-latency emulator",
             "baseline": "a no-op Celery task on the same worker and settings",
             "runs": summary["runs"],
             "noop": summary["noop"],
             "ratio": ratio,
+            "runs_without_provider": summary["runs_without_provider"],
+            "ratio_without_provider": ceiling,
             "run_statuses": statuses,
             "target": "ratio >= 0.5",
             "target_met": ratio >= 0.5,
