@@ -3,8 +3,10 @@
 
 Lean because a real provider does not run on our two cores: http.server's request parsing cost
 ~0.3 ms of CPU per call, taken from the processes under test (issue 6); this loop of recv and
-sendall, a thread per connection, takes a fraction of that. It serves POST /v1/messages over keep-alive connections (a request's body by its
-content-length, which the SDK and LiteLLM always send) and answers anything else 404.
+sendall, a thread per connection, takes a fraction of that. It serves POST /v1/messages over
+keep-alive connections, a request's body read by its content-length (the SDK and LiteLLM always
+send one), and answers anything else 404. A chunked body or an `Expect` it does not read: it answers
+501 and closes the connection, rather than answer out of step.
 Prints its URL on the first line of stdout, then serves until terminated.
 
     python bench/emulator.py [PORT]
@@ -26,7 +28,7 @@ PATH = b"/v1/messages"
 
 def response(status: int, body: dict) -> bytes:
     data = json.dumps(body).encode()
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}[status]
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 501: "Not Implemented"}[status]
     head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
     return head.encode() + data
 
@@ -37,7 +39,7 @@ def answer(request_line: bytes, body: bytes) -> bytes:
         return response(404, {"error": f"no route {request_line.decode('latin-1')}"})
     try:
         return response(200, anthropic_message(json.loads(body)))
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return response(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "unreadable body"}})
 
 
@@ -53,18 +55,22 @@ class Connection(socketserver.BaseRequestHandler):
                     return  # the client closed the connection
                 buffer += data
             head = buffer[:end_of_head].split(b"\r\n")
-            length = 0
+            headers = {}
             for line in head[1:]:
                 name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            end = end_of_head + 4 + length
+                headers[name.strip().lower()] = value.strip().lower()
+            if b"transfer-encoding" in headers or b"expect" in headers:
+                sock.sendall(response(501, {"error": "chunked bodies and Expect are not emulated"}))
+                return
+            end = end_of_head + 4 + int(headers.get(b"content-length") or 0)
             while len(buffer) < end:  # the rest of the body is still on its way
                 if not (data := sock.recv(65536)):
                     return
                 buffer += data
             body, buffer = buffer[end_of_head + 4 : end], buffer[end:]
             sock.sendall(answer(head[0], body))
+            if headers.get(b"connection") == b"close":
+                return
 
 
 class Server(socketserver.ThreadingTCPServer):

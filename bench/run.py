@@ -122,7 +122,8 @@ def cpu_lines(results: dict) -> list[str]:
 
 
 def markdown(results: dict) -> str:
-    any_result = next((r for r in results.values() if isinstance(r, dict) and "machine" in r), {})
+    # The machine and commit of the benchmark that finished last (finished_at is ISO 8601 in UTC).
+    any_result = max((r for r in results.values() if isinstance(r, dict) and "machine" in r), key=lambda r: r.get("finished_at", ""), default={})
     m = any_result.get("machine", {})
     out = [
         f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('memory_gb')} GB, Python {m.get('python')}, {m.get('platform')}; "

@@ -16,6 +16,8 @@ cheap, would leave benchmark 4.
     python bench/worker_throughput.py [--quick]
 """
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 QUEUE = "maschina"
+MESSAGE = "Summarize: the quick brown fox."
 
 
 def drain(app, redis_client, done, meter, timeout):
@@ -62,6 +65,11 @@ def main():
         from benchapp.tasks import noop, run_without_provider
         from billing.selectors import plan_for
         from maschina.celery import app
+        from runtime.runners.anthropic import _completion
+        from tests.emulators import anthropic_message
+
+        # The breakdown's constant answer: the emulator's, as the runner reads it.
+        answer = dataclasses.asdict(_completion(json.dumps(anthropic_message({"messages": [{"role": "user", "content": MESSAGE}]})).encode()))
 
         client = redis_lib.Redis.from_url(redis.url(0))
         env = common.stack_env(broker_url=redis.url(0), anthropic_url=emulator.url)
@@ -86,7 +94,7 @@ def main():
 
         def admit_runs():
             for _ in range(n):
-                run_create(user=user, plan=plan, agent=agent, input={"message": "Summarize: the quick brown fox."}, model=None, timeout_secs=300, max_tokens=16)
+                run_create(user=user, plan=plan, agent=agent, input={"message": MESSAGE}, model=None, timeout_secs=300, max_tokens=16)
 
         def runs_done():
             return not Run.objects.filter(settled_at__isnull=True).exists()
@@ -97,7 +105,7 @@ def main():
             admit_runs()
             client.delete(QUEUE)
             for run_id, timeout_secs in Run.objects.filter(status="queued").values_list("id", "timeout_secs"):
-                run_without_provider.apply_async(args=[str(run_id), timeout_secs])
+                run_without_provider.apply_async(args=[str(run_id), timeout_secs, answer])
 
         phases = (
             ("noop", publish_noops, queue_empty),
@@ -105,25 +113,31 @@ def main():
             ("runs_without_provider", admit_runs_without_provider, runs_done),
         )
 
-        # Warm-up: the pool's processes import the runners, open connections, build the snapshot.
-        for _, publish, done in phases:
+        def load(name, publish, done, profile=True):
+            """Publish with the consumer paused (the worker holds nothing yet), then time the drain."""
+            app.control.cancel_consumer(QUEUE, reply=True, timeout=5, limit=1)
+            time.sleep(0.3)
             publish()
-            while not done():
-                time.sleep(0.05)
+            profiler = common.Profiler(f"worker-{name}", common.descendants(worker.proc.pid)) if profile else None
+            seconds, cpu = drain(app, client, done, common.CpuMeter(groups), timeout=600)
+            if profiler:
+                profiler.stop()
+            return seconds, cpu
+
+        # Warm-up, not counted: the pool's processes import the runners, open connections, build the snapshot.
+        for name, publish, done in phases:
+            load(name, publish, done, profile=False)
 
         figures = {name: [] for name, _, _ in phases}
         for _ in range(rounds):
             for name, publish, done in phases:
-                app.control.cancel_consumer(QUEUE, reply=True, timeout=5, limit=1)
-                time.sleep(0.3)
-                publish()
-                profiler = common.Profiler(f"worker-{name}", common.descendants(worker.proc.pid))
-                seconds, cpu = drain(app, client, done, common.CpuMeter(groups), timeout=600)
-                profiler.stop()
+                seconds, cpu = load(name, publish, done)
                 figures[name].append({"n": n, "seconds": seconds, "cpu": cpu})
                 print(f"  {name}: {n} in {seconds:.2f} s = {n / seconds:.1f}/s, cpu/op {common.per_op_ms(cpu, n)}")
 
         statuses = dict(Run.objects.values_list("status").order_by().annotate(n=__import__("django.db.models", fromlist=["Count"]).Count("id")))
+        if set(statuses) != {"completed"}:  # a failed run settles too, and would count as a fast one
+            raise RuntimeError(f"not every run completed: {statuses}")
         summary = {}
         for name, items in figures.items():
             total_n = sum(i["n"] for i in items)

@@ -4,9 +4,6 @@ from billing.services import token_alerts_record
 from runtime.runners import Completion
 from runtime.services import run_claim, run_complete
 
-# What the emulator answers, as the runner reads it (input 20 + cache writes 5 + cache reads 7).
-EMULATED_ANSWER = Completion(text="echo: Summarize: the quick brown fox.", input_tokens=32, output_tokens=30)
-
 
 @shared_task(name="benchapp.noop", acks_late=True)
 def noop(row_id=None) -> None:
@@ -15,10 +12,17 @@ def noop(row_id=None) -> None:
 
 
 @shared_task(name="benchapp.run_without_provider", acks_late=True)
-def run_without_provider(run_id: str, timeout_secs: int) -> None:
+def run_without_provider(run_id: str, timeout_secs: int, answer: dict) -> None:
     """Benchmark 4's breakdown: a queued run's way through runtime.execution without its provider
-    call (the claim, the settlement, the token alerts), the provider's answer a constant. It
-    measures what the run costs besides the call; it is not a way to run anything."""
-    run, token, _ = run_claim(run_id, timeout_secs)
-    counters = run_complete(run, token, EMULATED_ANSWER)
+    call (the claim, the settlement, the token alerts), `answer` (a Completion's fields) standing in
+    for the provider's. It measures what a run costs besides the call; it is not a way to run anything.
+    Skipped too, so the breakdown is if anything faster than a run could be: the Execution's set-up,
+    the rules snapshot's read and the hand-off to the provider-call thread."""
+    claimed = run_claim(run_id, timeout_secs)
+    if claimed is None:
+        raise RuntimeError(f"run {run_id} could not be claimed: the breakdown's runs must be queued and this task's alone")
+    run, token, _ = claimed
+    counters = run_complete(run, token, Completion(**answer))
+    if counters is None:
+        raise RuntimeError(f"run {run_id} was taken from this claim before it completed")
     token_alerts_record(run, counters)

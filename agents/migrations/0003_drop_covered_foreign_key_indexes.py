@@ -10,6 +10,8 @@ from maschina.migration_ops import drop_index
 
 
 class Migration(migrations.Migration):
+    atomic = False  # DROP INDEX CONCURRENTLY (maschina.migration_ops.drop_index)
+
     dependencies = [
         ("agents", "0002_run_deadline_and_dispatches"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),

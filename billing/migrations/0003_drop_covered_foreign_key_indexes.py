@@ -13,6 +13,8 @@ def _user(related_name, on_delete=django.db.models.deletion.CASCADE):
 
 
 class Migration(migrations.Migration):
+    atomic = False  # DROP INDEX CONCURRENTLY (maschina.migration_ops.drop_index)
+
     dependencies = [
         ("billing", "0002_alert_last_attempt"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
