@@ -123,11 +123,11 @@ def cpu_lines(results: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     # The machine and commit of the benchmark that finished last (finished_at is ISO 8601 in UTC).
-    any_result = max((r for r in results.values() if isinstance(r, dict) and "machine" in r), key=lambda r: r.get("finished_at", ""), default={})
-    m = any_result.get("machine", {})
+    latest = max((r for r in results.values() if isinstance(r, dict) and "machine" in r), key=lambda r: r.get("finished_at", ""), default={})
+    m = latest.get("machine", {})
     out = [
         f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('memory_gb')} GB, Python {m.get('python')}, {m.get('platform')}; "
-        f"commit {any_result.get('commit')}, finished {any_result.get('finished_at')}",
+        f"commit {latest.get('commit')}, finished {latest.get('finished_at')}",
         "",
         "| # | what | figure | baseline (same run) | ratio | target | met |",
         "|---|---|---|---|---|---|---|",
