@@ -1,5 +1,6 @@
 """API keys: shown once, stored only as a SHA-256 hash (the key carries 240 bits of randomness, so a
 fast hash is enough), found by a short public prefix and compared in constant time."""
+
 import hashlib
 import secrets
 

@@ -6,4 +6,9 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer", "bearerFormat": "msk_live_…", "description": "An API key from create_api_key."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "msk_live_…",
+            "description": "An API key from create_api_key.",
+        }

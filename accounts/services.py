@@ -1,7 +1,7 @@
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .models import LOOKUP_LEN, KEY_PREFIX, ApiKey, generate_key, hash_key
+from .models import KEY_PREFIX, LOOKUP_LEN, ApiKey, generate_key, hash_key
 
 
 def api_key_create(*, user, name: str = "") -> tuple[ApiKey, str]:
@@ -11,7 +11,10 @@ def api_key_create(*, user, name: str = "") -> tuple[ApiKey, str]:
         try:
             with transaction.atomic():
                 key = ApiKey.objects.create(
-                    user=user, name=name, lookup=raw[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_LEN], key_hash=hash_key(raw)
+                    user=user,
+                    name=name,
+                    lookup=raw[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_LEN],
+                    key_hash=hash_key(raw),
                 )
             return key, raw
         except IntegrityError:  # lookup prefix collision: astronomically rare, just draw again

@@ -15,7 +15,17 @@ class AgentAdmin(admin.ModelAdmin):
 
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
-    list_display = ["id", "user", "status", "model", "tier", "period", "billed_tokens", "created_at", "finished_at"]
+    list_display = [
+        "id",
+        "user",
+        "status",
+        "model",
+        "tier",
+        "period",
+        "billed_tokens",
+        "created_at",
+        "finished_at",
+    ]
     list_filter = ["status", tier_filter("tier"), model_filter("catalog_model"), PeriodFilter]
     list_select_related = ["user"]
     search_fields = ["id", "user__username", "model"]

@@ -10,11 +10,15 @@ class Agent(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # No index of its own on a foreign key that leads a composite index: that one serves its lookups,
     # and every index is one more write on each INSERT and non-HOT UPDATE (tests/test_schema.py).
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agents", db_index=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agents", db_index=False
+    )
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
     system_prompt = models.TextField(blank=True, default="")
-    model = models.CharField(max_length=200, null=True, blank=True, help_text="Empty: the tier's default model.")
+    model = models.CharField(
+        max_length=200, null=True, blank=True, help_text="Empty: the tier's default model."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -46,9 +50,13 @@ class Run(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Indexed by (user, -created_at) and (agent, -created_at) below, not on their own: a run row is
     # written three times (admission, claim, settlement), each write into every index.
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs", db_index=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs", db_index=False
+    )
     # A deleted agent keeps its runs: they are billing history.
-    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, related_name="runs", db_index=False)
+    agent = models.ForeignKey(
+        Agent, on_delete=models.SET_NULL, null=True, related_name="runs", db_index=False
+    )
     tier = models.CharField(max_length=32)  # the caller's tier at admission, for fallback decisions
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     requested_model = models.CharField(max_length=200, null=True, blank=True)
@@ -89,9 +97,17 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["user", "-created_at"]),
             models.Index(fields=["agent", "-created_at"]),
-            models.Index(fields=["status", "created_at"], name="run_active_idx", condition=Q(status__in=ACTIVE_STATUSES)),
-            models.Index(fields=["redispatch_at"], name="run_queued_redispatch_idx", condition=Q(status="queued")),
-            models.Index(fields=["deadline_at"], name="run_executing_deadline_idx", condition=Q(status="executing")),
+            models.Index(
+                fields=["status", "created_at"],
+                name="run_active_idx",
+                condition=Q(status__in=ACTIVE_STATUSES),
+            ),
+            models.Index(
+                fields=["redispatch_at"], name="run_queued_redispatch_idx", condition=Q(status="queued")
+            ),
+            models.Index(
+                fields=["deadline_at"], name="run_executing_deadline_idx", condition=Q(status="executing")
+            ),
         ]
         constraints = [
             models.CheckConstraint(name="run_status_known", condition=Q(status__in=RunStatus.values)),

@@ -2,6 +2,7 @@
 
 Each pattern has a stable flag name returned to the client in `flags`. Matching is on a normalized
 copy of the message (case folded, runs of white space collapsed), so spacing tricks do not slip by."""
+
 import re
 
 MAX_MESSAGE_CHARS = 100_000
@@ -15,7 +16,9 @@ RISK_PATTERNS = {
     ),
     "jailbreak_dan": re.compile(r"\byou\s+are\s+now\s+dan\b"),
     # rm -rf aimed at the root itself ("/", "/*"), not at a path below it.
-    "destructive_command": re.compile(r"\brm\s+(?:-[a-z]*\s+)*-(?:rf|fr|r\s+-f|f\s+-r)\s+(?:--no-preserve-root\s+)?/(?![a-z0-9_.~-])"),
+    "destructive_command": re.compile(
+        r"\brm\s+(?:-[a-z]*\s+)*-(?:rf|fr|r\s+-f|f\s+-r)\s+(?:--no-preserve-root\s+)?/(?![a-z0-9_.~-])"
+    ),
     "credential_request": re.compile(
         r"\b(?:give|show|tell|reveal|print|send|share|leak|dump|list|display|output|expose|what\s+is|what's|what\s+are)\b"
         r"[^.?!\n]{0,60}?\b(?:api[\s_-]?keys?|passwords?|passwd|secret\s+keys?|access\s+tokens?|credentials)\b"

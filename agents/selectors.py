@@ -31,6 +31,10 @@ def run_list(*, user, status: str | None = None, agent: Agent | None = None):
         runs = runs.filter(agent=agent)
     if status is not None:
         if status not in RunStatus.values:
-            raise ApiError("invalid", "The request has invalid fields.", fields={"status": [f"Must be one of: {', '.join(RunStatus.values)}."]})
+            raise ApiError(
+                "invalid",
+                "The request has invalid fields.",
+                fields={"status": [f"Must be one of: {', '.join(RunStatus.values)}."]},
+            )
         runs = runs.filter(status=status)
     return runs.order_by("-created_at", "-id")

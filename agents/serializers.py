@@ -112,7 +112,9 @@ class RunCreateSerializer(serializers.Serializer):
     def validate_timeout_secs(self, value):
         tier = self.context["tier"]
         if value > tier.max_timeout_secs:
-            raise serializers.ValidationError(f"Must be at most {tier.max_timeout_secs} on the {tier.slug} plan.")
+            raise serializers.ValidationError(
+                f"Must be at most {tier.max_timeout_secs} on the {tier.slug} plan."
+            )
         return value
 
     def validate_max_tokens(self, value):

@@ -1,6 +1,7 @@
 """Writes for agents and runs. run_create is the gate of CONTRACT section 5 after the body is valid:
 risk -> model -> quota, then the run row and its dispatch after commit. Every refusal is raised
 before anything is written, and the reservation shares the run's transaction."""
+
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -127,7 +128,11 @@ def run_cancel(*, run: Run) -> Run:
     starts. An executing run is settled by its worker, which notices the cancel while waiting on the
     provider, bills whatever the provider had reported, and never changes the status again."""
     now = timezone.now()
-    canceled = {"status": RunStatus.CANCELED, "finished_at": now, "error": {"code": "canceled", "message": "The run was canceled."}}
+    canceled = {
+        "status": RunStatus.CANCELED,
+        "finished_at": now,
+        "error": {"code": "canceled", "message": "The run was canceled."},
+    }
     if Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(**canceled):
         usage_settle(run.pk)
     elif not Run.objects.filter(pk=run.pk, status=RunStatus.EXECUTING).update(**canceled):

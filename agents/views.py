@@ -1,5 +1,6 @@
 """Thin views: parse, call a service or selector, serialize. The gate's order of checks
 (CONTRACT section 5) is: auth -> agent -> body -> input risk -> model -> quota."""
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
@@ -32,7 +33,9 @@ class AgentListCreateApi(GenericAPIView):
         page = self.paginate_queryset(selectors.agent_list(owner=request.user))
         return self.get_paginated_response(AgentSerializer(page, many=True).data)
 
-    @extend_schema(operation_id="agents_create", request=AgentWriteSerializer, responses={201: AgentSerializer})
+    @extend_schema(
+        operation_id="agents_create", request=AgentWriteSerializer, responses={201: AgentSerializer}
+    )
     def post(self, request):
         agent = services.agent_create(owner=request.user, **_valid(AgentWriteSerializer, request.data))
         return Response(AgentSerializer(agent).data, status=status.HTTP_201_CREATED)
@@ -45,7 +48,9 @@ class AgentDetailApi(GenericAPIView):
     def get(self, request, agent_id):
         return Response(AgentSerializer(selectors.agent_get(owner=request.user, agent_id=agent_id)).data)
 
-    @extend_schema(operation_id="agents_update", request=AgentWriteSerializer(partial=True), responses=AgentSerializer)
+    @extend_schema(
+        operation_id="agents_update", request=AgentWriteSerializer(partial=True), responses=AgentSerializer
+    )
     def patch(self, request, agent_id):
         agent = selectors.agent_get(owner=request.user, agent_id=agent_id)
         serializer = AgentWriteSerializer(agent, data=request.data, partial=True)
@@ -62,7 +67,11 @@ class AgentDetailApi(GenericAPIView):
 class RunCreateApi(GenericAPIView):
     serializer_class = RunSerializer
 
-    @extend_schema(operation_id="agents_run", request=RunCreateSerializer, responses={202: RunSerializer, **errors(403, 429)})
+    @extend_schema(
+        operation_id="agents_run",
+        request=RunCreateSerializer,
+        responses={202: RunSerializer, **errors(403, 429)},
+    )
     def post(self, request, agent_id):
         agent = selectors.agent_get(owner=request.user, agent_id=agent_id)
         plan = plan_for(request.user)
@@ -75,7 +84,11 @@ class RunCreateApi(GenericAPIView):
         except services.RiskBlocked as blocked:
             raise ApiError("risk_blocked", "The input was blocked by a risk check.", flags=blocked.flags)
         except services.ModelNotAString:
-            raise ApiError("invalid", "The request has invalid fields.", fields={"model": ["Must be a non-empty string of valid Unicode."]})
+            raise ApiError(
+                "invalid",
+                "The request has invalid fields.",
+                fields={"model": ["Must be a non-empty string of valid Unicode."]},
+            )
         except services.ModelDenied as denied:
             raise _model_denied(denied, tier)
         except QuotaExceeded as exceeded:
@@ -88,7 +101,9 @@ def _model_denied(denied, tier) -> ApiError:
     if denial.code == "unknown_model":
         return ApiError("unknown_model", f"Unknown model: {denial.model_id}", model=denial.model_id)
     if denial.code == "model_unavailable":
-        return ApiError("model_unavailable", f"Model {denial.model_id} is not available.", model=denial.model_id)
+        return ApiError(
+            "model_unavailable", f"Model {denial.model_id} is not available.", model=denial.model_id
+        )
     entry = denial.entry
     return ApiError(
         "model_not_allowed",
@@ -101,18 +116,28 @@ def _model_denied(denied, tier) -> ApiError:
 
 
 def _quota_exceeded(exceeded) -> ApiError:
-    extra = {"quota": exceeded.quota, "used": exceeded.used, "limit": exceeded.limit, "resets_at": exceeded.resets_at}
+    extra = {
+        "quota": exceeded.quota,
+        "used": exceeded.used,
+        "limit": exceeded.limit,
+        "resets_at": exceeded.resets_at,
+    }
     if exceeded.quota == "tokens":
         extra.update(reserved=exceeded.reserved, requested=exceeded.requested)
     return ApiError(
-        "quota_exceeded", f"The monthly {exceeded.quota} quota of your plan is used up.", status.HTTP_429_TOO_MANY_REQUESTS, **extra
+        "quota_exceeded",
+        f"The monthly {exceeded.quota} quota of your plan is used up.",
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        **extra,
     )
 
 
 class AgentRunListApi(GenericAPIView):
     serializer_class = RunSerializer
 
-    @extend_schema(operation_id="agents_runs_list", parameters=[STATUS_FILTER], responses=RunSerializer(many=True))
+    @extend_schema(
+        operation_id="agents_runs_list", parameters=[STATUS_FILTER], responses=RunSerializer(many=True)
+    )
     def get(self, request, agent_id):
         agent = selectors.agent_get(owner=request.user, agent_id=agent_id)
         runs = selectors.run_list(user=request.user, agent=agent, status=request.query_params.get("status"))
@@ -146,5 +171,10 @@ class RunCancelApi(GenericAPIView):
             run = services.run_cancel(run=run)
         except services.RunFinished:
             run.refresh_from_db()
-            raise ApiError("run_finished", f"The run has already finished ({run.status}).", status.HTTP_409_CONFLICT, status=run.status)
+            raise ApiError(
+                "run_finished",
+                f"The run has already finished ({run.status}).",
+                status.HTTP_409_CONFLICT,
+                status=run.status,
+            )
         return Response(RunSerializer(run).data)

@@ -32,14 +32,26 @@ class ChangeRecordAdmin(ReadOnlyAdmin):
     list_filter = ["source", "action", AuditedModelFilter]
     search_fields = ["object_id", "actor"]
     show_full_result_count = False  # the table only grows: one COUNT(*) per page is enough
-    fields = ["at", "actor", "source", "action", "object_type", "object_id", "changes", "before_json", "after_json"]
+    fields = [
+        "at",
+        "actor",
+        "source",
+        "action",
+        "object_type",
+        "object_id",
+        "changes",
+        "before_json",
+        "after_json",
+    ]
     readonly_fields = fields
 
     @admin.display(description="changed fields")
     def changes(self, obj):
         if obj.action != "update":
             return "—"
-        return ", ".join(f"{f}: {(obj.before or {}).get(f)!r} → {(obj.after or {}).get(f)!r}" for f in obj.changed_fields)
+        return ", ".join(
+            f"{f}: {(obj.before or {}).get(f)!r} → {(obj.after or {}).get(f)!r}" for f in obj.changed_fields
+        )
 
     @admin.display(description="before")
     def before_json(self, obj):

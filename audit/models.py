@@ -3,6 +3,7 @@
 Rows are only ever inserted: the model refuses updates and deletes, and a database trigger refuses them
 from any other client too (migration 0001). `actor` is a string, not a foreign key, so the record
 outlives the user who made the change."""
+
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils import timezone

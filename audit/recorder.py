@@ -1,4 +1,5 @@
 """Writes a ChangeRecord for every change to an audited model (audit.tracking.AuditedModel)."""
+
 import hashlib
 import json
 from decimal import Decimal

@@ -1,6 +1,7 @@
 """What makes a model audited: inherit AuditedModel. Every save, delete, QuerySet.update() and
 bulk_create() of it is then recorded by audit.recorder, in the same transaction as the change, and
 sends the usual model signals, so other receivers (the rules revision) see it too."""
+
 from django.db import models, transaction
 from django.db.models.signals import post_save, pre_save
 
@@ -22,7 +23,14 @@ class AuditedQuerySet(models.QuerySet):
                 row = by_pk[fresh.pk]
                 for field in self.model._meta.concrete_fields:
                     setattr(row, field.attname, getattr(fresh, field.attname))
-                post_save.send(sender=self.model, instance=row, created=False, raw=False, using=self.db, update_fields=fields)
+                post_save.send(
+                    sender=self.model,
+                    instance=row,
+                    created=False,
+                    raw=False,
+                    using=self.db,
+                    update_fields=fields,
+                )
         return count
 
     update.queryset_only = True
@@ -30,7 +38,9 @@ class AuditedQuerySet(models.QuerySet):
     def bulk_create(self, objs, batch_size=None, ignore_conflicts=False, update_conflicts=False, **kwargs):
         """One save per row, so each is recorded; conflict handling would bypass that and is refused."""
         if ignore_conflicts or update_conflicts:
-            raise TypeError(f"bulk_create with conflict handling is not audited; save {self.model.__name__} rows one by one.")
+            raise TypeError(
+                f"bulk_create with conflict handling is not audited; save {self.model.__name__} rows one by one."
+            )
         objs = list(objs)
         with transaction.atomic(using=self.db):
             for obj in objs:

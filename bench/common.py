@@ -4,6 +4,7 @@ its own, our web and worker processes, wrk, CPU accounting per process tree, and
 Every benchmark is a script (`python bench/<name>.py [--quick]`) that sets its environment before Django
 starts, so each one gets the settings it needs (in-memory broker, or the private Redis); bench/run.py
 runs them all and prints the table."""
+
 import datetime as dt
 import json
 import os
@@ -57,8 +58,12 @@ def machine() -> dict:
 
 
 def git_commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     return head + ("+dirty" if dirty else "")
 
 
@@ -68,7 +73,7 @@ def save_result(name: str, result: dict) -> None:
         **result,
         "machine": machine(),
         "commit": git_commit(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[name] = result
@@ -128,7 +133,8 @@ def pg_backend_pids() -> list[int]:
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name IS DISTINCT FROM %s", [BENCH_DB, DRIVER_APP]
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name IS DISTINCT FROM %s",
+            [BENCH_DB, DRIVER_APP],
         )
         return [row[0] for row in cursor.fetchall()]
 
@@ -142,7 +148,9 @@ def pg_auxiliary_pids() -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\x00", b" ").decode(errors="replace")
         except OSError:
             continue
-        if re.search(r"postgres: .*(walwriter|checkpointer|background writer|autovacuum|wal writer)", cmdline) or re.search(r"bin/postgres -D", cmdline):
+        if re.search(
+            r"postgres: .*(walwriter|checkpointer|background writer|autovacuum|wal writer)", cmdline
+        ) or re.search(r"bin/postgres -D", cmdline):
             pids.append(int(proc.name))
     return sorted(pids)
 
@@ -215,8 +223,12 @@ class CpuMeter:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         own = resource.getrusage(resource.RUSAGE_SELF)
         # Children reaped in between: the load generator (wrk) and short commands.
-        used["load generator"] = (children.ru_utime + children.ru_stime) - (self.children_before.ru_utime + self.children_before.ru_stime)
-        used["bench process"] = (own.ru_utime + own.ru_stime) - (self.self_before.ru_utime + self.self_before.ru_stime)
+        used["load generator"] = (children.ru_utime + children.ru_stime) - (
+            self.children_before.ru_utime + self.children_before.ru_stime
+        )
+        used["bench process"] = (own.ru_utime + own.ru_stime) - (
+            self.self_before.ru_utime + self.self_before.ru_stime
+        )
         return used
 
 
@@ -234,7 +246,18 @@ class Profiler:
             return
         Path(folder).mkdir(parents=True, exist_ok=True)
         for pid in pids:
-            argv = [spy, "record", "-r", "250", "-f", "raw", "-o", f"{folder}/{name}-{pid}.txt", "-p", str(pid)]
+            argv = [
+                spy,
+                "record",
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                f"{folder}/{name}-{pid}.txt",
+                "-p",
+                str(pid),
+            ]
             if idle or os.environ.get("BENCH_PROFILE_IDLE"):
                 argv.append("--idle")
             self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -282,7 +305,11 @@ class Emulator:
     def __init__(self, log_dir):
         self.log = open(Path(log_dir) / "emulator.log", "wb")
         self.proc = subprocess.Popen(
-            [PYTHON, str(ROOT / "bench" / "emulator.py")], cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True
+            [PYTHON, str(ROOT / "bench" / "emulator.py")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            start_new_session=True,
         )
         self.url = self.proc.stdout.readline().decode().strip()
         if not self.url.startswith("http://"):
@@ -327,7 +354,21 @@ def start_worker(env, log_dir, concurrency=2, queues="maschina"):
     """`celery worker -c N` as production runs it (default WARNING log level, so no line per task)."""
     from tests.processes import Process
 
-    argv = [str(BIN / "celery"), "-A", "maschina", "worker", "-c", str(concurrency), "-Q", queues, "-n", "bench@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    argv = [
+        str(BIN / "celery"),
+        "-A",
+        "maschina",
+        "worker",
+        "-c",
+        str(concurrency),
+        "-Q",
+        queues,
+        "-n",
+        "bench@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     return Process("worker", argv, env, log_dir)
 
 
@@ -378,13 +419,28 @@ def wrk_path() -> str:
     return path
 
 
-def wrk(url: str, *, key: str, body: str, connections: int, seconds: float, threads: int = 2, timeout="10s") -> dict:
+def wrk(
+    url: str, *, key: str, body: str, connections: int, seconds: float, threads: int = 2, timeout="10s"
+) -> dict:
     """POST `body` to `url` from `connections` concurrent clients for `seconds`. Requests per second,
     latency percentiles (ms) and the count of each HTTP status."""
     script = Path(tempfile.mkdtemp(prefix="maschina-wrk-")) / "post.lua"
     script.write_text(WRK_LUA)
     env = {**os.environ, "BENCH_BODY": body, "BENCH_KEY": key}
-    argv = [wrk_path(), "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{seconds}s", "--timeout", timeout, "-s", str(script), url]
+    argv = [
+        wrk_path(),
+        "-t",
+        str(min(threads, connections)),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        timeout,
+        "-s",
+        str(script),
+        url,
+    ]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
     line = next((l for l in out.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
     if line is None:

@@ -11,6 +11,7 @@ Prints its URL on the first line of stdout, then serves until terminated.
 
     python bench/emulator.py [PORT]
 """
+
 import json
 import signal
 import socket
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.emulators import anthropic_message  # noqa: E402
+from tests.emulators import anthropic_message
 
 PATH = b"/v1/messages"
 
@@ -29,7 +30,9 @@ PATH = b"/v1/messages"
 def response(status: int, body: dict) -> bytes:
     data = json.dumps(body).encode()
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 501: "Not Implemented"}[status]
-    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
+    )
     return head.encode() + data
 
 
@@ -40,7 +43,9 @@ def answer(request_line: bytes, body: bytes) -> bytes:
     try:
         return response(200, anthropic_message(json.loads(body)))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return response(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "unreadable body"}})
+        return response(
+            400, {"type": "error", "error": {"type": "invalid_request_error", "message": "unreadable body"}}
+        )
 
 
 class Connection(socketserver.BaseRequestHandler):

@@ -11,6 +11,7 @@ every RULES_REFRESH_SECS (0.5 s) per process.
 
     python bench/gate.py [--quick]
 """
+
 import argparse
 import random
 import statistics
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 
 def requests_mix(rules, n, seed=6):

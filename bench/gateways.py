@@ -13,6 +13,7 @@ process), and load alternates between the two so a noisy neighbour hits both ali
 
     python bench/gateways.py [--quick]
 """
+
 import argparse
 import json
 import os
@@ -25,12 +26,16 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 PEER_DIR = Path(os.environ.get("BENCH_LITELLM_PEER_DIR", common.ROOT.parent / "shared" / "peers" / "litellm"))
-LITELLM_VENV = Path(os.environ.get("BENCH_LITELLM_VENV", Path.home() / ".cache" / "maschina-bench" / "litellm-venv"))
+LITELLM_VENV = Path(
+    os.environ.get("BENCH_LITELLM_VENV", Path.home() / ".cache" / "maschina-bench" / "litellm-venv")
+)
 RUN_BODY = json.dumps({"input": {"message": "hi"}, "model": "claude-haiku-4-5", "max_tokens": 16})
-PEER_BODY = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+PEER_BODY = json.dumps(
+    {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+)
 PEER_KEY = "sk-bench-load"
 
 
@@ -46,15 +51,29 @@ class LiteLLM:
         folder.mkdir()
         shutil.copy(PEER_DIR / "custom_auth.py", folder)
         config = (PEER_DIR / "config.yaml").read_text()
-        config = config.replace("http://127.0.0.1:18081", emulator_url).replace("redis://127.0.0.1:6379/13", redis_url)
+        config = config.replace("http://127.0.0.1:18081", emulator_url).replace(
+            "redis://127.0.0.1:6379/13", redis_url
+        )
         (folder / "config.yaml").write_text(config)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DJANGO_SETTINGS_MODULE"}}
         env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
         self.log = open(Path(log_dir) / "litellm.log", "wb")
-        argv = [str(exe), "--config", "config.yaml", "--host", "127.0.0.1", "--port", str(self.port), "--num_workers", str(workers)]
-        self.proc = subprocess.Popen(argv, cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = [
+            str(exe),
+            "--config",
+            "config.yaml",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--num_workers",
+            str(workers),
+        ]
+        self.proc = subprocess.Popen(
+            argv, cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.log_path = Path(log_dir) / "litellm.log"
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -70,7 +89,12 @@ class LiteLLM:
             raise RuntimeError(f"litellm did not start:\n{self.log_path.read_text()[-3000:]}")
         # Both workers up, and the gate works as configured: a model outside the key's list is refused.
         for _ in range(4):
-            ok = requests.post(self.url + "/v1/chat/completions", data=PEER_BODY, headers={"Authorization": f"Bearer {PEER_KEY}", "Content-Type": "application/json"}, timeout=30)
+            ok = requests.post(
+                self.url + "/v1/chat/completions",
+                data=PEER_BODY,
+                headers={"Authorization": f"Bearer {PEER_KEY}", "Content-Type": "application/json"},
+                timeout=30,
+            )
             assert ok.status_code == 200, ok.text
         denied = requests.post(
             self.url + "/v1/chat/completions",
@@ -81,7 +105,15 @@ class LiteLLM:
         assert denied.status_code in (401, 403), denied.text
 
     def version(self):
-        out = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                str(LITELLM_VENV / "bin" / "python"),
+                "-c",
+                "import importlib.metadata as m; print(m.version('litellm'))",
+            ],
+            capture_output=True,
+            text=True,
+        )
         return out.stdout.strip()
 
     def stop(self):
@@ -102,7 +134,9 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--connections", type=int, nargs="+", default=[8])
     args = parser.parse_args()
-    secs, rounds = (4, 1) if args.quick else (15, 3)  # three alternating rounds: the ratio moved by ±0.07 with two
+    secs, rounds = (
+        (4, 1) if args.quick else (15, 3)
+    )  # three alternating rounds: the ratio moved by ±0.07 with two
 
     logs = common.log_dir("gateways")
     redis = common.Redis()
@@ -133,13 +167,15 @@ def main():
                 time.sleep(0.05)
 
         def ours(connections, seconds):
-            meter = common.CpuMeter({
-                "web": lambda: common.descendants(web.proc.pid),
-                "worker": lambda: common.descendants(worker.proc.pid),
-                "postgres (our backends)": common.pg_backend_pids,
-                "redis": lambda: [redis.pid],
-                "emulator": lambda: [emulator.pid],
-            })
+            meter = common.CpuMeter(
+                {
+                    "web": lambda: common.descendants(web.proc.pid),
+                    "worker": lambda: common.descendants(worker.proc.pid),
+                    "postgres (our backends)": common.pg_backend_pids,
+                    "redis": lambda: [redis.pid],
+                    "emulator": lambda: [emulator.pid],
+                }
+            )
             before = Run.objects.count()
             meter.start()
             started = time.time()
@@ -153,7 +189,10 @@ def main():
             wall = (span["last"] - _ts(started)).total_seconds()
             completed = runs.filter(status="completed").count()
             # Every run admitted counts once it is settled, also those whose 202 wrk did not wait for.
-            assert Run.objects.count() - before == n >= load["ok"] and load["ok"] == load["requests"], (n, load)
+            assert Run.objects.count() - before == n >= load["ok"] and load["ok"] == load["requests"], (
+                n,
+                load,
+            )
             return {
                 "calls": completed,
                 "admitted": n,
@@ -169,13 +208,22 @@ def main():
             }
 
         def theirs(connections, seconds):
-            meter = common.CpuMeter({
-                "litellm": lambda: common.descendants(peer.proc.pid),
-                "redis": lambda: [redis.pid],
-                "emulator": lambda: [emulator.pid],
-            })
+            meter = common.CpuMeter(
+                {
+                    "litellm": lambda: common.descendants(peer.proc.pid),
+                    "redis": lambda: [redis.pid],
+                    "emulator": lambda: [emulator.pid],
+                }
+            )
             meter.start()
-            load = common.wrk(peer_url, key=PEER_KEY, body=PEER_BODY, connections=connections, seconds=seconds, timeout="30s")
+            load = common.wrk(
+                peer_url,
+                key=PEER_KEY,
+                body=PEER_BODY,
+                connections=connections,
+                seconds=seconds,
+                timeout="30s",
+            )
             cpu = meter.stop()
             return {
                 "calls": load["ok"],
@@ -197,7 +245,9 @@ def main():
                 for name, fn in (("maschina", ours), ("litellm", theirs)):
                     item = fn(connections, secs)
                     figures[name].append(item)
-                    print(f"  c={connections} {name}: {item['per_second']} calls/s, statuses {item['statuses']}, cpu/call {item['cpu_ms_per_call']}")
+                    print(
+                        f"  c={connections} {name}: {item['per_second']} calls/s, statuses {item['statuses']}, cpu/call {item['cpu_ms_per_call']}"
+                    )
             row = {"connections": connections}
             for name, items in figures.items():
                 calls = sum(i["calls"] for i in items)
@@ -206,12 +256,17 @@ def main():
                     "per_second": round(calls / seconds, 1),
                     "calls": calls,
                     "seconds": round(seconds, 2),
-                    "cpu_ms_per_call": {g: round(sum(i["cpu_ms_per_call"][g] * i["calls"] for i in items) / calls, 3) for g in items[0]["cpu_ms_per_call"]},
+                    "cpu_ms_per_call": {
+                        g: round(sum(i["cpu_ms_per_call"][g] * i["calls"] for i in items) / calls, 3)
+                        for g in items[0]["cpu_ms_per_call"]
+                    },
                     "rounds": items,
                 }
             row["ratio"] = round(row["maschina"]["per_second"] / row["litellm"]["per_second"], 3)
             rows.append(row)
-            print(f"c={connections}: maschina {row['maschina']['per_second']}/s vs litellm {row['litellm']['per_second']}/s, ratio {row['ratio']}")
+            print(
+                f"c={connections}: maschina {row['maschina']['per_second']}/s vs litellm {row['litellm']['per_second']}/s, ratio {row['ratio']}"
+            )
         result = {
             "what": "gated, billed calls per second end to end (POST -> worker -> settle), whole stack on this box",
             "baseline": f"LiteLLM proxy {peer.version()} (2 workers, custom auth with per-key model lists, Redis budgets)",
@@ -233,7 +288,7 @@ def main():
 def _ts(epoch):
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,18 @@ in web, PostgreSQL (our backends) and Redis.
 
     python bench/http_admission.py [--quick]
 """
+
 import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-BODY = json.dumps({"input": {"message": "Summarize: the quick brown fox jumps over the lazy dog."}, "max_tokens": 16})
+BODY = json.dumps(
+    {"input": {"message": "Summarize: the quick brown fox jumps over the lazy dog."}, "max_tokens": 16}
+)
 
 
 def main():
@@ -57,7 +60,9 @@ def main():
                     cpu = meter.stop()
                     load["cpu_ms_per_request"] = common.per_op_ms(cpu, load["ok"])
                     figures[name].append(load)
-                    print(f"  c={connections} {name}: {load['rps']} req/s, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms, statuses {load['statuses']}, cpu/req {load['cpu_ms_per_request']}")
+                    print(
+                        f"  c={connections} {name}: {load['rps']} req/s, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms, statuses {load['statuses']}, cpu/req {load['cpu_ms_per_request']}"
+                    )
             row = {"connections": connections}
             for name, loads in figures.items():
                 ok = sum(l["ok"] for l in loads)
@@ -70,12 +75,15 @@ def main():
                     "non_2xx": sum(l["requests"] - l["ok"] for l in loads),
                     "socket_errors": sum(l["socket_errors"] for l in loads),
                     "cpu_ms_per_request": {
-                        group: round(sum(l["cpu_ms_per_request"][group] * l["ok"] for l in loads) / ok, 3) for group in loads[0]["cpu_ms_per_request"]
+                        group: round(sum(l["cpu_ms_per_request"][group] * l["ok"] for l in loads) / ok, 3)
+                        for group in loads[0]["cpu_ms_per_request"]
                     },
                 }
             row["ratio"] = round(row["run"]["rps"] / row["baseline"]["rps"], 3)
             rows.append(row)
-            print(f"c={connections}: run {row['run']['rps']} req/s vs baseline {row['baseline']['rps']} req/s, ratio {row['ratio']}")
+            print(
+                f"c={connections}: run {row['run']['rps']} req/s vs baseline {row['baseline']['rps']} req/s, ratio {row['ratio']}"
+            )
         result = {
             "what": "POST /agents/{id}/run under gunicorn (2 sync workers), wrk, throughput and latency",
             "baseline": "POST /bench/baseline: authenticate the key, insert one row, publish one Celery message",

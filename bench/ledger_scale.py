@@ -10,6 +10,7 @@ large to the small. Writes bench/results.json.
 
     python bench/ledger_scale.py [--quick] [--sizes 1000 1000000] [--calls 400]   (./scripts/bench runs it)
 """
+
 import argparse
 import json
 import os
@@ -47,7 +48,8 @@ def use_database(name):
 
 # Two statements, executed one by one: with parameters, PostgreSQL takes one statement per call when
 # they are bound server-side (the settings' DATABASE_PREPARED_STATEMENTS).
-FILL_SQL = ["""
+FILL_SQL = [
+    """
 INSERT INTO agents_run (id, user_id, agent_id, tier, status, requested_model, model, catalog_model, provider, multiplier,
     system_prompt, input, output, timeout_secs, max_tokens, period, reserved_tokens, input_tokens, output_tokens,
     billed_tokens, error, provider_calls, claim, claims, heartbeat_at, created_at, dispatched_at, dispatches, started_at, finished_at, settled_at)
@@ -55,11 +57,13 @@ SELECT gen_random_uuid(), %(user)s, %(agent)s, 'm1', 'completed', NULL, 'claude-
     'bench', '{"message": "bench"}', '{"text": "ok"}', 300, 100, %(period)s, 100, 40, 22, 62, NULL, 1, NULL, 1, NULL,
     now() - interval '1 hour', now(), 1, now(), now(), now()
 FROM generate_series(1, %(n)s)
-""", """
+""",
+    """
 INSERT INTO billing_ledgerentry (run_id, user_id, period, model, input_tokens, output_tokens, multiplier, billed_tokens, created_at)
 SELECT id, user_id, period, model, 40, 22, 1, 62, now() FROM agents_run WHERE user_id = %(user)s AND settled_at IS NOT NULL
     AND id NOT IN (SELECT run_id FROM billing_ledgerentry)
-"""]
+""",
+]
 
 
 def fill(user_id, agent_id, period, target):
@@ -131,10 +135,18 @@ def main():
         ledger_rows = fill(user.pk, agent.pk, period_of(timezone.now()), size)
         client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
         calls = {
-            "admission": lambda client=client, agent=agent: client.post(f"/api/v1/agents/{agent.pk}/run", body, content_type="application/json"),
+            "admission": lambda client=client, agent=agent: client.post(
+                f"/api/v1/agents/{agent.pk}/run", body, content_type="application/json"
+            ),
             "usage": lambda client=client: client.get("/api/v1/usage"),
         }
-        state[size] = {"db": name, "ledger_rows": ledger_rows, "fill_secs": round(time.monotonic() - started, 1), "calls": calls, "samples": {"admission": [], "usage": []}}
+        state[size] = {
+            "db": name,
+            "ledger_rows": ledger_rows,
+            "fill_secs": round(time.monotonic() - started, 1),
+            "calls": calls,
+            "samples": {"admission": [], "usage": []},
+        }
         print(f"{name}: {ledger_rows:,} ledger rows in {state[size]['fill_secs']} s")
 
     per_round = max(args.calls // rounds, 1)
@@ -148,8 +160,18 @@ def main():
     for size in args.sizes:
         s = state[size]
         admission, usage = (statistics.median(s["samples"][w]) for w in ("admission", "usage"))
-        rows.append({"ledger_rows": s["ledger_rows"], "admission_ms": round(admission, 3), "usage_ms": round(usage, 3), "fill_secs": s["fill_secs"], "calls": len(s["samples"]["usage"])})
-        print(f"{s['ledger_rows']:>10,} ledger rows: POST .../run {admission:.2f} ms, GET /usage {usage:.2f} ms (median of {len(s['samples']['usage'])}, {rounds} rounds)")
+        rows.append(
+            {
+                "ledger_rows": s["ledger_rows"],
+                "admission_ms": round(admission, 3),
+                "usage_ms": round(usage, 3),
+                "fill_secs": s["fill_secs"],
+                "calls": len(s["samples"]["usage"]),
+            }
+        )
+        print(
+            f"{s['ledger_rows']:>10,} ledger rows: POST .../run {admission:.2f} ms, GET /usage {usage:.2f} ms (median of {len(s['samples']['usage'])}, {rounds} rounds)"
+        )
 
     base, top = rows[0], rows[-1]
     result = {
@@ -163,7 +185,9 @@ def main():
         "target": "ratio <= 1.2",
     }
     result["target_met"] = result["ratio_admission"] <= 1.2 and result["ratio_usage"] <= 1.2
-    print(f"ratio at {top['ledger_rows']:,} vs {base['ledger_rows']:,} rows: admission {result['ratio_admission']}, usage {result['ratio_usage']}")
+    print(
+        f"ratio at {top['ledger_rows']:,} vs {base['ledger_rows']:,} rows: admission {result['ratio_admission']}, usage {result['ratio_usage']}"
+    )
     sys.path.insert(0, str(ROOT / "bench"))
     import common
 

@@ -8,6 +8,7 @@ budgets inside a test transaction (where the after-commit dispatch does not run)
 
     python bench/queries.py [--quick]
 """
+
 import argparse
 import json
 import statistics
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 TARGETS = {"POST /agents/{id}/run": 8, "GET /runs/{id}": 3, "GET /usage": 4}
 
@@ -74,7 +75,9 @@ def main():
             "target": TARGETS[name],
             "target_met": statistics.median(counts) <= TARGETS[name],
         }
-        print(f"{name}: median {rows[name]['median']} queries, max {rows[name]['max']} (target <= {TARGETS[name]})")
+        print(
+            f"{name}: median {rows[name]['median']} queries, max {rows[name]['max']} (target <= {TARGETS[name]})"
+        )
     result = {
         "what": "SQL queries per request after warm-up (median and max of repeated calls), autocommit, dispatch included",
         "calls": calls,

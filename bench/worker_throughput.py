@@ -15,6 +15,7 @@ cheap, would leave benchmark 4.
 
     python bench/worker_throughput.py [--quick]
 """
+
 import argparse
 import dataclasses
 import json
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 QUEUE = "maschina"
 MESSAGE = "Summarize: the quick brown fox."
@@ -69,7 +70,11 @@ def main():
         from tests.emulators import anthropic_message
 
         # The breakdown's constant answer: the emulator's, as the runner reads it.
-        answer = dataclasses.asdict(_completion(json.dumps(anthropic_message({"messages": [{"role": "user", "content": MESSAGE}]})).encode()))
+        answer = dataclasses.asdict(
+            _completion(
+                json.dumps(anthropic_message({"messages": [{"role": "user", "content": MESSAGE}]})).encode()
+            )
+        )
 
         client = redis_lib.Redis.from_url(redis.url(0))
         env = common.stack_env(broker_url=redis.url(0), anthropic_url=emulator.url)
@@ -94,7 +99,15 @@ def main():
 
         def admit_runs():
             for _ in range(n):
-                run_create(user=user, plan=plan, agent=agent, input={"message": MESSAGE}, model=None, timeout_secs=300, max_tokens=16)
+                run_create(
+                    user=user,
+                    plan=plan,
+                    agent=agent,
+                    input={"message": MESSAGE},
+                    model=None,
+                    timeout_secs=300,
+                    max_tokens=16,
+                )
 
         def runs_done():
             return not Run.objects.filter(settled_at__isnull=True).exists()
@@ -118,7 +131,9 @@ def main():
             app.control.cancel_consumer(QUEUE, reply=True, timeout=5, limit=1)
             time.sleep(0.3)
             publish()
-            profiler = common.Profiler(f"worker-{name}", common.descendants(worker.proc.pid)) if profile else None
+            profiler = (
+                common.Profiler(f"worker-{name}", common.descendants(worker.proc.pid)) if profile else None
+            )
             seconds, cpu = drain(app, client, done, common.CpuMeter(groups), timeout=600)
             if profiler:
                 profiler.stop()
@@ -133,9 +148,15 @@ def main():
             for name, publish, done in phases:
                 seconds, cpu = load(name, publish, done)
                 figures[name].append({"n": n, "seconds": seconds, "cpu": cpu})
-                print(f"  {name}: {n} in {seconds:.2f} s = {n / seconds:.1f}/s, cpu/op {common.per_op_ms(cpu, n)}")
+                print(
+                    f"  {name}: {n} in {seconds:.2f} s = {n / seconds:.1f}/s, cpu/op {common.per_op_ms(cpu, n)}"
+                )
 
-        statuses = dict(Run.objects.values_list("status").order_by().annotate(n=__import__("django.db.models", fromlist=["Count"]).Count("id")))
+        statuses = dict(
+            Run.objects.values_list("status")
+            .order_by()
+            .annotate(n=__import__("django.db.models", fromlist=["Count"]).Count("id"))
+        )
         if set(statuses) != {"completed"}:  # a failed run settles too, and would count as a fast one
             raise RuntimeError(f"not every run completed: {statuses}")
         summary = {}
@@ -143,11 +164,20 @@ def main():
             total_n = sum(i["n"] for i in items)
             total_s = sum(i["seconds"] for i in items)
             cpu = {g: sum(i["cpu"][g] for i in items) for g in items[0]["cpu"]}
-            summary[name] = {"per_second": round(total_n / total_s, 1), "ops": total_n, "seconds": round(total_s, 2), "cpu_ms_per_op": common.per_op_ms(cpu, total_n)}
+            summary[name] = {
+                "per_second": round(total_n / total_s, 1),
+                "ops": total_n,
+                "seconds": round(total_s, 2),
+                "cpu_ms_per_op": common.per_op_ms(cpu, total_n),
+            }
         ratio = round(summary["runs"]["per_second"] / summary["noop"]["per_second"], 3)
         ceiling = round(summary["runs_without_provider"]["per_second"] / summary["noop"]["per_second"], 3)
-        print(f"worker: {summary['runs']['per_second']} runs/s vs {summary['noop']['per_second']} no-op tasks/s, ratio {ratio}; run statuses {statuses}")
-        print(f"  without the provider call: {summary['runs_without_provider']['per_second']} runs/s, ratio {ceiling}")
+        print(
+            f"worker: {summary['runs']['per_second']} runs/s vs {summary['noop']['per_second']} no-op tasks/s, ratio {ratio}; run statuses {statuses}"
+        )
+        print(
+            f"  without the provider call: {summary['runs_without_provider']['per_second']} runs/s, ratio {ceiling}"
+        )
         result = {
             "what": "completed, settled runs per second through one worker (-c 2) against a zero-latency emulator",
             "baseline": "a no-op Celery task on the same worker and settings",

@@ -20,7 +20,9 @@ def run_without_provider(run_id: str, timeout_secs: int, answer: dict) -> None:
     the rules snapshot's read and the hand-off to the provider-call thread."""
     claimed = run_claim(run_id, timeout_secs)
     if claimed is None:
-        raise RuntimeError(f"run {run_id} could not be claimed: the breakdown's runs must be queued and this task's alone")
+        raise RuntimeError(
+            f"run {run_id} could not be claimed: the breakdown's runs must be queued and this task's alone"
+        )
     run, token, _ = claimed
     counters = run_complete(run, token, Completion(**answer))
     if counters is None:

@@ -1,5 +1,6 @@
 """The baseline of bench/http_admission.py: the least an admission endpoint does in this app.
 Same authentication, parser and renderer as POST /agents/{id}/run; one INSERT; one Celery message."""
+
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView

@@ -42,7 +42,17 @@ class ModelUsageAdmin(ReadOnlyAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "user", "period", "model", "input_tokens", "output_tokens", "multiplier", "billed_tokens", "run"]
+    list_display = [
+        "created_at",
+        "user",
+        "period",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "multiplier",
+        "billed_tokens",
+        "run",
+    ]
     list_filter = [PeriodFilter, tier_filter("run__tier"), model_filter("run__catalog_model")]
     list_select_related = ["user", "run"]
     show_full_result_count = False  # one COUNT(*) over the ledger per page is enough
@@ -51,7 +61,18 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "user", "period", "quota", "threshold", "used", "limit", "delivered_at", "delivery_attempts", "last_delivery_status"]
+    list_display = [
+        "created_at",
+        "user",
+        "period",
+        "quota",
+        "threshold",
+        "used",
+        "limit",
+        "delivered_at",
+        "delivery_attempts",
+        "last_delivery_status",
+    ]
     list_filter = ["quota", "threshold", PeriodFilter]
     list_select_related = ["user"]
     search_fields = ["user__username"]

@@ -1,5 +1,6 @@
 """List filters for the runs, ledger and usage pages whose choices come from the catalog and the
 calendar, not from a DISTINCT over the table: with a million runs, a page must not scan them all."""
+
 import datetime
 
 from django.contrib import admin

@@ -1,6 +1,7 @@
 """Quota alerts: one per user, period, quota and threshold, recorded the moment a figure crosses
 it. The unique constraint decides who records it, so concurrent settlements record it once, and only
 the one that created it sends the webhook."""
+
 import datetime as dt
 
 from django.db import transaction
@@ -19,7 +20,11 @@ def alerts_record(*, user_id: int, period: dt.date, quota: str, used: int, limit
         if used * 100 < threshold * limit:
             break
         alert, new = Alert.objects.get_or_create(
-            user_id=user_id, period=period, quota=quota, threshold=threshold, defaults={"used": used, "limit": limit}
+            user_id=user_id,
+            period=period,
+            quota=quota,
+            threshold=threshold,
+            defaults={"used": used, "limit": limit},
         )
         if new:
             created.append(alert)

@@ -1,5 +1,6 @@
 """Checks every billing invariant on a live database (`manage.py billing_audit`). Sums over the
 ledger are fine here: this is an operator's tool, never on a request path."""
+
 import datetime as dt
 from collections import defaultdict
 
@@ -42,11 +43,19 @@ def _audit(period):
     for run in runs.filter(pk__in=entries.keys()):
         entry = entries[run.pk]
         if run.status not in TERMINAL_STATUSES or run.settled_at is None:
-            problems.append(f"run {run.pk} has a ledger row but is {run.status}, settled={run.settled_at is not None}")
+            problems.append(
+                f"run {run.pk} has a ledger row but is {run.status}, settled={run.settled_at is not None}"
+            )
         expected = billed_tokens(entry.input_tokens, entry.output_tokens, entry.multiplier)
         if entry.billed_tokens != expected or run.billed_tokens != entry.billed_tokens:
-            problems.append(f"run {run.pk} billed {run.billed_tokens}, ledger {entry.billed_tokens}, arithmetic {expected}")
-        if (run.input_tokens, run.output_tokens, run.model) != (entry.input_tokens, entry.output_tokens, entry.model):
+            problems.append(
+                f"run {run.pk} billed {run.billed_tokens}, ledger {entry.billed_tokens}, arithmetic {expected}"
+            )
+        if (run.input_tokens, run.output_tokens, run.model) != (
+            entry.input_tokens,
+            entry.output_tokens,
+            entry.model,
+        ):
             problems.append(f"run {run.pk} usage differs from its ledger row")
     billed_without_entry = runs.filter(billed_tokens__isnull=False).exclude(pk__in=entries.keys()).count()
     if billed_without_entry:
@@ -54,16 +63,25 @@ def _audit(period):
 
     # 2. Nothing stays reserved by a terminal run (beyond the moment between finishing and settling).
     grace = timezone.now() - dt.timedelta(seconds=settings.SWEEP_REAP_GRACE_SECS)
-    unsettled = runs.filter(status__in=TERMINAL_STATUSES, settled_at__isnull=True, finished_at__lt=grace).count()
+    unsettled = runs.filter(
+        status__in=TERMINAL_STATUSES, settled_at__isnull=True, finished_at__lt=grace
+    ).count()
     if unsettled:
         problems.append(f"{unsettled} terminal run(s) still hold a reservation")
 
     # 3. Per user and period, the counters equal the sums of the ledger and of the runs.
-    ledger_sums = {(r["user_id"], r["period"]): r["billed"] for r in ledger.values("user_id", "period").annotate(billed=Sum("billed_tokens"))}
-    run_counts = {(r["user_id"], r["period"]): r["n"] for r in runs.values("user_id", "period").annotate(n=Count("id"))}
+    ledger_sums = {
+        (r["user_id"], r["period"]): r["billed"]
+        for r in ledger.values("user_id", "period").annotate(billed=Sum("billed_tokens"))
+    }
+    run_counts = {
+        (r["user_id"], r["period"]): r["n"] for r in runs.values("user_id", "period").annotate(n=Count("id"))
+    }
     reserved = {
         (r["user_id"], r["period"]): r["r"]
-        for r in runs.filter(settled_at__isnull=True).values("user_id", "period").annotate(r=Sum("reserved_tokens"))
+        for r in runs.filter(settled_at__isnull=True)
+        .values("user_id", "period")
+        .annotate(r=Sum("reserved_tokens"))
     }
     seen = set()
     for row in usage_rows:
@@ -89,7 +107,9 @@ def _audit(period):
     for row in model_rows:
         figures = [row.runs, row.input_tokens, row.output_tokens, row.billed_tokens]
         if figures != by_model.pop((row.user_id, row.period, row.model), [0, 0, 0, 0]):
-            problems.append(f"user {row.user_id} {row.period:%Y-%m} {row.model}: by_model {figures} differs from the ledger")
+            problems.append(
+                f"user {row.user_id} {row.period:%Y-%m} {row.model}: by_model {figures} differs from the ledger"
+            )
     for key, figures in by_model.items():
         problems.append(f"user {key[0]} {key[1]:%Y-%m} {key[2]}: ledger {figures} has no by_model row")
 

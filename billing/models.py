@@ -2,6 +2,7 @@
 
 Counters are rows updated with conditional F() expressions (billing.services), so admission and
 GET /usage never sum over the ledger. The ledger has exactly one row per billed run."""
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -16,19 +17,27 @@ class Plan(AuditedModel):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="plan")
     tier = models.ForeignKey("routing.Tier", on_delete=models.PROTECT, related_name="plans")
-    token_quota_override = models.BigIntegerField(null=True, blank=True, help_text="Replaces the tier's monthly token quota.")
-    run_quota_override = models.IntegerField(null=True, blank=True, help_text="Replaces the tier's monthly run quota.")
-    alert_webhook_url = models.URLField(blank=True, default="", help_text="Quota alerts are POSTed here, signed.")
+    token_quota_override = models.BigIntegerField(
+        null=True, blank=True, help_text="Replaces the tier's monthly token quota."
+    )
+    run_quota_override = models.IntegerField(
+        null=True, blank=True, help_text="Replaces the tier's monthly run quota."
+    )
+    alert_webhook_url = models.URLField(
+        blank=True, default="", help_text="Quota alerts are POSTed here, signed."
+    )
     alert_webhook_secret = models.CharField(max_length=64, blank=True, default="", editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.CheckConstraint(
-                name="plan_token_override_gte_0", condition=Q(token_quota_override__gte=0) | Q(token_quota_override__isnull=True)
+                name="plan_token_override_gte_0",
+                condition=Q(token_quota_override__gte=0) | Q(token_quota_override__isnull=True),
             ),
             models.CheckConstraint(
-                name="plan_run_override_gte_0", condition=Q(run_quota_override__gte=0) | Q(run_quota_override__isnull=True)
+                name="plan_run_override_gte_0",
+                condition=Q(run_quota_override__gte=0) | Q(run_quota_override__isnull=True),
             ),
         ]
 
@@ -40,7 +49,9 @@ class UsagePeriod(models.Model):
     """A user's counters for one UTC calendar month (`period` is its first day)."""
 
     # Each user foreign key here leads a unique constraint or index, which serves its lookups.
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_periods", db_index=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_periods", db_index=False
+    )
     period = models.DateField()
     tokens_used = models.BigIntegerField(default=0)  # billed tokens of settled runs
     tokens_reserved = models.BigIntegerField(default=0)  # worst cases of admitted, unsettled runs
@@ -61,7 +72,9 @@ class UsagePeriod(models.Model):
 class ModelUsage(models.Model):
     """Per model that actually ran: the `by_model` lines of GET /usage, kept as counters."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     period = models.DateField()
     model = models.CharField(max_length=200)
     runs = models.IntegerField(default=0)
@@ -84,7 +97,9 @@ class LedgerEntry(models.Model):
     """What one run was billed. Append-only; the unique run makes a second settlement impossible."""
 
     run = models.OneToOneField("agents.Run", on_delete=models.PROTECT, related_name="ledger_entry")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     period = models.DateField()
     model = models.CharField(max_length=200)
     input_tokens = models.BigIntegerField()
@@ -100,7 +115,9 @@ class LedgerEntry(models.Model):
         constraints = [
             models.CheckConstraint(
                 name="ledger_figures_gte_0",
-                condition=Q(input_tokens__gte=0, output_tokens__gte=0, multiplier__gte=0, billed_tokens__gte=0),
+                condition=Q(
+                    input_tokens__gte=0, output_tokens__gte=0, multiplier__gte=0, billed_tokens__gte=0
+                ),
             ),
         ]
 
@@ -113,7 +130,9 @@ class Alert(models.Model):
         TOKENS = "tokens"
         RUNS = "runs"
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alerts", db_index=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alerts", db_index=False
+    )
     period = models.DateField()
     quota = models.CharField(max_length=8, choices=Quota.choices)
     threshold = models.PositiveSmallIntegerField()  # percent of the limit: 80 or 100
@@ -129,7 +148,9 @@ class Alert(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["user", "period", "quota", "threshold"], name="one_alert_per_threshold"),
+            models.UniqueConstraint(
+                fields=["user", "period", "quota", "threshold"], name="one_alert_per_threshold"
+            ),
             models.CheckConstraint(name="alert_quota_known", condition=Q(quota__in=["tokens", "runs"])),
         ]
 

@@ -1,7 +1,8 @@
 """Billing periods are UTC calendar months, named by their first day."""
+
 import datetime as dt
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def period_of(moment: dt.datetime) -> dt.date:
@@ -22,6 +23,11 @@ def period_end(period: dt.date) -> dt.datetime:
 def parse_period(text: str) -> dt.date:
     """'YYYY-MM' -> the period; ValueError otherwise."""
     year, _, month = text.partition("-")
-    if len(year) != 4 or len(month) != 2 or not (year.isdigit() and month.isdigit()) or not 1970 <= int(year) <= 9998:
+    if (
+        len(year) != 4
+        or len(month) != 2
+        or not (year.isdigit() and month.isdigit())
+        or not 1970 <= int(year) <= 9998
+    ):
         raise ValueError(text)
     return dt.date(int(year), int(month), 1)

@@ -1,5 +1,6 @@
 """The billing arithmetic (CONTRACT section 6). Integers for tokens, Decimal for multipliers,
 rounding up, in this one place."""
+
 from decimal import ROUND_CEILING, Decimal
 
 # Framing the provider adds around the system prompt and the message (roles, separators).

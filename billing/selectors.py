@@ -19,7 +19,9 @@ def _remaining(limit, used):
 
 def usage_report(*, user, tier_slug: str, limits: Limits, period: dt.date) -> dict:
     """GET /usage: two indexed reads of counter rows, never a sum over the ledger."""
-    row = UsagePeriod.objects.filter(user=user, period=period).first() or UsagePeriod(user=user, period=period)
+    row = UsagePeriod.objects.filter(user=user, period=period).first() or UsagePeriod(
+        user=user, period=period
+    )
     by_model = ModelUsage.objects.filter(user=user, period=period).order_by("model")
     return {
         "tier": tier_slug,
@@ -30,7 +32,11 @@ def usage_report(*, user, tier_slug: str, limits: Limits, period: dt.date) -> di
             "limit": limits.tokens,
             "remaining": _remaining(limits.tokens, row.tokens_used + row.tokens_reserved),
         },
-        "runs": {"used": row.runs_used, "limit": limits.runs, "remaining": _remaining(limits.runs, row.runs_used)},
+        "runs": {
+            "used": row.runs_used,
+            "limit": limits.runs,
+            "remaining": _remaining(limits.runs, row.runs_used),
+        },
         "by_model": [
             {
                 "model": m.model,

@@ -43,4 +43,6 @@ class AlertSerializer(serializers.Serializer):
     used = serializers.IntegerField()
     limit = serializers.IntegerField()
     created_at = serializers.DateTimeField()
-    delivered_at = serializers.DateTimeField(allow_null=True, help_text="When the webhook took it; null without one.")
+    delivered_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the webhook took it; null without one."
+    )

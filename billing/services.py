@@ -5,6 +5,7 @@ transaction (quota_reserve); a settlement (settlement_write) is atomic with the 
 database (conditional UPDATEs, an upsert), never by writing back a value read before: PostgreSQL
 re-checks the WHERE clause of an UPDATE that waited for a row lock, so two concurrent admissions
 cannot both take the last tokens."""
+
 import datetime as dt
 import functools
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ from .models import LedgerEntry, ModelUsage, Plan, UsagePeriod
 from .periods import period_end
 from .pricing import billed_tokens
 
-
 DEFAULT_TIER = "access"  # of a user no one put on a tier
 
 
@@ -35,7 +35,13 @@ class Limits:
 class QuotaExceeded(Exception):
     def __init__(self, quota, used, limit, period, reserved=None, requested=None):
         super().__init__(f"{quota} quota exceeded")
-        self.quota, self.used, self.limit, self.reserved, self.requested = quota, used, limit, reserved, requested
+        self.quota, self.used, self.limit, self.reserved, self.requested = (
+            quota,
+            used,
+            limit,
+            reserved,
+            requested,
+        )
         self.resets_at = period_end(period)
 
 
@@ -56,7 +62,16 @@ def _counters_sql(assignments: str, where: str, returning: str) -> str:
     return f"UPDATE {UsagePeriod._meta.db_table} SET {assignments} WHERE user_id = %s AND period = %s{where} RETURNING {returning}"
 
 
-def _counters_update(assignments: str, params: list, *, user_id: int, period: dt.date, where: str = "", where_params=(), returning: str):
+def _counters_update(
+    assignments: str,
+    params: list,
+    *,
+    user_id: int,
+    period: dt.date,
+    where: str = "",
+    where_params=(),
+    returning: str,
+):
     """Run that UPDATE; the updated row's `returning` columns, or None when no row matched."""
     with connection.cursor() as cursor:
         cursor.execute(
@@ -84,7 +99,9 @@ def _reserve_conditions(tokens: int, limits: Limits) -> tuple[str, list, bool]:
     return where, where_params, checks_tokens
 
 
-def quota_reserve_inserting(insert: tuple[str, list], *, user_id: int, period: dt.date, tokens: int, limits: Limits) -> bool:
+def quota_reserve_inserting(
+    insert: tuple[str, list], *, user_id: int, period: dt.date, tokens: int, limits: Limits
+) -> bool:
     """On PostgreSQL, count one run, reserve `tokens` and INSERT the run in one statement: a
     data-modifying WITH whose INSERT selects from the reservation, so it writes the run only if the
     reservation was taken. One round trip, where a transaction takes four (BEGIN, INSERT, UPDATE,
@@ -121,20 +138,34 @@ def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits)
     caller does this last before committing, so the counter row stays locked only for the commit."""
     where, where_params, checks_tokens = _reserve_conditions(tokens, limits)
     for _ in range(4):
-        updated = _counters_update(_RESERVE, [tokens], user_id=user_id, period=period, where=where, where_params=where_params, returning="runs_used")
+        updated = _counters_update(
+            _RESERVE,
+            [tokens],
+            user_id=user_id,
+            period=period,
+            where=where,
+            where_params=where_params,
+            returning="runs_used",
+        )
         if updated is not None:
             if limits.runs:
-                alerts_record(user_id=user_id, period=period, quota="runs", used=updated[0], limit=limits.runs)
+                alerts_record(
+                    user_id=user_id, period=period, quota="runs", used=updated[0], limit=limits.runs
+                )
             return
         # No row yet (the period's first run), or a limit refused it: which one, read under the row
         # lock. A settlement can free room between the refused UPDATE and this read; then nothing is
         # over and the UPDATE is simply tried again.
         usage = UsagePeriod.objects.select_for_update().filter(user_id=user_id, period=period).first()
         if usage is None:
-            UsagePeriod.objects.bulk_create([UsagePeriod(user_id=user_id, period=period)], ignore_conflicts=True)
+            UsagePeriod.objects.bulk_create(
+                [UsagePeriod(user_id=user_id, period=period)], ignore_conflicts=True
+            )
             continue
         if checks_tokens and usage.tokens_used + usage.tokens_reserved + tokens > limits.tokens:
-            raise QuotaExceeded("tokens", usage.tokens_used, limits.tokens, period, usage.tokens_reserved, tokens)
+            raise QuotaExceeded(
+                "tokens", usage.tokens_used, limits.tokens, period, usage.tokens_reserved, tokens
+            )
         if limits.runs is not None and usage.runs_used + 1 > limits.runs:
             raise QuotaExceeded("runs", usage.runs_used, limits.runs, period)
     raise AssertionError("the quota UPDATE refused a run that fits")
@@ -154,8 +185,15 @@ def usage_settle(run_id) -> bool:
         if run.settled_at is not None or run.status not in TERMINAL_STATUSES:
             return False
         has_usage = run.input_tokens is not None and run.output_tokens is not None
-        run.billed_tokens = billed_tokens(run.input_tokens, run.output_tokens, run.multiplier) if has_usage else None
-        counters = settlement_write(run, {"id": run.pk, "settled_at": None}, settled_at=timezone.now(), billed_tokens=run.billed_tokens)
+        run.billed_tokens = (
+            billed_tokens(run.input_tokens, run.output_tokens, run.multiplier) if has_usage else None
+        )
+        counters = settlement_write(
+            run,
+            {"id": run.pk, "settled_at": None},
+            settled_at=timezone.now(),
+            billed_tokens=run.billed_tokens,
+        )
         token_alerts_record(run, counters)  # in the same transaction
     return True
 
@@ -209,7 +247,18 @@ def token_alerts_catch_up(run: Run) -> None:
 
 
 # What a settlement reads of the settled run, as `done`: the ledger copies it.
-_SETTLED = ("id", "user", "period", "model", "input_tokens", "output_tokens", "multiplier", "billed_tokens", "reserved_tokens", "settled_at")
+_SETTLED = (
+    "id",
+    "user",
+    "period",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "multiplier",
+    "billed_tokens",
+    "reserved_tokens",
+    "settled_at",
+)
 
 
 @functools.cache
@@ -243,15 +292,49 @@ def _settlement_statements(vendor: str, source: str) -> tuple[str, str, str]:
     the user's plan tier and token override, for the token limit as it is now (no query of its own)."""
     done = {name: f"done.{column(Run, name)}" for name in _SETTLED}
     billed = f"WHERE {done['billed_tokens']} IS NOT NULL"
-    ledger_columns = [column(LedgerEntry, name) for name in ("run", "user", "period", "model", "input_tokens", "output_tokens", "multiplier", "billed_tokens", "created_at")]
-    ledger_values = [done[name] for name in ("id", "user", "period", "model", "input_tokens", "output_tokens", "multiplier", "billed_tokens", "settled_at")]
+    ledger_columns = [
+        column(LedgerEntry, name)
+        for name in (
+            "run",
+            "user",
+            "period",
+            "model",
+            "input_tokens",
+            "output_tokens",
+            "multiplier",
+            "billed_tokens",
+            "created_at",
+        )
+    ]
+    ledger_values = [
+        done[name]
+        for name in (
+            "id",
+            "user",
+            "period",
+            "model",
+            "input_tokens",
+            "output_tokens",
+            "multiplier",
+            "billed_tokens",
+            "settled_at",
+        )
+    ]
     ledger = f"INSERT INTO {table(LedgerEntry)} ({', '.join(ledger_columns)}) SELECT {', '.join(ledger_values)} FROM {source} {billed}"
 
     usage_table = table(ModelUsage)
     key = [column(ModelUsage, name) for name in ("user", "period", "model")]
     counts = [column(ModelUsage, name) for name in ("runs", "input_tokens", "output_tokens", "billed_tokens")]
     add = ", ".join(f"{count} = {usage_table}.{count} + excluded.{count}" for count in counts)
-    usage_values = [done["user"], done["period"], done["model"], "1", done["input_tokens"], done["output_tokens"], done["billed_tokens"]]
+    usage_values = [
+        done["user"],
+        done["period"],
+        done["model"],
+        "1",
+        done["input_tokens"],
+        done["output_tokens"],
+        done["billed_tokens"],
+    ]
     model_usage = (
         f"INSERT INTO {usage_table} ({', '.join(key + counts)}) SELECT {', '.join(usage_values)} FROM {source} {billed} "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {add}"

@@ -7,9 +7,9 @@ from rest_framework.views import APIView
 from maschina.errors import ApiError
 from routing.snapshot import get_rules
 
+from .models import Alert
 from .periods import parse_period, period_of
 from .selectors import plan_for, usage_report
-from .models import Alert
 from .serializers import AlertSerializer, UsageSerializer
 from .services import limits_for
 
@@ -25,10 +25,16 @@ class UsageApi(APIView):
         try:
             period = parse_period(raw) if raw else period_of(timezone.now())
         except ValueError:
-            raise ApiError("invalid", "The request has invalid fields.", fields={"period": ["Must be a month as YYYY-MM."]})
+            raise ApiError(
+                "invalid",
+                "The request has invalid fields.",
+                fields={"period": ["Must be a month as YYYY-MM."]},
+            )
         plan = plan_for(request.user)
         tier = get_rules().tiers[plan.tier_id]
-        report = usage_report(user=request.user, tier_slug=tier.slug, limits=limits_for(plan, tier), period=period)
+        report = usage_report(
+            user=request.user, tier_slug=tier.slug, limits=limits_for(plan, tier), period=period
+        )
         return Response(UsageSerializer(report).data)
 
 

@@ -1,5 +1,6 @@
 """Alert webhooks: a JSON POST signed with HMAC-SHA256 over "<timestamp>.<body>" with the user's
 secret, sent by a Celery task that retries with capped backoff and records every attempt."""
+
 import datetime as dt
 import hashlib
 import hmac
@@ -78,7 +79,9 @@ def alert_deliver(alert_id) -> bool:
         SIGNATURE_HEADER: sign(plan.alert_webhook_secret, timestamp, body),
     }
     try:
-        response = requests.post(plan.alert_webhook_url, data=body, headers=headers, timeout=settings.ALERT_WEBHOOK_TIMEOUT_SECS)
+        response = requests.post(
+            plan.alert_webhook_url, data=body, headers=headers, timeout=settings.ALERT_WEBHOOK_TIMEOUT_SECS
+        )
         outcome, delivered = f"HTTP {response.status_code}", 200 <= response.status_code < 300
     except requests.RequestException as exc:
         outcome, delivered = exc.__class__.__name__, False
@@ -101,7 +104,9 @@ def undelivered_alerts_requeue(now=None) -> int:
     lost = (
         Alert.objects.filter(delivered_at__isnull=True, delivery_attempts__lt=MAX_ATTEMPTS)
         .exclude(user__plan__alert_webhook_url="")
-        .filter(Q(last_attempt_at__lt=quiet_since) | Q(last_attempt_at__isnull=True, created_at__lt=quiet_since))
+        .filter(
+            Q(last_attempt_at__lt=quiet_since) | Q(last_attempt_at__isnull=True, created_at__lt=quiet_since)
+        )
     )
     count = 0
     for alert_id in lost.values_list("id", flat=True)[:200]:

@@ -4,6 +4,7 @@ kombu builds a new redis.Redis client (and with it ~170 response callbacks) for 
 sends outside its event loop: every publish of a run, every ack of one. That cost ~0.25 ms of CPU each
 on the benchmark machine (issue 6). The client holds no state of its own between commands (each takes
 a connection from the channel's pool and gives it back), so one per channel does the same work."""
+
 from kombu.transport import redis
 
 

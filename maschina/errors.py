@@ -1,5 +1,6 @@
 """The one error format of the API (CONTRACT section 1):
 {"error": {"code": "<snake_case>", "message": "<one human sentence>", ...extra}}."""
+
 import logging
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
@@ -69,7 +70,10 @@ def exception_handler(exc, context):
     elif isinstance(exc, exceptions.ParseError):
         body, code = error_body("invalid_json", "Request body is not valid JSON."), 400
     elif isinstance(exc, exceptions.ValidationError):
-        body, code = error_body("invalid", "The request has invalid fields.", fields=_flatten(exc.detail)), 400
+        body, code = (
+            error_body("invalid", "The request has invalid fields.", fields=_flatten(exc.detail)),
+            400,
+        )
     elif isinstance(exc, exceptions.AuthenticationFailed):
         body, code = error_body("invalid_api_key", str(exc.detail)), 401
     elif isinstance(exc, PermissionDenied):

@@ -1,5 +1,6 @@
 """Serializer fields that take JSON types as they are: DRF's own would turn 123 into "123" and
 "300" into 300, and a billing API should not guess what a client meant."""
+
 from rest_framework import serializers
 
 

@@ -1,4 +1,5 @@
 """GET /healthz: can this process reach the database and the broker? (no auth)"""
+
 from django.db import connection
 from django.db.utils import Error as DatabaseError
 from django.http import JsonResponse

@@ -1,4 +1,5 @@
 """Migration operations the project's migrations share."""
+
 from django.db import migrations
 
 

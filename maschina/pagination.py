@@ -26,5 +26,7 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
             value = None
         if value is None or value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ApiError("invalid", "The request has invalid fields.", fields={name: [f"Must be an integer {bounds}."]})
+            raise ApiError(
+                "invalid", "The request has invalid fields.", fields={name: [f"Must be an integer {bounds}."]}
+            )
         return value

@@ -8,6 +8,7 @@ into an instance with load().
 Values are written as the ORM writes them (get_db_prep_save) and read as it reads them
 (Model.from_db, with every field's database converters: SQLite returns datetimes as text, for one).
 The columns come from the model's metadata, so a new field is read and written without a change here."""
+
 import functools
 
 from django.db import connection
@@ -29,13 +30,17 @@ class ModelRows:
         columns = self._sql.get(key)
         if columns is None:
             prefix = f"{self.alias}." if self.alias else ""
-            columns = self._sql[key] = ", ".join(prefix + connection.ops.quote_name(field.column) for field in self.fields)
+            columns = self._sql[key] = ", ".join(
+                prefix + connection.ops.quote_name(field.column) for field in self.fields
+            )
         return columns
 
     def load(self, values):
         converters = self._converters.get(connection.vendor)
         if converters is None:
-            converters = self._converters[connection.vendor] = [self._field_converters(field) for field in self.fields]
+            converters = self._converters[connection.vendor] = [
+                self._field_converters(field) for field in self.fields
+            ]
         converted = []
         for value, (field_converters, column) in zip(values, converters):
             for converter in field_converters:
@@ -53,7 +58,10 @@ class ModelRows:
             fields = [self.model._meta.get_field(name) for name in names]
             where = " AND ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in fields)
             sql = self._sql[key] = f"SELECT {self.columns()} FROM {table(self.model)} WHERE {where}"
-        params = [self.model._meta.get_field(name).get_db_prep_value(value, connection) for name, value in equal.items()]
+        params = [
+            self.model._meta.get_field(name).get_db_prep_value(value, connection)
+            for name, value in equal.items()
+        ]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
@@ -112,7 +120,9 @@ class ModelRows:
             row = cursor.fetchone()
         return None if row is None else self.load(row)
 
-    def update_sql(self, where: dict, *, add: dict | None = None, returning: str = "", **values) -> tuple[str, list]:
+    def update_sql(
+        self, where: dict, *, add: dict | None = None, returning: str = "", **values
+    ) -> tuple[str, list]:
         """The statement and parameters of that UPDATE, RETURNING `returning` (SQL) if given, for a
         caller that builds on it (billing.services.settlement_write)."""
         add = add or {}
@@ -121,8 +131,12 @@ class ModelRows:
         sql = self._sql.get(key)
         if sql is None:
             quote = lambda name: connection.ops.quote_name(self.model._meta.get_field(name).column)  # noqa: E731
-            assign = [f"{quote(name)} = %s" for name in values] + [f"{quote(name)} = {quote(name)} + %s" for name in add]
-            conditions = " AND ".join(f"{quote(name)} {'IS NULL' if name in null else '= %s'}" for name in where)
+            assign = [f"{quote(name)} = %s" for name in values] + [
+                f"{quote(name)} = {quote(name)} + %s" for name in add
+            ]
+            conditions = " AND ".join(
+                f"{quote(name)} {'IS NULL' if name in null else '= %s'}" for name in where
+            )
             sql = f"UPDATE {table(self.model)} SET {', '.join(assign)} WHERE {conditions}"
             if returning:
                 sql += f" RETURNING {returning}"
@@ -130,7 +144,11 @@ class ModelRows:
         field = self.model._meta.get_field
         params = [field(name).get_db_prep_save(value, connection) for name, value in values.items()]
         params += list(add.values())
-        params += [field(name).get_db_prep_value(value, connection) for name, value in where.items() if value is not None]
+        params += [
+            field(name).get_db_prep_value(value, connection)
+            for name, value in where.items()
+            if value is not None
+        ]
         return sql, params
 
     def _field_converters(self, field):

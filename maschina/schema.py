@@ -1,6 +1,7 @@
 """The OpenAPI schema documents every answer an operation can give, errors included, so clients and
 schemathesis can check responses against it (tests/test_schemathesis.py). An error body may carry
 more fields than `code` and `message` (CONTRACT section 1 lists them per error)."""
+
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
@@ -29,7 +30,9 @@ _DESCRIPTIONS = {
 
 def errors(*statuses: int) -> dict:
     """Extra error answers of one operation, for @extend_schema(responses=...)."""
-    return {status: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[status]) for status in statuses}
+    return {
+        status: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[status]) for status in statuses
+    }
 
 
 class ApiAutoSchema(AutoSchema):
@@ -48,5 +51,11 @@ class ApiAutoSchema(AutoSchema):
             if str(status) not in bodies:
                 bodies[str(status)] = self._get_response_for_code(response, str(status), direction=direction)
         # Refused by the HTTP server (gunicorn) before the app sees the request, so not JSON.
-        bodies.setdefault("414", {"description": "Request line over 4094 bytes.", "content": {"text/html": {"schema": {"type": "string"}}}})
+        bodies.setdefault(
+            "414",
+            {
+                "description": "Request line over 4094 bytes.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+        )
         return bodies

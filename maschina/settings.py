@@ -1,5 +1,6 @@
 """The one settings module. Everything that differs between machines comes from the environment
 (CONTRACT section 8); nothing here has a production secret."""
+
 import os
 from pathlib import Path
 
@@ -30,7 +31,9 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY is required unless DEBUG=1")
     SECRET_KEY = "insecure-development-key-only-used-with-DEBUG"
 
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h.strip()]
+ALLOWED_HOSTS = [
+    h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h.strip()
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -92,7 +95,9 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"]["ENGINE"] = "maschina.postgresql"  # Django's, with a health check without a round trip
+    DATABASES["default"]["ENGINE"] = (
+        "maschina.postgresql"  # Django's, with a health check without a round trip
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the worker share the file: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
@@ -206,7 +211,11 @@ SWEEP_REAP_GRACE_SECS = 45  # executing runs end within timeout_secs + 60 s (CON
 CELERY_TASK_QUEUES = (Queue("maschina"), Queue("maschina.sweep"))
 CELERY_TASK_ROUTES = {"runtime.sweep_runs": {"queue": "maschina.sweep"}}
 CELERY_BEAT_SCHEDULE = {
-    "sweep-runs": {"task": "runtime.sweep_runs", "schedule": SWEEP_INTERVAL_SECS, "options": {"expires": SWEEP_INTERVAL_SECS}},
+    "sweep-runs": {
+        "task": "runtime.sweep_runs",
+        "schedule": SWEEP_INTERVAL_SECS,
+        "options": {"expires": SWEEP_INTERVAL_SECS},
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

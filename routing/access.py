@@ -3,11 +3,11 @@
 Pure functions of (tier, requested model id, Rules): no database, no clock, so they can be tested
 over every combination and benchmarked alone. `Rules` is an immutable snapshot built by
 routing.snapshot from the catalog tables."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-
 
 MAX_MODEL_ID_LENGTH = 200  # the width of every model id column
 
@@ -53,7 +53,9 @@ class Rules:
         # Patterns longest prefix first, so the most specific pattern matches.
         patterns = sorted((m for m in self.models.values() if m.is_pattern), key=lambda m: -len(m.id))
         object.__setattr__(self, "_patterns", tuple((m.id[:-1], m) for m in patterns))
-        object.__setattr__(self, "_decisions", {})  # decide()'s memo: (tier slug, model asked for) -> decision
+        object.__setattr__(
+            self, "_decisions", {}
+        )  # decide()'s memo: (tier slug, model asked for) -> decision
 
     def lookup(self, model_id: str) -> ModelInfo | None:
         """The catalog row for a model id: the exact row, else the longest matching pattern."""

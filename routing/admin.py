@@ -36,7 +36,9 @@ class TierModelRuleFormSet(BaseInlineFormSet):
         try:
             validate_tier_rules(self.instance, rules)
         except ValidationError as exc:
-            raise ValidationError([f"Cannot save the tier with these rules: {message}" for message in exc.messages])
+            raise ValidationError(
+                [f"Cannot save the tier with these rules: {message}" for message in exc.messages]
+            )
 
 
 class TierModelRuleInline(admin.TabularInline):
@@ -48,7 +50,17 @@ class TierModelRuleInline(admin.TabularInline):
 
 @admin.register(Tier)
 class TierAdmin(RefuseDeletingReferencedRows, admin.ModelAdmin):
-    list_display = ["slug", "name", "rank", "monthly_token_quota", "monthly_run_quota", "default_model", "max_tokens", "max_timeout_secs", "quota_exempt"]
+    list_display = [
+        "slug",
+        "name",
+        "rank",
+        "monthly_token_quota",
+        "monthly_run_quota",
+        "default_model",
+        "max_tokens",
+        "max_timeout_secs",
+        "quota_exempt",
+    ]
     list_select_related = ["default_model"]
     search_fields = ["slug", "name"]
     ordering = ["rank", "slug"]

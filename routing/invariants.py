@@ -6,6 +6,7 @@ would be after an edit, so no edit in the admin or in code can leave billing inc
 - fallbacks form no cycle.
 
 Single-row invariants (multiplier >= 0, quotas >= 0, ...) are database check constraints."""
+
 from django.core.exceptions import ValidationError
 
 from .access import Rules, is_allowed
@@ -20,11 +21,21 @@ def catalog_problems(rules: Rules) -> list[tuple[str, str, str]]:
         if entry is None:
             problems.append(("tier", tier.slug, f"Tier {tier.slug} has no default model."))
         elif entry.is_pattern:
-            problems.append(("tier", tier.slug, f"The default model of {tier.slug} must be a model, not the pattern {entry.id}."))
+            problems.append(
+                (
+                    "tier",
+                    tier.slug,
+                    f"The default model of {tier.slug} must be a model, not the pattern {entry.id}.",
+                )
+            )
         elif not entry.is_active:
-            problems.append(("tier", tier.slug, f"{entry.id} is inactive, but it is the default model of {tier.slug}."))
+            problems.append(
+                ("tier", tier.slug, f"{entry.id} is inactive, but it is the default model of {tier.slug}.")
+            )
         elif not is_allowed(rules, tier, entry):
-            problems.append(("tier", tier.slug, f"{entry.id} is the default model of {tier.slug}, which may not use it."))
+            problems.append(
+                ("tier", tier.slug, f"{entry.id} is the default model of {tier.slug}, which may not use it.")
+            )
     for entry in rules.models.values():
         if not entry.fallback:
             continue
@@ -33,10 +44,20 @@ def catalog_problems(rules: Rules) -> list[tuple[str, str, str]]:
             problems.append(("model", entry.id, f"The fallback of {entry.id} does not exist."))
             continue
         if fallback.is_pattern:
-            problems.append(("model", entry.id, f"The fallback of {entry.id} must be a model, not the pattern {fallback.id}."))
+            problems.append(
+                (
+                    "model",
+                    entry.id,
+                    f"The fallback of {entry.id} must be a model, not the pattern {fallback.id}.",
+                )
+            )
         if fallback.multiplier > entry.multiplier:
             problems.append(
-                ("model", entry.id, f"The fallback {fallback.id} ({fallback.multiplier}x) costs more than {entry.id} ({entry.multiplier}x).")
+                (
+                    "model",
+                    entry.id,
+                    f"The fallback {fallback.id} ({fallback.multiplier}x) costs more than {entry.id} ({entry.multiplier}x).",
+                )
             )
         seen, current = {entry.id}, fallback
         while current is not None and current.fallback:

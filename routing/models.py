@@ -2,6 +2,7 @@
 
 The billing multiplier of a model lives in CatalogModel.multiplier and nowhere else; a run copies
 the figure it was billed at onto itself as a record, like a price on an invoice line."""
+
 from decimal import Decimal
 
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -23,30 +24,48 @@ MAX_TIMEOUT_SECS = 3600
 class Tier(AuditedModel):
     slug = models.SlugField(primary_key=True, max_length=32)
     name = models.CharField(max_length=64)
-    rank = models.PositiveSmallIntegerField(help_text="Higher ranks may use every model whose min tier ranks at or below.")
+    rank = models.PositiveSmallIntegerField(
+        help_text="Higher ranks may use every model whose min tier ranks at or below."
+    )
     monthly_token_quota = models.BigIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(0)], help_text="Billed tokens per month; empty = unlimited."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Billed tokens per month; empty = unlimited.",
     )
     monthly_run_quota = models.IntegerField(
-        null=True, blank=True, validators=[MinValueValidator(0)], help_text="Runs per month; empty = unlimited."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Runs per month; empty = unlimited.",
     )
     quota_exempt = models.BooleanField(
-        default=False, help_text="Skip both quota checks whatever the limits or per-user overrides (internal use)."
+        default=False,
+        help_text="Skip both quota checks whatever the limits or per-user overrides (internal use).",
     )
     default_model = models.ForeignKey(
         "routing.CatalogModel", on_delete=models.PROTECT, related_name="default_for_tiers", null=True
     )
     max_tokens = models.PositiveIntegerField(validators=[MinValueValidator(1)])
-    max_timeout_secs = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(MAX_TIMEOUT_SECS)])
+    max_timeout_secs = models.PositiveIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_TIMEOUT_SECS)]
+    )
 
     class Meta:
         ordering = ["rank", "slug"]
         constraints = [
-            models.CheckConstraint(name="tier_token_quota_gte_0", condition=Q(monthly_token_quota__gte=0) | Q(monthly_token_quota__isnull=True)),
-            models.CheckConstraint(name="tier_run_quota_gte_0", condition=Q(monthly_run_quota__gte=0) | Q(monthly_run_quota__isnull=True)),
+            models.CheckConstraint(
+                name="tier_token_quota_gte_0",
+                condition=Q(monthly_token_quota__gte=0) | Q(monthly_token_quota__isnull=True),
+            ),
+            models.CheckConstraint(
+                name="tier_run_quota_gte_0",
+                condition=Q(monthly_run_quota__gte=0) | Q(monthly_run_quota__isnull=True),
+            ),
             models.CheckConstraint(name="tier_max_tokens_gt_0", condition=Q(max_tokens__gt=0)),
             models.CheckConstraint(
-                name="tier_max_timeout_in_range", condition=Q(max_timeout_secs__gt=0, max_timeout_secs__lte=MAX_TIMEOUT_SECS)
+                name="tier_max_timeout_in_range",
+                condition=Q(max_timeout_secs__gt=0, max_timeout_secs__lte=MAX_TIMEOUT_SECS),
             ),
         ]
 
@@ -65,9 +84,13 @@ class CatalogModel(AuditedModel):
     id = models.CharField(primary_key=True, max_length=200)
     display_name = models.CharField(max_length=200)
     provider = models.CharField(max_length=32, choices=Provider.choices)
-    multiplier = models.DecimalField(max_digits=12, decimal_places=4, validators=[MinValueValidator(Decimal("0"))])
+    multiplier = models.DecimalField(
+        max_digits=12, decimal_places=4, validators=[MinValueValidator(Decimal("0"))]
+    )
     min_tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="+")
-    fallback = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="fallback_for")
+    fallback = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="fallback_for"
+    )
     is_active = models.BooleanField(default=True)
 
     class Meta:
@@ -102,7 +125,9 @@ class RuleEffect(models.TextChoices):
 
 
 class TierModelRule(AuditedModel):
-    tier = models.ForeignKey(Tier, on_delete=models.CASCADE, related_name="rules", db_index=False)  # leads the unique (tier, model)
+    tier = models.ForeignKey(
+        Tier, on_delete=models.CASCADE, related_name="rules", db_index=False
+    )  # leads the unique (tier, model)
     model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="tier_rules")
     effect = models.CharField(max_length=8, choices=RuleEffect.choices)
 

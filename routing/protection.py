@@ -1,6 +1,7 @@
 """Tiers and catalog rows that runs were admitted under are never deleted: runs keep the tier slug and
 catalog id as text (they are billing history and must survive catalog edits), so the database cannot
 PROTECT them itself. Deactivate a model, or stop assigning a tier, instead."""
+
 from django.apps import apps
 from django.db.models import ProtectedError, Q
 from django.db.models.signals import pre_delete
@@ -22,8 +23,14 @@ def deletion_refusal(obj) -> str | None:
     """Why `obj` may not be deleted, or None."""
     if not runs_referencing(obj).exists():
         return None
-    remedy = "deactivate it instead" if isinstance(obj, CatalogModel) else "move its users to another tier and keep it"
-    return f"{obj._meta.verbose_name} {obj.pk}: runs were admitted under it, so it is billing history; {remedy}."
+    remedy = (
+        "deactivate it instead"
+        if isinstance(obj, CatalogModel)
+        else "move its users to another tier and keep it"
+    )
+    return (
+        f"{obj._meta.verbose_name} {obj.pk}: runs were admitted under it, so it is billing history; {remedy}."
+    )
 
 
 @receiver(pre_delete, sender=Tier)

@@ -7,6 +7,7 @@ operator's edit reaches every web and worker process within that interval, witho
 An API request learns the revision sooner, for free: the API-key lookup reads it as one more column
 (accounts.key_lookup), and observe_revision() drops a snapshot older than that. So a run admitted after an
 edit committed is always decided and priced by it, in whichever process it lands."""
+
 import threading
 import time
 

@@ -27,5 +27,8 @@ class ModelListApi(GenericAPIView):
         tier = rules.tiers[plan_for(request.user).tier_id]
         entries = sorted((m for m in rules.models.values() if m.is_active), key=lambda m: (m.provider, m.id))
         page = self.paginate_queryset(entries)
-        context = {"allowed": {m.id for m in page if is_allowed(rules, tier, m)}, "default": tier.default_model}
+        context = {
+            "allowed": {m.id for m in page if is_allowed(rules, tier, m)},
+            "default": tier.default_model,
+        }
         return self.get_paginated_response(CatalogModelSerializer(page, many=True, context=context).data)

@@ -1,5 +1,6 @@
 """Publishing a run's execution. A publish that fails is logged and left to the sweeper: the run is
 already committed as queued, so it is never lost (CONTRACT section 5: 202 even with the broker down)."""
+
 import datetime as dt
 import logging
 
@@ -42,7 +43,9 @@ def publish_admitted(run_id, timeout_secs: int) -> bool:
 
     if _publish(run_id, timeout_secs, queued=True):
         return True
-    Run.objects.filter(pk=run_id, status=RunStatus.QUEUED, dispatches=1).update(dispatched_at=None, dispatches=0, redispatch_at=None)
+    Run.objects.filter(pk=run_id, status=RunStatus.QUEUED, dispatches=1).update(
+        dispatched_at=None, dispatches=0, redispatch_at=None
+    )
     return False
 
 
@@ -54,7 +57,9 @@ def dispatch_run(run_id, timeout_secs: int, dispatches: int = 0) -> bool:
         return False
     now = timezone.now()
     Run.objects.filter(pk=run_id).update(
-        dispatched_at=now, dispatches=F("dispatches") + 1, redispatch_at=now + redispatch_delay(dispatches + 1)
+        dispatched_at=now,
+        dispatches=F("dispatches") + 1,
+        redispatch_at=now + redispatch_delay(dispatches + 1),
     )
     return True
 
@@ -68,7 +73,9 @@ def _publish(run_id, timeout_secs: int, *, queued: bool = False) -> bool:
     kwargs = {"timeout_secs": timeout_secs} if queued else {}
     try:
         # Task id = run id: the run is findable in any Celery tool, and a duplicate publish is the same task.
-        execute_run.apply_async(args=[str(run_id)], kwargs=kwargs, task_id=str(run_id), soft_time_limit=soft, time_limit=hard)
+        execute_run.apply_async(
+            args=[str(run_id)], kwargs=kwargs, task_id=str(run_id), soft_time_limit=soft, time_limit=hard
+        )
     except (KombuError, RedisError, OSError) as exc:
         logger.warning("run %s not dispatched (%s); the sweeper will retry", run_id, exc)
         return False

@@ -1,6 +1,7 @@
 """Executing one run: claim it, call its provider with our retries and the model's fallbacks, store
 what the provider reported, finish and settle. The provider call runs on a helper thread so this
 one can heartbeat, and notice a cancel or the deadline, while it is in flight (CONTRACT section 7)."""
+
 import logging
 import queue
 import threading
@@ -20,6 +21,7 @@ from routing.snapshot import get_rules
 
 from .runners import RUNNERS, Completion, CompletionRequest, ProviderError, provider_model_id
 from .services import (
+    is_stale,
     run_claim,
     run_complete,
     run_count_call,
@@ -28,7 +30,6 @@ from .services import (
     run_heartbeat,
     run_record_completion,
     run_switch_model,
-    is_stale,
     timeout_error,
 )
 
@@ -161,7 +162,9 @@ class Execution:
                 delay = min(settings.PROVIDER_BACKOFF_CAP_SECS, max(backoff, error.retry_after or 0))
                 if delay >= self.seconds_left():
                     raise
-                logger.info("run %s: %s on attempt %d, retrying in %.2fs", self.run.pk, error.code, attempt + 1, delay)
+                logger.info(
+                    "run %s: %s on attempt %d, retrying in %.2fs", self.run.pk, error.code, attempt + 1, delay
+                )
                 self.wait(delay=delay)
         raise AssertionError("unreachable")
 
@@ -177,19 +180,32 @@ class Execution:
             try:
                 completion = self.call_with_retries(provider, model_id)
             except ProviderError as error:
-                fallback = usable_fallback(rules, tier, entry) if (error.retriable and tier and entry) else None
+                fallback = (
+                    usable_fallback(rules, tier, entry) if (error.retriable and tier and entry) else None
+                )
                 if fallback is None:
                     status = RunStatus.TIMED_OUT if error.code == "timeout" else RunStatus.FAILED
                     self.finish(status, {"code": error.code, "message": error.message})
                     return
-                logger.info("run %s: %s out of retries (%s), falling back to %s", self.run.pk, model_id, error.code, fallback.id)
+                logger.info(
+                    "run %s: %s out of retries (%s), falling back to %s",
+                    self.run.pk,
+                    model_id,
+                    error.code,
+                    fallback.id,
+                )
                 # Billed at the fallback's multiplier, but never above the one the run was admitted
                 # (and reserved) at, should an operator have raised the fallback's since.
                 multiplier = min(fallback.multiplier, self.run.multiplier)
                 if not run_switch_model(self.run.pk, self.token, fallback.id, fallback, multiplier):
                     self.heartbeat()  # canceled or taken over meanwhile: raises _Stop with the reason
                     raise _Stop("lost")
-                self.run.model, self.run.catalog_model, self.run.provider, self.run.multiplier = fallback.id, fallback.id, fallback.provider, multiplier
+                self.run.model, self.run.catalog_model, self.run.provider, self.run.multiplier = (
+                    fallback.id,
+                    fallback.id,
+                    fallback.provider,
+                    multiplier,
+                )
                 provider, model_id, entry = fallback.provider, fallback.id, fallback
                 continue
             self.completion = completion

@@ -5,6 +5,7 @@ Every claim draws a fresh token; the worker's later writes (heartbeat, fallback 
 the provider's answer, finishing) only apply while the run still carries its token. A run whose
 worker died (no heartbeat for HEARTBEAT_STALE_SECS) can be claimed again, which changes the token, so
 the dead worker, should it come back, can no longer write anything."""
+
 import datetime as dt
 import uuid
 
@@ -80,7 +81,9 @@ def run_claim(run_id, timeout_secs: int | None = None) -> tuple[Run, uuid.UUID, 
         return None
     token = uuid.uuid4()
     started_at = run.started_at or now
-    deadline_at = run.deadline_at or started_at + dt.timedelta(seconds=run.timeout_secs)  # the first claim fixes it
+    deadline_at = run.deadline_at or started_at + dt.timedelta(
+        seconds=run.timeout_secs
+    )  # the first claim fixes it
     changes = {
         "status": RunStatus.EXECUTING,
         "started_at": Coalesce("started_at", Value(now)),
@@ -93,7 +96,13 @@ def run_claim(run_id, timeout_secs: int | None = None) -> tuple[Run, uuid.UUID, 
         changes["provider_calls"] = F("provider_calls") + 1
     if not Run.objects.filter(claimable, pk=run_id).update(**changes):
         return None
-    run.status, run.started_at, run.deadline_at, run.heartbeat_at, run.claim = RunStatus.EXECUTING, started_at, deadline_at, now, token
+    run.status, run.started_at, run.deadline_at, run.heartbeat_at, run.claim = (
+        RunStatus.EXECUTING,
+        started_at,
+        deadline_at,
+        now,
+        token,
+    )
     run.claims += 1
     run.provider_calls += fresh
     return run, token, fresh
@@ -102,7 +111,9 @@ def run_claim(run_id, timeout_secs: int | None = None) -> tuple[Run, uuid.UUID, 
 def run_heartbeat(run_id, token) -> str:
     """Say this worker is alive. "ok", or why it must stop: "canceled", or "lost" (the run was
     taken over or ended by someone else)."""
-    if Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING, claim=token).update(heartbeat_at=timezone.now()):
+    if Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING, claim=token).update(
+        heartbeat_at=timezone.now()
+    ):
         return "ok"
     # "canceled" only to the claim that holds the run: a stale worker must not settle it.
     holder = Run.objects.filter(pk=run_id).values_list("status", "claim").first()
@@ -114,7 +125,10 @@ def run_deadline(run: Run) -> dt.datetime:
 
 
 def timeout_error(run: Run) -> dict:
-    return {"code": "timeout", "message": f"The run did not finish within its timeout of {run.timeout_secs} seconds."}
+    return {
+        "code": "timeout",
+        "message": f"The run did not finish within its timeout of {run.timeout_secs} seconds.",
+    }
 
 
 def run_count_call(run_id, by: int = 1) -> None:
@@ -155,7 +169,14 @@ def run_complete(run: Run, token, completion: Completion) -> tuple | None:
     now = timezone.now()
     counters = settlement_write(
         run,
-        {"id": run.pk, "status": RunStatus.EXECUTING, "claim": token, "input_tokens": None, "model": run.model, "multiplier": run.multiplier},
+        {
+            "id": run.pk,
+            "status": RunStatus.EXECUTING,
+            "claim": token,
+            "input_tokens": None,
+            "model": run.model,
+            "multiplier": run.multiplier,
+        },
         status=RunStatus.COMPLETED,
         output={"text": completion.text},
         input_tokens=completion.input_tokens,
@@ -165,7 +186,11 @@ def run_complete(run: Run, token, completion: Completion) -> tuple | None:
         settled_at=now,
     )
     if counters is not None:
-        run.input_tokens, run.output_tokens, run.billed_tokens = completion.input_tokens, completion.output_tokens, billed
+        run.input_tokens, run.output_tokens, run.billed_tokens = (
+            completion.input_tokens,
+            completion.output_tokens,
+            billed,
+        )
     return counters
 
 

@@ -12,6 +12,7 @@ active forever (CONTRACT section 7).
   recorded answer) and settled.
 - terminal but unsettled past the grace (canceled while executing, its worker gone): settled.
 - quota alerts whose webhook delivery was lost (never enqueued, or its task died): enqueued again."""
+
 import datetime as dt
 import logging
 
@@ -37,20 +38,26 @@ def sweep(now=None) -> dict:
 
     # Ending runs comes first: it needs only the database, so a failing broker cannot hold it up.
     # A live worker ends its own run at the deadline; one still executing after the grace is stuck.
-    for run in Run.objects.filter(status=RunStatus.EXECUTING, deadline_at__lt=now - grace).order_by("deadline_at")[:BATCH]:
+    for run in Run.objects.filter(status=RunStatus.EXECUTING, deadline_at__lt=now - grace).order_by(
+        "deadline_at"
+    )[:BATCH]:
         if run.input_tokens is not None:
             run_finish(run.pk, RunStatus.COMPLETED)
         else:
             run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
         counts["reaped"] += 1
 
-    unsettled = Run.objects.filter(status__in=TERMINAL_STATUSES, settled_at__isnull=True, finished_at__lt=now - grace)
+    unsettled = Run.objects.filter(
+        status__in=TERMINAL_STATUSES, settled_at__isnull=True, finished_at__lt=now - grace
+    )
     for run_id in unsettled.values_list("id", flat=True)[:BATCH]:
         counts["settled"] += usage_settle(run_id)
 
     # No heartbeat: the worker died. Finish from a recorded answer, or let the next claim take it over.
     to_publish = []
-    orphans = Run.objects.filter(stale_heartbeat(now), status=RunStatus.EXECUTING).order_by("deadline_at")[:BATCH]
+    orphans = Run.objects.filter(stale_heartbeat(now), status=RunStatus.EXECUTING).order_by("deadline_at")[
+        :BATCH
+    ]
     for run in orphans:
         if run.input_tokens is not None:
             run_finish(run.pk, RunStatus.COMPLETED)
@@ -59,12 +66,16 @@ def sweep(now=None) -> dict:
             run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
             counts["reaped"] += 1
         elif run_deadline(run) > now and (run.dispatched_at is None or run.dispatched_at < stale_before(now)):
-            to_publish.append(("taken_over", run.pk, max(1, int((run_deadline(run) - now).total_seconds())), run.dispatches))
+            to_publish.append(
+                ("taken_over", run.pk, max(1, int((run_deadline(run) - now).total_seconds())), run.dispatches)
+            )
 
     queued = Run.objects.filter(status=RunStatus.QUEUED).filter(
         Q(dispatched_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=2)) | Q(redispatch_at__lt=now)
     )
-    for run_id, timeout_secs, dispatches in queued.order_by("created_at").values_list("id", "timeout_secs", "dispatches")[:BATCH]:
+    for run_id, timeout_secs, dispatches in queued.order_by("created_at").values_list(
+        "id", "timeout_secs", "dispatches"
+    )[:BATCH]:
         to_publish.append(("redispatched", run_id, timeout_secs, dispatches))
 
     for kind, run_id, timeout_secs, dispatches in to_publish:

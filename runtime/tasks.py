@@ -1,4 +1,5 @@
 """Celery tasks: thin, named, bounded. The logic is in runtime.execution and runtime.sweeper."""
+
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 

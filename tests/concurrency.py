@@ -1,4 +1,5 @@
 """Calls released at the same instant, for tests of races against the real database."""
+
 import threading
 
 from django.db import connection
@@ -14,7 +15,7 @@ def race(count, target, timeout=60) -> list:
         try:
             barrier.wait()
             outcome = target()
-        except Exception as exc:  # noqa: BLE001 - handed to the test as an outcome
+        except Exception as exc:
             outcome = exc
         finally:
             connection.close()  # each thread's own connection, or the test database cannot be dropped

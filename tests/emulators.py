@@ -2,6 +2,7 @@
 
 They are real HTTP servers, so the runners go through the real anthropic SDK and requests. Each
 answers from a script: queued replies per model (consumed in order), else the default reply."""
+
 import json
 import random
 import threading
@@ -80,7 +81,9 @@ class Emulator:
                 except ValueError:
                     payload = {}
                 with emulator._lock:
-                    emulator.calls.append((self.path, payload, {k.lower(): v for k, v in self.headers.items()}))
+                    emulator.calls.append(
+                        (self.path, payload, {k.lower(): v for k, v in self.headers.items()})
+                    )
                 if self.path != emulator.path:
                     return self._send(404, {"error": f"no route {self.path}"})
                 reply = emulator._next_reply(payload.get("model"))
@@ -105,7 +108,12 @@ class Emulator:
         return Handler
 
 
-ANTHROPIC_USAGE = {"input_tokens": 20, "output_tokens": 30, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 7}
+ANTHROPIC_USAGE = {
+    "input_tokens": 20,
+    "output_tokens": 30,
+    "cache_creation_input_tokens": 5,
+    "cache_read_input_tokens": 7,
+}
 
 
 def anthropic_message(payload, usage=None):

@@ -1,4 +1,5 @@
 """Real processes for end-to-end tests: the web app under gunicorn (or runserver) and Celery workers."""
+
 import contextlib
 import os
 import signal
@@ -26,7 +27,9 @@ class Process:
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def tail(self, lines=40) -> str:
         self.log.flush()
@@ -84,12 +87,29 @@ def manage(env, *args) -> str:
 
 def start_gunicorn(env, log_dir, workers=2) -> tuple[Process, str]:
     port = free_port()
-    argv = [str(BIN / "gunicorn"), "maschina.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    argv = [
+        str(BIN / "gunicorn"),
+        "maschina.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+    ]
     return Process("web", argv, env, log_dir), f"http://127.0.0.1:{port}"
 
 
 def start_worker(env, log_dir, name="worker", concurrency=2, beat=False) -> Process:
-    argv = [str(BIN / "celery"), "-A", "maschina", "worker", "--loglevel=INFO", "-c", str(concurrency), "-n", f"{name}@%h"]
+    argv = [
+        str(BIN / "celery"),
+        "-A",
+        "maschina",
+        "worker",
+        "--loglevel=INFO",
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{name}@%h",
+    ]
     if beat:
         argv.append("-B")
     return Process(name, argv, env, log_dir)
@@ -176,7 +196,17 @@ class RedisServer:
         import shutil
 
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                shutil.which("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -205,18 +235,34 @@ class PostgresServer:
         self.port = free_port()
         self.data = Path(tempfile.mkdtemp(prefix="maschina-pg-"))
         shutil.chown(self.data, "postgres", "postgres")
-        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self._as_postgres(
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
         self.url = f"postgres://postgres@127.0.0.1:{self.port}/maschina"
         self.start()
-        self._as_postgres(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "maschina")
+        self._as_postgres(
+            str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "maschina"
+        )
 
     def _as_postgres(self, *argv):
-        result = subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            ["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
 
     def start(self):
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-l", str(self.data / "log"), "start")
+        self._as_postgres(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-w",
+            "-l",
+            str(self.data / "log"),
+            "start",
+        )
 
     def stop(self):
         self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
@@ -224,19 +270,55 @@ class PostgresServer:
     def destroy(self):
         import shutil
 
-        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+        )
         shutil.rmtree(self.data, ignore_errors=True)
 
     def query(self, sql) -> str:
         result = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "maschina", "-tAc", sql], capture_output=True, text=True
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "maschina",
+                "-tAc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
 
 def start_beat(env, log_dir) -> Process:
-    argv = [str(BIN / "celery"), "-A", "maschina", "beat", "--loglevel=INFO", "-s", str(Path(log_dir) / "beat-schedule")]
+    argv = [
+        str(BIN / "celery"),
+        "-A",
+        "maschina",
+        "beat",
+        "--loglevel=INFO",
+        "-s",
+        str(Path(log_dir) / "beat-schedule"),
+    ]
     return Process("beat", argv, env, log_dir)
 
 

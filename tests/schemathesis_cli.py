@@ -2,6 +2,7 @@
 with "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905, fixed in 3.11.8)
 when hypothesis parses a large source file only to print a lambda in a description. The run itself is
 unaffected, so such a description falls back to hypothesis's own "<unknown>" form."""
+
 import sys
 
 from hypothesis.internal import lambda_sources

@@ -1,4 +1,5 @@
 """The admin enforces the catalog invariants on its forms and keeps money records read-only."""
+
 import pytest
 
 from routing.models import CatalogModel, Tier
@@ -23,7 +24,9 @@ def model_form(model_id, **changes):
 
 
 def test_tier_default_the_tier_may_not_use_is_refused_on_the_form(admin_client, catalog):
-    response = admin_client.post("/admin/routing/tier/m1/change/", {**TIER_FORM, "default_model": "claude-opus-4-6"})
+    response = admin_client.post(
+        "/admin/routing/tier/m1/change/", {**TIER_FORM, "default_model": "claude-opus-4-6"}
+    )
     assert response.status_code == 200  # the form again, with the error
     assert "claude-opus-4-6 is the default model of m1, which may not use it." in response.content.decode()
     assert Tier.objects.get(slug="m1").default_model_id == "claude-haiku-4-5"
@@ -36,24 +39,41 @@ def test_valid_tier_edit_is_saved(admin_client, catalog):
 
 
 def test_multiplier_edit_is_saved_and_negative_refused(admin_client, catalog):
-    response = admin_client.post("/admin/routing/catalogmodel/claude-haiku-4-5/change/", model_form("claude-haiku-4-5", multiplier="2"))
+    response = admin_client.post(
+        "/admin/routing/catalogmodel/claude-haiku-4-5/change/", model_form("claude-haiku-4-5", multiplier="2")
+    )
     assert response.status_code == 302
     from routing.snapshot import get_rules
 
     assert str(get_rules().lookup("claude-haiku-4-5").multiplier.normalize()) == "2"
-    response = admin_client.post("/admin/routing/catalogmodel/ollama%2Fmistral/change/", model_form("ollama/mistral", multiplier="-1"))
+    response = admin_client.post(
+        "/admin/routing/catalogmodel/ollama%2Fmistral/change/", model_form("ollama/mistral", multiplier="-1")
+    )
     assert response.status_code == 200
     assert CatalogModel.objects.get(id="ollama/mistral").multiplier == 0
 
 
 def test_deactivating_a_default_model_is_refused(admin_client, catalog):
-    response = admin_client.post("/admin/routing/catalogmodel/claude-haiku-4-5/change/", model_form("claude-haiku-4-5", is_active=""))
+    response = admin_client.post(
+        "/admin/routing/catalogmodel/claude-haiku-4-5/change/", model_form("claude-haiku-4-5", is_active="")
+    )
     assert response.status_code == 200
     assert "inactive, but it is the default model of m1" in response.content.decode()
     assert CatalogModel.objects.get(id="claude-haiku-4-5").is_active
 
 
-@pytest.mark.parametrize("path", ["/admin/agents/run/", "/admin/billing/ledgerentry/", "/admin/billing/usageperiod/", "/admin/routing/tier/", "/admin/routing/catalogmodel/", "/admin/accounts/apikey/", "/admin/billing/plan/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/agents/run/",
+        "/admin/billing/ledgerentry/",
+        "/admin/billing/usageperiod/",
+        "/admin/routing/tier/",
+        "/admin/routing/catalogmodel/",
+        "/admin/accounts/apikey/",
+        "/admin/billing/plan/",
+    ],
+)
 def test_admin_lists_render(admin_client, catalog, path):
     assert admin_client.get(path).status_code == 200
 
@@ -76,11 +96,18 @@ def access_with_haiku_default_deleting(rule):
 def test_deleting_an_allow_rule_a_default_relies_on_is_refused(admin_client, catalog):
     from routing.models import RuleEffect, TierModelRule
 
-    rule = TierModelRule.objects.create(tier_id="access", model_id="claude-haiku-4-5", effect=RuleEffect.ALLOW)
+    rule = TierModelRule.objects.create(
+        tier_id="access", model_id="claude-haiku-4-5", effect=RuleEffect.ALLOW
+    )
     Tier.objects.filter(slug="access").update(default_model_id="claude-haiku-4-5")
-    response = admin_client.post("/admin/routing/tier/access/change/", access_with_haiku_default_deleting(rule))
+    response = admin_client.post(
+        "/admin/routing/tier/access/change/", access_with_haiku_default_deleting(rule)
+    )
     assert response.status_code == 200
-    assert "Cannot save the tier with these rules: claude-haiku-4-5 is the default model of access" in response.content.decode()
+    assert (
+        "Cannot save the tier with these rules: claude-haiku-4-5 is the default model of access"
+        in response.content.decode()
+    )
     assert TierModelRule.objects.filter(pk=rule.pk).exists()
 
 
@@ -89,10 +116,14 @@ def test_a_new_default_and_a_deleted_rule_it_needs_are_refused_together(admin_cl
     default. Saved together they would leave the tier unable to use its default."""
     from routing.models import RuleEffect, TierModelRule
 
-    rule = TierModelRule.objects.create(tier_id="access", model_id="claude-haiku-4-5", effect=RuleEffect.ALLOW)
+    rule = TierModelRule.objects.create(
+        tier_id="access", model_id="claude-haiku-4-5", effect=RuleEffect.ALLOW
+    )
     before = Tier.objects.get(slug="access").default_model_id
     assert before != "claude-haiku-4-5"
-    response = admin_client.post("/admin/routing/tier/access/change/", access_with_haiku_default_deleting(rule))
+    response = admin_client.post(
+        "/admin/routing/tier/access/change/", access_with_haiku_default_deleting(rule)
+    )
     assert response.status_code == 200
     assert "which may not use it" in response.content.decode()
     assert Tier.objects.get(slug="access").default_model_id == before
@@ -120,7 +151,14 @@ def _add_customers(count, make_user, make_agent):
             max_tokens=100, period=period, reserved_tokens=200, input_tokens=10, output_tokens=5, billed_tokens=15,
         )  # fmt: skip
         LedgerEntry.objects.create(
-            run=run, user=user, period=period, model=run.model, input_tokens=10, output_tokens=5, multiplier=1, billed_tokens=15
+            run=run,
+            user=user,
+            period=period,
+            model=run.model,
+            input_tokens=10,
+            output_tokens=5,
+            multiplier=1,
+            billed_tokens=15,
         )
         UsagePeriod.objects.create(user=user, period=period, tokens_used=15, runs_used=1)
         ModelUsage.objects.create(user=user, period=period, model=run.model, runs=1, billed_tokens=15)
@@ -157,7 +195,10 @@ def test_every_list_page_runs_a_constant_number_of_queries(admin_client, catalog
 @pytest.mark.parametrize(
     "path, listed",
     [
-        ("/admin/agents/run/?status=completed&tier=m5&catalog_model=claude-haiku-4-5&period=2026-11-01", True),
+        (
+            "/admin/agents/run/?status=completed&tier=m5&catalog_model=claude-haiku-4-5&period=2026-11-01",
+            True,
+        ),
         ("/admin/agents/run/?status=failed", False),
         ("/admin/agents/run/?tier=m10", False),
         ("/admin/agents/run/?catalog_model=claude-opus-4-6", False),
@@ -166,7 +207,9 @@ def test_every_list_page_runs_a_constant_number_of_queries(admin_client, catalog
         ("/admin/billing/ledgerentry/?tier=m1", False),
     ],
 )
-def test_runs_and_ledger_filter_by_status_tier_model_and_period(admin_client, catalog, make_user, make_agent, path, listed):
+def test_runs_and_ledger_filter_by_status_tier_model_and_period(
+    admin_client, catalog, make_user, make_agent, path, listed
+):
     [run] = _add_customers(1, make_user, make_agent)
     page = admin_client.get(path)
     assert page.status_code == 200
@@ -177,7 +220,9 @@ def test_deleting_catalog_rows_that_runs_reference_is_refused(admin_client, cata
     from django.db.models import ProtectedError
 
     _add_customers(1, make_user, make_agent)
-    CatalogModel.objects.create(id="ollama-unused", display_name="unused", provider="ollama", multiplier=0, min_tier_id="access")
+    CatalogModel.objects.create(
+        id="ollama-unused", display_name="unused", provider="ollama", multiplier=0, min_tier_id="access"
+    )
     action = {"action": "delete_selected", "_selected_action": ["claude-haiku-4-5", "ollama-unused"]}
     page = admin_client.post("/admin/routing/catalogmodel/", action)
     assert page.status_code == 200
@@ -191,7 +236,10 @@ def test_deleting_catalog_rows_that_runs_reference_is_refused(admin_client, cata
     with pytest.raises(ProtectedError):
         CatalogModel.objects.filter(id="claude-haiku-4-5").delete()
     # A row nothing references can go.
-    admin_client.post("/admin/routing/catalogmodel/", {"action": "delete_selected", "_selected_action": ["ollama-unused"], "post": "yes"})
+    admin_client.post(
+        "/admin/routing/catalogmodel/",
+        {"action": "delete_selected", "_selected_action": ["ollama-unused"], "post": "yes"},
+    )
     assert not CatalogModel.objects.filter(id="ollama-unused").exists()
 
 

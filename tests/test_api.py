@@ -1,4 +1,5 @@
 """The API of CONTRACT section 3, answered in-process: shapes, pagination, ownership, management commands."""
+
 import io
 import re
 import uuid
@@ -12,8 +13,28 @@ from agents.models import Run
 
 pytestmark = pytest.mark.django_db
 
-TIER_FIELDS = {"slug", "name", "rank", "monthly_token_quota", "monthly_run_quota", "default_model", "max_tokens", "max_timeout_secs"}
-MODEL_FIELDS = {"id", "display_name", "provider", "multiplier", "min_tier", "is_local", "is_pattern", "fallback", "allowed", "default"}
+TIER_FIELDS = {
+    "slug",
+    "name",
+    "rank",
+    "monthly_token_quota",
+    "monthly_run_quota",
+    "default_model",
+    "max_tokens",
+    "max_timeout_secs",
+}
+MODEL_FIELDS = {
+    "id",
+    "display_name",
+    "provider",
+    "multiplier",
+    "min_tier",
+    "is_local",
+    "is_pattern",
+    "fallback",
+    "allowed",
+    "default",
+}
 RUN_FIELDS = {
     "id", "agent", "status", "requested_model", "model", "provider", "input", "output", "usage", "error",
     "timeout_secs", "max_tokens", "created_at", "started_at", "finished_at",
@@ -38,8 +59,23 @@ def test_tiers_list(make_client):
     [
         ("access", set(), "ollama/llama3.2"),
         ("m1", {"claude-haiku-4-5", "claude-haiku-4-5-20251001"}, "claude-haiku-4-5"),
-        ("m5", {"claude-haiku-4-5", "claude-haiku-4-5-20251001", "claude-sonnet-4-5", "claude-sonnet-4-6"}, "claude-sonnet-4-6"),
-        ("teams", {"claude-haiku-4-5", "claude-haiku-4-5-20251001", "claude-sonnet-4-5", "claude-sonnet-4-6", "claude-opus-4-5", "claude-opus-4-6"}, "claude-sonnet-4-6"),
+        (
+            "m5",
+            {"claude-haiku-4-5", "claude-haiku-4-5-20251001", "claude-sonnet-4-5", "claude-sonnet-4-6"},
+            "claude-sonnet-4-6",
+        ),
+        (
+            "teams",
+            {
+                "claude-haiku-4-5",
+                "claude-haiku-4-5-20251001",
+                "claude-sonnet-4-5",
+                "claude-sonnet-4-6",
+                "claude-opus-4-5",
+                "claude-opus-4-6",
+            },
+            "claude-sonnet-4-6",
+        ),
     ],
 )
 def test_models_list_for_the_caller(make_client, tier, allowed_claude, default):
@@ -83,13 +119,17 @@ def test_pagination_links(make_client, make_agent):
 
 def test_agent_crud(make_client):
     client = make_client("m1")
-    created = client.post("/api/v1/agents", {"name": "writer", "description": "d", "model": "claude-opus-4-6"}, format="json")
+    created = client.post(
+        "/api/v1/agents", {"name": "writer", "description": "d", "model": "claude-opus-4-6"}, format="json"
+    )
     assert created.status_code == 201
     agent = created.json()
     assert set(agent) == {"id", "name", "description", "system_prompt", "model", "created_at", "updated_at"}
     assert uuid.UUID(agent["id"]) and agent["model"] == "claude-opus-4-6" and agent["system_prompt"] == ""
     assert agent["created_at"].endswith("Z")
-    patched = client.patch(f"/api/v1/agents/{agent['id']}", {"model": None, "system_prompt": "be terse"}, format="json").json()
+    patched = client.patch(
+        f"/api/v1/agents/{agent['id']}", {"model": None, "system_prompt": "be terse"}, format="json"
+    ).json()
     assert (patched["model"], patched["system_prompt"], patched["name"]) == (None, "be terse", "writer")
     assert client.get(f"/api/v1/agents/{agent['id']}").json()["system_prompt"] == "be terse"
     assert client.delete(f"/api/v1/agents/{agent['id']}").status_code == 204
@@ -110,37 +150,71 @@ def test_run_create_shape_and_resolution_order(make_client, make_agent, django_c
     agent = make_agent(client.user, model="claude-sonnet-4-6", system_prompt="")
     with django_capture_on_commit_callbacks() as callbacks:
         response = client.post(
-            f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi", "lang": "en"}, "max_tokens": 100, "timeout_secs": 60}, format="json"
+            f"/api/v1/agents/{agent.id}/run",
+            {"input": {"message": "hi", "lang": "en"}, "max_tokens": 100, "timeout_secs": 60},
+            format="json",
         )
     assert response.status_code == 202
     assert len(callbacks) == 1  # exactly one dispatch, after commit
     run = response.json()
     assert set(run) == RUN_FIELDS
-    assert (run["status"], run["requested_model"], run["model"], run["provider"]) == ("queued", "claude-sonnet-4-6", "claude-sonnet-4-6", "anthropic")
+    assert (run["status"], run["requested_model"], run["model"], run["provider"]) == (
+        "queued",
+        "claude-sonnet-4-6",
+        "claude-sonnet-4-6",
+        "anthropic",
+    )
     assert run["input"] == {"message": "hi", "lang": "en"}
     assert (run["timeout_secs"], run["max_tokens"]) == (60, 100)
-    assert run["usage"] == {"input_tokens": None, "output_tokens": None, "multiplier": "3", "billed_tokens": None}
+    assert run["usage"] == {
+        "input_tokens": None,
+        "output_tokens": None,
+        "multiplier": "3",
+        "billed_tokens": None,
+    }
     assert run["output"] is None and run["error"] is None and run["started_at"] is None
     stored = Run.objects.get(pk=run["id"])
-    assert stored.system_prompt == f'You are a Maschina agent named "{agent.name}". Complete the task provided.'
+    assert (
+        stored.system_prompt == f'You are a Maschina agent named "{agent.name}". Complete the task provided.'
+    )
     # body model beats the agent's; no model anywhere -> tier default with requested_model null
-    body = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}, "model": "claude-haiku-4-5"}, format="json").json()
+    body = client.post(
+        f"/api/v1/agents/{agent.id}/run",
+        {"input": {"message": "hi"}, "model": "claude-haiku-4-5"},
+        format="json",
+    ).json()
     assert (body["requested_model"], body["model"]) == ("claude-haiku-4-5", "claude-haiku-4-5")
     plain = make_agent(client.user)
-    default = client.post(f"/api/v1/agents/{plain.id}/run", {"input": {"message": "hi"}}, format="json").json()
-    assert (default["requested_model"], default["model"], default["timeout_secs"], default["max_tokens"]) == (None, "claude-opus-4-6", 300, 4096)
+    default = client.post(
+        f"/api/v1/agents/{plain.id}/run", {"input": {"message": "hi"}}, format="json"
+    ).json()
+    assert (default["requested_model"], default["model"], default["timeout_secs"], default["max_tokens"]) == (
+        None,
+        "claude-opus-4-6",
+        300,
+        4096,
+    )
 
 
 def test_runs_lists_filters_and_cancel(make_client, make_agent):
     client = make_client("m1")
     a1, a2 = make_agent(client.user, name="one"), make_agent(client.user, name="two")
-    ids = [client.post(f"/api/v1/agents/{a.id}/run", {"input": {"message": "hi"}}, format="json").json()["id"] for a in (a1, a2, a1)]
+    ids = [
+        client.post(f"/api/v1/agents/{a.id}/run", {"input": {"message": "hi"}}, format="json").json()["id"]
+        for a in (a1, a2, a1)
+    ]
     canceled = client.post(f"/api/v1/runs/{ids[0]}/cancel").json()
-    assert canceled["status"] == "canceled" and canceled["error"]["code"] == "canceled" and canceled["finished_at"]
+    assert (
+        canceled["status"] == "canceled"
+        and canceled["error"]["code"] == "canceled"
+        and canceled["finished_at"]
+    )
     assert [r["id"] for r in client.get("/api/v1/runs").json()["results"]] == ids[::-1]
     assert [r["id"] for r in client.get(f"/api/v1/agents/{a1.id}/runs").json()["results"]] == [ids[2], ids[0]]
     assert [r["id"] for r in client.get("/api/v1/runs?status=queued").json()["results"]] == [ids[2], ids[1]]
-    assert [r["id"] for r in client.get(f"/api/v1/agents/{a1.id}/runs?status=canceled").json()["results"]] == [ids[0]]
+    assert [
+        r["id"] for r in client.get(f"/api/v1/agents/{a1.id}/runs?status=canceled").json()["results"]
+    ] == [ids[0]]
     usage = client.get("/api/v1/usage").json()
     assert usage["runs"]["used"] == 3
     assert usage["tokens"]["reserved"] == 2 * Run.objects.get(pk=ids[1]).reserved_tokens
@@ -184,10 +258,18 @@ def test_set_tier_and_create_api_key_commands(catalog):
     from django.contrib.auth import get_user_model
 
     user = get_user_model().objects.get(username="zed")
-    assert (user.plan.tier_id, user.plan.token_quota_override, user.plan.run_quota_override) == ("m5", 1234, 9)
+    assert (user.plan.tier_id, user.plan.token_quota_override, user.plan.run_quota_override) == (
+        "m5",
+        1234,
+        9,
+    )
     call_command("set_tier", "zed", "teams", "--token-quota", "none", stdout=out)
     user.plan.refresh_from_db()
-    assert (user.plan.tier_id, user.plan.token_quota_override, user.plan.run_quota_override) == ("teams", None, 9)
+    assert (user.plan.tier_id, user.plan.token_quota_override, user.plan.run_quota_override) == (
+        "teams",
+        None,
+        9,
+    )
 
     out = io.StringIO()
     call_command("create_api_key", "zed", "--name", "ci", stdout=out)
@@ -199,7 +281,9 @@ def test_set_tier_and_create_api_key_commands(catalog):
     assert response.status_code == 200 and response.json()["tier"] == "teams"
 
 
-@pytest.mark.parametrize("args", [["zed", "gold"], ["zed", "m1", "--token-quota", "-5"], ["zed", "m1", "--run-quota", "lots"]])
+@pytest.mark.parametrize(
+    "args", [["zed", "gold"], ["zed", "m1", "--token-quota", "-5"], ["zed", "m1", "--run-quota", "lots"]]
+)
 def test_set_tier_rejects_bad_arguments(catalog, args):
     from django.core.management import CommandError
 
@@ -207,7 +291,9 @@ def test_set_tier_rejects_bad_arguments(catalog, args):
         call_command("set_tier", *args, stdout=io.StringIO(), stderr=io.StringIO())
 
 
-def test_a_run_admitted_after_an_edit_is_priced_by_it_whatever_the_refresh_interval(make_client, make_agent, settings, django_assert_num_queries):
+def test_a_run_admitted_after_an_edit_is_priced_by_it_whatever_the_refresh_interval(
+    make_client, make_agent, settings, django_assert_num_queries
+):
     """The key lookup carries the rules revision, so an edit committed before the request is seen at
     once, in any process, with no query of its own."""
     from routing.models import CatalogModel

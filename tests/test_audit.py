@@ -1,5 +1,6 @@
 """Every change to tiers, models, rules, plans and keys is recorded append-only: who, when, what,
 before and after, from the admin, a management command or code."""
+
 import pytest
 from django.db import DatabaseError, connection, transaction
 
@@ -16,12 +17,16 @@ pytestmark = pytest.mark.django_db
 
 
 def records_for(obj):
-    return list(ChangeRecord.objects.filter(object_type=obj._meta.label_lower, object_id=str(obj.pk)).order_by("id"))
+    return list(
+        ChangeRecord.objects.filter(object_type=obj._meta.label_lower, object_id=str(obj.pk)).order_by("id")
+    )
 
 
 def test_an_admin_edit_is_recorded_with_who_before_and_after(admin_client, admin_user, catalog):
     haiku = CatalogModel.objects.get(id="claude-haiku-4-5")
-    response = admin_client.post("/admin/routing/catalogmodel/claude-haiku-4-5/change/", model_form(haiku.id, multiplier="2"))
+    response = admin_client.post(
+        "/admin/routing/catalogmodel/claude-haiku-4-5/change/", model_form(haiku.id, multiplier="2")
+    )
     assert response.status_code == 302
     [record] = records_for(haiku)
     assert record.source == "admin"
@@ -35,7 +40,9 @@ def test_a_refused_admin_edit_records_nothing(admin_client, catalog):
     from .test_admin import TIER_FORM
 
     before = ChangeRecord.objects.count()
-    response = admin_client.post("/admin/routing/tier/m1/change/", {**TIER_FORM, "default_model": "claude-opus-4-6"})
+    response = admin_client.post(
+        "/admin/routing/tier/m1/change/", {**TIER_FORM, "default_model": "claude-opus-4-6"}
+    )
     assert response.status_code == 200
     assert ChangeRecord.objects.count() == before
 
@@ -50,14 +57,20 @@ def test_code_changes_are_recorded_as_code_and_a_save_that_changes_nothing_is_no
     plan_set(user=user, tier_slug="m5", token_quota=123)
     update = records_for(user.plan)[-1]
     assert update.changed_fields == ["tier_id", "token_quota_override"]
-    assert (update.before["tier_id"], update.after["tier_id"], update.after["token_quota_override"]) == ("m1", "m5", 123)
+    assert (update.before["tier_id"], update.after["tier_id"], update.after["token_quota_override"]) == (
+        "m1",
+        "m5",
+        123,
+    )
 
 
 def test_secrets_are_recorded_as_fingerprints(make_user):
     user = make_user("m1")
     secret = webhook_set(plan=user.plan, url="https://hooks.example.com/x")
     record = records_for(user.plan)[-1]
-    assert record.after["alert_webhook_url"].startswith("https://hooks.example.com/… sha256:")  # a path can hold a token
+    assert record.after["alert_webhook_url"].startswith(
+        "https://hooks.example.com/… sha256:"
+    )  # a path can hold a token
     assert record.after["alert_webhook_secret"].startswith("sha256:")
     assert secret not in str(record.after) and "/x" not in str(record.after)
     key, raw = api_key_create(user=user)
@@ -75,7 +88,9 @@ def test_bulk_updates_and_deletes_are_recorded_and_move_the_rules_revision(catal
     rule = TierModelRule.objects.create(tier_id="m10", model_id="claude-opus-4-6", effect=RuleEffect.DENY)
     pk = rule.pk
     TierModelRule.objects.filter(pk=pk).delete()
-    deleted = ChangeRecord.objects.filter(object_type="routing.tiermodelrule", object_id=str(pk)).order_by("id")
+    deleted = ChangeRecord.objects.filter(object_type="routing.tiermodelrule", object_id=str(pk)).order_by(
+        "id"
+    )
     assert [r.action for r in deleted] == ["create", "delete"]
     assert deleted.last().before["effect"] == "deny" and deleted.last().after is None
 
@@ -107,8 +122,15 @@ def test_records_cannot_be_changed_or_deleted_by_the_orm_or_by_sql(make_user):
         ChangeRecord.objects.filter(pk=record.pk).update(actor="someone else")
     with pytest.raises(AppendOnlyError):
         ChangeRecord.objects.filter(pk=record.pk).delete()
-    for sql in ["UPDATE audit_changerecord SET actor = 'x' WHERE id = %s", "DELETE FROM audit_changerecord WHERE id = %s"]:
-        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+    for sql in [
+        "UPDATE audit_changerecord SET actor = 'x' WHERE id = %s",
+        "DELETE FROM audit_changerecord WHERE id = %s",
+    ]:
+        with (
+            pytest.raises(DatabaseError, match="append-only"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
             cursor.execute(sql, [record.pk])
     assert ChangeRecord.objects.get(pk=record.pk).actor == record.actor
 
@@ -118,9 +140,14 @@ def test_the_admin_shows_records_and_allows_no_edit(admin_client, make_user):
     assert admin_client.get("/admin/audit/changerecord/").status_code == 200
     page = admin_client.get(f"/admin/audit/changerecord/{record.pk}/change/")
     assert page.status_code == 200 and "tier_id" in page.content.decode()
-    assert admin_client.post(f"/admin/audit/changerecord/{record.pk}/change/", {"actor": "x"}).status_code == 403
+    assert (
+        admin_client.post(f"/admin/audit/changerecord/{record.pk}/change/", {"actor": "x"}).status_code == 403
+    )
     assert admin_client.get("/admin/audit/changerecord/add/").status_code == 403
-    assert admin_client.post(f"/admin/audit/changerecord/{record.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert (
+        admin_client.post(f"/admin/audit/changerecord/{record.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
     assert ChangeRecord.objects.get(pk=record.pk).actor == record.actor
 
 
@@ -151,16 +178,38 @@ def test_a_save_of_some_fields_records_only_what_it_wrote(make_user):
 def test_bulk_create_is_recorded_and_moves_the_rules_revision(catalog):
     revision = RulesRevision.objects.get(pk=1).value
     CatalogModel.objects.bulk_create(
-        [CatalogModel(id=f"ollama/bulk-{i}", display_name="bulk", provider="ollama", multiplier=0, min_tier_id="access") for i in range(2)]
+        [
+            CatalogModel(
+                id=f"ollama/bulk-{i}",
+                display_name="bulk",
+                provider="ollama",
+                multiplier=0,
+                min_tier_id="access",
+            )
+            for i in range(2)
+        ]
     )
     assert RulesRevision.objects.get(pk=1).value > revision
-    assert ChangeRecord.objects.filter(object_type="routing.catalogmodel", object_id__startswith="ollama/bulk-", action="create").count() == 2
+    assert (
+        ChangeRecord.objects.filter(
+            object_type="routing.catalogmodel", object_id__startswith="ollama/bulk-", action="create"
+        ).count()
+        == 2
+    )
     with pytest.raises(TypeError):
-        CatalogModel.objects.bulk_create([CatalogModel(id="ollama/x", provider="ollama", multiplier=0, min_tier_id="access")], ignore_conflicts=True)
+        CatalogModel.objects.bulk_create(
+            [CatalogModel(id="ollama/x", provider="ollama", multiplier=0, min_tier_id="access")],
+            ignore_conflicts=True,
+        )
 
 
 def test_an_update_through_a_join_on_a_nullable_key_works_and_is_recorded(catalog):
-    assert CatalogModel.objects.select_related("fallback").filter(id="claude-opus-4-6").update(display_name="Opus!") == 1
+    assert (
+        CatalogModel.objects.select_related("fallback")
+        .filter(id="claude-opus-4-6")
+        .update(display_name="Opus!")
+        == 1
+    )
     assert records_for(CatalogModel.objects.get(id="claude-opus-4-6"))[-1].after["display_name"] == "Opus!"
 
 
@@ -172,7 +221,8 @@ def test_loaddata_is_recorded_and_reaches_running_processes(catalog, tmp_path):
     fixture = tmp_path / "haiku.json"
     fixture.write_text(
         '[{"model": "routing.catalogmodel", "pk": "claude-haiku-4-5", "fields": {"display_name": "%s", "provider": "anthropic",'
-        ' "multiplier": "2", "min_tier": "%s", "fallback": null, "is_active": true}}]' % (haiku.display_name, haiku.min_tier_id)
+        ' "multiplier": "2", "min_tier": "%s", "fallback": null, "is_active": true}}]'
+        % (haiku.display_name, haiku.min_tier_id)
     )
     call_command("loaddata", str(fixture), verbosity=0)
     assert RulesRevision.objects.get(pk=1).value > revision
@@ -184,5 +234,9 @@ def test_deleting_a_user_records_the_deletion_of_their_plan_and_keys(make_user):
     key, _ = api_key_create(user=user)
     plan_pk = user.plan.pk
     user.delete()
-    assert ChangeRecord.objects.filter(object_type="billing.plan", object_id=str(plan_pk), action="delete").exists()
-    assert ChangeRecord.objects.filter(object_type="accounts.apikey", object_id=str(key.pk), action="delete").exists()
+    assert ChangeRecord.objects.filter(
+        object_type="billing.plan", object_id=str(plan_pk), action="delete"
+    ).exists()
+    assert ChangeRecord.objects.filter(
+        object_type="accounts.apikey", object_id=str(key.pk), action="delete"
+    ).exists()

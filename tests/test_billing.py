@@ -1,4 +1,5 @@
 """Billing arithmetic, admission against quotas, and concurrent admissions against the real database."""
+
 from decimal import Decimal
 
 import pytest
@@ -10,9 +11,9 @@ from billing.periods import period_end, period_of
 from billing.pricing import PROMPT_OVERHEAD_TOKENS, billed_tokens, input_token_bound, reservation
 from billing.selectors import plan_for
 from billing.services import QuotaExceeded, usage_settle
+from routing.models import RuleEffect, TierModelRule
 
 from .concurrency import race
-from routing.models import RuleEffect, TierModelRule
 
 
 @pytest.mark.parametrize(
@@ -43,9 +44,9 @@ def test_input_bound_counts_utf8_bytes():
 def test_periods_are_utc_months():
     import datetime as dt
 
-    late = dt.datetime(2026, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
+    late = dt.datetime(2026, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
     assert period_of(late) == dt.date(2026, 12, 1)
-    assert period_end(period_of(late)) == dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
+    assert period_end(period_of(late)) == dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
     east = dt.datetime(2027, 1, 1, 0, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))  # 22:30 UTC on Dec 31
     assert period_of(east) == dt.date(2026, 12, 1)
 
@@ -80,7 +81,9 @@ def test_access_tier_runs_local_models_at_a_zero_token_limit(make_user, make_age
 
 
 @pytest.mark.django_db
-def test_internal_skips_quotas_even_with_overrides_and_unlimited_reports_null(make_user, make_agent, make_client):
+def test_internal_skips_quotas_even_with_overrides_and_unlimited_reports_null(
+    make_user, make_agent, make_client
+):
     internal = make_user("internal", token_quota=0, run_quota=0)
     agent = make_agent(internal)
     for _ in range(3):
@@ -104,7 +107,9 @@ def test_an_admission_is_one_statement_once_the_period_has_its_counter_row(make_
     with CaptureQueriesContext(connection) as second:
         run = admit(user, agent, "claude-haiku-4-5")
     assert len(first) > 1
-    statements = [q["sql"] for q in second if "routing_rulesrevision" not in q["sql"]]  # the snapshot's freshness check
+    statements = [
+        q["sql"] for q in second if "routing_rulesrevision" not in q["sql"]
+    ]  # the snapshot's freshness check
     assert [sql.split(" ", 1)[0] for sql in statements] == ["WITH"], statements
     stored = Run.objects.get(pk=run.pk)  # the INSERT ... SELECT wrote what the instance holds
     for field in Run._meta.concrete_fields:
@@ -114,7 +119,11 @@ def test_an_admission_is_one_statement_once_the_period_has_its_counter_row(make_
         admit(user, agent, "claude-haiku-4-5")
     assert (refused.value.quota, refused.value.used, refused.value.limit) == ("runs", 3, 3)
     row = UsagePeriod.objects.get(user=user)
-    assert (Run.objects.filter(user=user).count(), row.runs_used, row.tokens_reserved) == (3, 3, 3 * run.reserved_tokens)
+    assert (Run.objects.filter(user=user).count(), row.runs_used, row.tokens_reserved) == (
+        3,
+        3,
+        3 * run.reserved_tokens,
+    )
 
 
 @pytest.mark.django_db
@@ -144,7 +153,13 @@ def test_a_tier_change_takes_effect_on_the_next_request(make_client, make_agent)
 def test_30_concurrent_admissions_near_the_token_limit_never_exceed_it(make_user, make_agent):
     user = make_user("m5")
     agent = make_agent(user)
-    per_run = reservation(input_token_bound(f'You are a Maschina agent named "{agent.name}". Complete the task provided.', "hello"), 100, Decimal(3))
+    per_run = reservation(
+        input_token_bound(
+            f'You are a Maschina agent named "{agent.name}". Complete the task provided.', "hello"
+        ),
+        100,
+        Decimal(3),
+    )
     limit = 10 * per_run + per_run // 2
     from billing.services import plan_set
 

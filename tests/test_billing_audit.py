@@ -17,9 +17,13 @@ def settled_runs(make_client, make_agent, providers):
     client = make_client("m5")
     agent = make_agent(client.user)
     for model in ["claude-haiku-4-5", "claude-sonnet-4-6", "ollama/mistral"]:
-        run_id = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}, "model": model}, format="json").json()["id"]
+        run_id = client.post(
+            f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}, "model": model}, format="json"
+        ).json()["id"]
         execute_run(run_id)
-    queued = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "later"}}, format="json").json()["id"]
+    queued = client.post(
+        f"/api/v1/agents/{agent.id}/run", {"input": {"message": "later"}}, format="json"
+    ).json()["id"]
     return client.user, queued
 
 
@@ -43,10 +47,24 @@ def test_audit_passes_on_a_consistent_database(settled_runs):
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
-        (lambda user: UsagePeriod.objects.filter(user=user).update(tokens_used=1), "counters used/runs/reserved"),
-        (lambda user: UsagePeriod.objects.filter(user=user).update(tokens_reserved=0), "counters used/runs/reserved"),
-        (lambda user: ModelUsage.objects.filter(user=user, model="claude-haiku-4-5").update(billed_tokens=99), "by_model"),
-        (lambda user: Run.objects.filter(user=user, model="claude-sonnet-4-6").update(billed_tokens=1), "billed 1"),
+        (
+            lambda user: UsagePeriod.objects.filter(user=user).update(tokens_used=1),
+            "counters used/runs/reserved",
+        ),
+        (
+            lambda user: UsagePeriod.objects.filter(user=user).update(tokens_reserved=0),
+            "counters used/runs/reserved",
+        ),
+        (
+            lambda user: ModelUsage.objects.filter(user=user, model="claude-haiku-4-5").update(
+                billed_tokens=99
+            ),
+            "by_model",
+        ),
+        (
+            lambda user: Run.objects.filter(user=user, model="claude-sonnet-4-6").update(billed_tokens=1),
+            "billed 1",
+        ),
         (
             lambda user: Run.objects.filter(user=user, model="claude-haiku-4-5").update(
                 settled_at=None, finished_at=timezone.now() - dt.timedelta(hours=1)
@@ -73,12 +91,15 @@ def test_audit_reads_one_snapshot_while_settlements_commit(make_client, make_age
     """A settlement committing between two of the audit's reads must not look like a mismatch."""
     import threading
 
-    from billing import audit as audit_module
     from django.db import connection
+
+    from billing import audit as audit_module
 
     client = make_client("m5")
     agent = make_agent(client.user)
-    run_id = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json").json()["id"]
+    run_id = client.post(
+        f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json"
+    ).json()["id"]
     original = audit_module.LedgerEntry.objects.all
 
     def ledger_then_settle():

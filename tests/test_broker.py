@@ -1,5 +1,6 @@
 """maschina.broker: kombu's Redis transport with one client per channel, against the real Redis. (Every
 run of the end-to-end tests goes through it: published by gunicorn, consumed and acked by a worker.)"""
+
 from maschina.broker import Transport
 from maschina.celery import app
 

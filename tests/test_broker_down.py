@@ -1,5 +1,6 @@
 """CONTRACT section 5: with the broker down at admission the API still answers 202, and the run is
 dispatched by the sweeper once the broker is back. Uses its own redis-server on another port."""
+
 import datetime as dt
 import tempfile
 import time
@@ -8,7 +9,17 @@ import pytest
 
 from agents.models import Run
 
-from .processes import stack_env, Api, RedisServer, manage, start_gunicorn, start_worker, wait_http, wait_terminal, wait_worker_ready
+from .processes import (
+    Api,
+    RedisServer,
+    manage,
+    stack_env,
+    start_gunicorn,
+    start_worker,
+    wait_http,
+    wait_terminal,
+    wait_worker_ready,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -48,7 +59,9 @@ def test_run_admitted_while_broker_is_down_is_dispatched_when_it_is_back(catalog
         assert len(anthropic_emulator.calls) == 1
         run.refresh_from_db()
         assert run.dispatched_at is not None and run.dispatched_at - run.created_at > dt.timedelta(seconds=0)
-        print(f"admission with broker down: {admission_secs:.2f}s; broker back -> completed: {drain_secs:.2f}s")
+        print(
+            f"admission with broker down: {admission_secs:.2f}s; broker back -> completed: {drain_secs:.2f}s"
+        )
         assert admission_secs < 10
     finally:
         web.stop()

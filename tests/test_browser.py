@@ -1,6 +1,7 @@
 """An operator's session in a real browser (issue 5): Debian's chromium, headless, driven by
 Playwright, against gunicorn and a real Celery worker on PostgreSQL and Redis. Screenshots of each
 step go to test-output/browser/ (or $MASCHINA_TEST_OUTPUT/browser/)."""
+
 import os
 import shutil
 import time
@@ -67,7 +68,9 @@ def customer(tier):
     return key, raw
 
 
-def test_an_operator_changes_a_multiplier_is_refused_a_bad_default_and_revokes_a_key(stack, page, screenshots):
+def test_an_operator_changes_a_multiplier_is_refused_a_bad_default_and_revokes_a_key(
+    stack, page, screenshots
+):
     try:
         operator_session(stack, page, screenshots)
     finally:

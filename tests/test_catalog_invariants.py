@@ -1,5 +1,6 @@
 """Invariants of CONTRACT section 4 that no edit may break: the cross-row ones in clean() (what the
 admin's forms call), the single-row ones as database constraints."""
+
 from decimal import Decimal
 
 import pytest
@@ -78,7 +79,9 @@ def test_fallback_cannot_be_a_pattern(catalog):
 
 
 def test_pattern_star_only_at_the_end(catalog):
-    model = CatalogModel(id="ollama/*x", display_name="x", provider="ollama", multiplier=0, min_tier_id="access")
+    model = CatalogModel(
+        id="ollama/*x", display_name="x", provider="ollama", multiplier=0, min_tier_id="access"
+    )
     with pytest.raises(ValidationError, match="single"):
         model.full_clean()
 

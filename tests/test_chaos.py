@@ -3,6 +3,7 @@ SIGKILLed (and restarted), Redis is restarted (losing every queued message: it k
 disk), and the provider emulators fail a fifth of their calls. Afterwards every run is terminal,
 billing_audit finds nothing, and no run was billed twice. The figures are printed and written to
 $MASCHINA_VAR_DIR/chaos.json."""
+
 import json
 import os
 import signal
@@ -21,7 +22,17 @@ from billing.audit import audit
 from billing.models import LedgerEntry
 
 from .emulators import Reply, anthropic_error
-from .processes import stack_env, Api, RedisServer, manage, start_beat, start_gunicorn, start_worker, wait_http, wait_worker_ready
+from .processes import (
+    Api,
+    RedisServer,
+    manage,
+    stack_env,
+    start_beat,
+    start_gunicorn,
+    start_worker,
+    wait_http,
+    wait_worker_ready,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -69,7 +80,10 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
         def post(i):
             client, agent = clients[i % len(clients)], agents[i % len(agents)]
             time.sleep(0.1)  # spread the posts out, so the faults land in the middle of the traffic
-            response = client.post(f"/api/v1/agents/{agent}/run", {"input": {"message": f"chaos {i}"}, "model": MODELS[i % len(MODELS)]})
+            response = client.post(
+                f"/api/v1/agents/{agent}/run",
+                {"input": {"message": f"chaos {i}"}, "model": MODELS[i % len(MODELS)]},
+            )
             with lock:
                 posted[0] += 1
                 statuses[response.status_code] += 1
@@ -119,7 +133,11 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
         summary, problems = audit()
         assert problems == [], problems
         ledger = LedgerEntry.objects.filter(run__in=runs)
-        assert ledger.count() == ledger.values("run").distinct().count() == runs.filter(billed_tokens__isnull=False).count()
+        assert (
+            ledger.count()
+            == ledger.values("run").distinct().count()
+            == runs.filter(billed_tokens__isnull=False).count()
+        )
         outcome = Counter(runs.values_list("status", flat=True))
         errors = Counter(code for code in runs.values_list("error__code", flat=True) if code)
         assert set(outcome) <= {"completed", "failed"}, outcome
@@ -142,7 +160,9 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
             "seconds_to_drain": round(drain_secs, 1),
         }
         print("\nchaos figures:", json.dumps(figures, indent=1))
-        Path(os.environ.get("MASCHINA_VAR_DIR", tempfile.gettempdir()), "chaos.json").write_text(json.dumps(figures, indent=1))
+        Path(os.environ.get("MASCHINA_VAR_DIR", tempfile.gettempdir()), "chaos.json").write_text(
+            json.dumps(figures, indent=1)
+        )
     finally:
         for process in everything:
             process.stop()

@@ -1,5 +1,6 @@
 """Guards on the configuration the reliability of the pipeline rests on (DESIGN.md, "Reliability
 rules"): if one of these drifts, a run can be lost, run twice, or outlive its limits."""
+
 import subprocess
 import sys
 
@@ -26,7 +27,9 @@ def test_time_limits_nest_inside_the_visibility_timeout():
     soft, hard = task_time_limits(settings.RUN_TIMEOUT_CAP_SECS)
     assert settings.RUN_TIMEOUT_CAP_SECS < soft < hard < settings.BROKER_VISIBILITY_TIMEOUT_SECS
     if not settings.CELERY_BROKER_URL.startswith("filesystem://"):
-        assert app.conf.broker_transport_options["visibility_timeout"] == settings.BROKER_VISIBILITY_TIMEOUT_SECS
+        assert (
+            app.conf.broker_transport_options["visibility_timeout"] == settings.BROKER_VISIBILITY_TIMEOUT_SECS
+        )
 
 
 def test_backoffs_stay_far_below_the_limits():

@@ -1,6 +1,7 @@
 """maschina.postgresql: the health check of a kept connection asks the server nothing when its socket
 is quiet, and still finds a connection that PostgreSQL has ended or that is stuck in a failed
 transaction."""
+
 import time
 
 import psycopg
@@ -25,7 +26,9 @@ def backend_pid(wrapper):
 
 def last_statement(pid):
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_stat_clear_snapshot()")  # the test's transaction would keep the first reading
+        cursor.execute(
+            "SELECT pg_stat_clear_snapshot()"
+        )  # the test's transaction would keep the first reading
         cursor.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid])
         return cursor.fetchone()[0]
 

@@ -1,6 +1,7 @@
 """End to end: the web app under gunicorn (2 workers) and a real `celery worker` process, on the
 machine's PostgreSQL (the test database) and Redis, against the provider emulators. A user and key
 are made with the management commands, everything else goes over HTTP."""
+
 import time
 
 import pytest
@@ -59,7 +60,9 @@ def test_runs_of_every_provider_are_executed_and_billed(api, anthropic_emulator,
     }
     run_ids = {}
     for model in expected:
-        response = client.post(f"/api/v1/agents/{agent_id}/run", {"input": {"message": f"hi {model}"}, "model": model})
+        response = client.post(
+            f"/api/v1/agents/{agent_id}/run", {"input": {"message": f"hi {model}"}, "model": model}
+        )
         assert response.status_code == 202, response.text
         assert response.json()["status"] == "queued"
         run_ids[model] = response.json()["id"]
@@ -68,7 +71,12 @@ def test_runs_of_every_provider_are_executed_and_billed(api, anthropic_emulator,
         run = wait_terminal(client, run_ids[model])
         assert run["status"] == "completed", run
         assert (run["model"], run["requested_model"]) == (model, model)
-        assert run["usage"] == {"input_tokens": raw_in, "output_tokens": raw_out, "multiplier": multiplier, "billed_tokens": billed}
+        assert run["usage"] == {
+            "input_tokens": raw_in,
+            "output_tokens": raw_out,
+            "multiplier": multiplier,
+            "billed_tokens": billed,
+        }
         assert run["output"]["text"].endswith(f"hi {model}")
         assert run["error"] is None
 
@@ -79,15 +87,23 @@ def test_runs_of_every_provider_are_executed_and_billed(api, anthropic_emulator,
 
     usage = client.get("/api/v1/usage").json()
     assert usage["tier"] == "m10"
-    assert usage["tokens"] == {"used": 1178, "reserved": 0, "limit": 10_000_000, "remaining": 10_000_000 - 1178}
-    assert usage["runs"] == {"used": 4, "limit": 10_000, "remaining": 9_996}
-    assert {m["model"]: (m["runs"], m["input_tokens"], m["output_tokens"], m["billed_tokens"]) for m in usage["by_model"]} == {
-        model: (1, raw_in, raw_out, billed) for model, (raw_in, raw_out, _, billed) in expected.items()
+    assert usage["tokens"] == {
+        "used": 1178,
+        "reserved": 0,
+        "limit": 10_000_000,
+        "remaining": 10_000_000 - 1178,
     }
+    assert usage["runs"] == {"used": 4, "limit": 10_000, "remaining": 9_996}
+    assert {
+        m["model"]: (m["runs"], m["input_tokens"], m["output_tokens"], m["billed_tokens"])
+        for m in usage["by_model"]
+    } == {model: (1, raw_in, raw_out, billed) for model, (raw_in, raw_out, _, billed) in expected.items()}
     assert LedgerEntry.objects.count() == 4
     runs = client.get("/api/v1/runs?status=completed").json()
     assert runs["count"] == 4
-    assert [r["id"] for r in runs["results"]] == [run_ids[m] for m in reversed(list(expected))]  # newest first
+    assert [r["id"] for r in runs["results"]] == [
+        run_ids[m] for m in reversed(list(expected))
+    ]  # newest first
 
 
 def test_tier_default_and_fallback_over_the_real_pipeline(api, anthropic_emulator):
@@ -134,5 +150,9 @@ def test_provider_failure_over_the_real_pipeline(api, ollama_emulator):
     ollama_emulator.queue("nosuch", Reply(status=404, body={"error": "model 'nosuch' not found"}))
     run_id = client.post(f"/api/v1/agents/{agent_id}/run", {"input": {"message": "x"}}).json()["id"]
     run = wait_terminal(client, run_id)
-    assert (run["status"], run["error"]["code"], run["requested_model"]) == ("failed", "model_not_found", "ollama/nosuch")
+    assert (run["status"], run["error"]["code"], run["requested_model"]) == (
+        "failed",
+        "model_not_found",
+        "ollama/nosuch",
+    )
     assert client.get("/api/v1/usage").json()["runs"]["used"] == 1

@@ -1,11 +1,22 @@
 """The README's first command: with nothing configured, the service runs on a SQLite file and the
 embedded (filesystem) broker, with a separate worker process. Same processes as scripts/serve."""
+
 import sys
 import tempfile
 
 import pytest
 
-from .processes import Api, Process, base_env, free_port, manage, start_worker, wait_http, wait_terminal, wait_worker_ready
+from .processes import (
+    Api,
+    Process,
+    base_env,
+    free_port,
+    manage,
+    start_worker,
+    wait_http,
+    wait_terminal,
+    wait_worker_ready,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +38,12 @@ def test_default_configuration_runs_a_model_end_to_end(ollama_emulator, anthropi
 
     log_dir = tempfile.mkdtemp(prefix="maschina-default-logs-")
     port = free_port()
-    web = Process("runserver", [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], env, log_dir)
+    web = Process(
+        "runserver",
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        env,
+        log_dir,
+    )
     worker = start_worker(env, log_dir, beat=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -37,7 +53,9 @@ def test_default_configuration_runs_a_model_end_to_end(ollama_emulator, anthropi
         assert client.get("/healthz").json() == {"database": "ok", "broker": "ok"}
         agent_id = client.post("/api/v1/agents", {"name": "local"}).json()["id"]
         for model, billed in [("ollama/mistral", 0), ("claude-haiku-4-5", 62)]:
-            response = client.post(f"/api/v1/agents/{agent_id}/run", {"input": {"message": "hi"}, "model": model})
+            response = client.post(
+                f"/api/v1/agents/{agent_id}/run", {"input": {"message": "hi"}, "model": model}
+            )
             assert response.status_code == 202, response.text
             run = wait_terminal(client, response.json()["id"], timeout=60)
             assert run["status"] == "completed", (run, worker.tail())
@@ -45,7 +63,10 @@ def test_default_configuration_runs_a_model_end_to_end(ollama_emulator, anthropi
         usage = client.get("/api/v1/usage").json()
         assert (usage["tokens"]["used"], usage["tokens"]["reserved"], usage["runs"]["used"]) == (62, 0, 2)
         # SQLite settles in four statements (PostgreSQL in one): the per-model counters too.
-        assert [(m["model"], m["runs"], m["billed_tokens"]) for m in usage["by_model"]] == [("claude-haiku-4-5", 1, 62), ("ollama/mistral", 1, 0)]
+        assert [(m["model"], m["runs"], m["billed_tokens"]) for m in usage["by_model"]] == [
+            ("claude-haiku-4-5", 1, 62),
+            ("ollama/mistral", 1, 0),
+        ]
     finally:
         web.stop()
         worker.stop()

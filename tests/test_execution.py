@@ -1,5 +1,6 @@
 """Executing runs in this process (the task body, not Celery's eager mode) against the emulators:
 billing per multiplier, idempotency, retries and fallbacks, failures, timeouts, cancel, sweeper."""
+
 import datetime as dt
 import threading
 import time
@@ -97,10 +98,23 @@ def test_completed_run_is_billed_at_its_multiplier(start_run, providers, model, 
     assert run.started_at <= run.finished_at
     assert_settled(run, billed)
     entry = LedgerEntry.objects.get(run=run)
-    assert (entry.model, entry.input_tokens, entry.output_tokens, entry.billed_tokens) == (model, *raw, billed)
-    assert (entry.user_id, entry.period, entry.multiplier, entry.created_at) == (run.user_id, run.period, run.multiplier, run.settled_at)
+    assert (entry.model, entry.input_tokens, entry.output_tokens, entry.billed_tokens) == (
+        model,
+        *raw,
+        billed,
+    )
+    assert (entry.user_id, entry.period, entry.multiplier, entry.created_at) == (
+        run.user_id,
+        run.period,
+        run.multiplier,
+        run.settled_at,
+    )
     by_model = ModelUsage.objects.get(user=run.user, period=run.period, model=model)
-    assert (by_model.runs, by_model.input_tokens, by_model.output_tokens, by_model.billed_tokens) == (1, *raw, billed)
+    assert (by_model.runs, by_model.input_tokens, by_model.output_tokens, by_model.billed_tokens) == (
+        1,
+        *raw,
+        billed,
+    )
     if model.startswith("ollama/"):
         assert providers[1].calls[-1][1]["model"] == model.removeprefix("ollama/")
 
@@ -114,12 +128,23 @@ def test_a_settlement_whose_update_matches_nothing_writes_nothing(start_run, pro
     Run.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED, input_tokens=10, output_tokens=10)
     now = timezone.now()
     # The run is completed, not executing: an UPDATE that expects it executing matches no row.
-    assert settlement_write(run, {"id": run.pk, "status": RunStatus.EXECUTING}, billed_tokens=60, settled_at=now) is None
+    assert (
+        settlement_write(run, {"id": run.pk, "status": RunStatus.EXECUTING}, billed_tokens=60, settled_at=now)
+        is None
+    )
     run.refresh_from_db()
     assert (run.settled_at, run.billed_tokens) == (None, None)
-    assert (usage_row(run).tokens_used, usage_row(run).tokens_reserved) == (before.tokens_used, before.tokens_reserved)
-    assert not LedgerEntry.objects.filter(run=run).exists() and not ModelUsage.objects.filter(user=run.user).exists()
-    used, tier, override = settlement_write(run, {"id": run.pk, "status": RunStatus.COMPLETED}, billed_tokens=60, settled_at=now)
+    assert (usage_row(run).tokens_used, usage_row(run).tokens_reserved) == (
+        before.tokens_used,
+        before.tokens_reserved,
+    )
+    assert (
+        not LedgerEntry.objects.filter(run=run).exists()
+        and not ModelUsage.objects.filter(user=run.user).exists()
+    )
+    used, tier, override = settlement_write(
+        run, {"id": run.pk, "status": RunStatus.COMPLETED}, billed_tokens=60, settled_at=now
+    )
     assert (used, tier, override) == (60, "m10", None)  # the counters, for the token alerts
     assert_settled(run, 60)
     assert ModelUsage.objects.get(user=run.user).billed_tokens == 60
@@ -128,7 +153,12 @@ def test_a_settlement_whose_update_matches_nothing_writes_nothing(start_run, pro
 @pytest.mark.django_db
 def test_fractional_multiplier_rounds_up(start_run, providers):
     CatalogModel.objects.filter(id="claude-haiku-4-5-20251001").update(multiplier=Decimal("0.5"))
-    providers[0].default_usage = {"input_tokens": 30, "output_tokens": 3, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    providers[0].default_usage = {
+        "input_tokens": 30,
+        "output_tokens": 3,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
     run = start_run(model="claude-haiku-4-5-20251001")
     execute_run(str(run.pk))
     assert_settled(run, 17)  # ceil(33 x 0.5) = ceil(16.5)
@@ -148,7 +178,9 @@ def test_same_task_executed_twice_bills_once(start_run, providers):
 def test_redelivery_after_provider_answered_settles_without_calling_again(start_run, providers):
     run = start_run(model="claude-haiku-4-5")
     # As if a worker died after storing the provider's answer and before finishing.
-    Run.objects.filter(pk=run.pk).update(status=RunStatus.EXECUTING, started_at=timezone.now(), input_tokens=10, output_tokens=5)
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.EXECUTING, started_at=timezone.now(), input_tokens=10, output_tokens=5
+    )
     execute_run(str(run.pk))
     assert providers[0].calls == []
     run.refresh_from_db()
@@ -159,7 +191,9 @@ def test_redelivery_after_provider_answered_settles_without_calling_again(start_
 @pytest.mark.django_db
 def test_retriable_errors_are_retried_then_succeed(start_run, providers):
     anthropic = providers[0]
-    anthropic.queue("claude-haiku-4-5", anthropic_error(429, "rate_limit_error"), anthropic_error(529, "overloaded_error"))
+    anthropic.queue(
+        "claude-haiku-4-5", anthropic_error(429, "rate_limit_error"), anthropic_error(529, "overloaded_error")
+    )
     run = start_run(model="claude-haiku-4-5")
     execute_run(str(run.pk))
     run.refresh_from_db()
@@ -179,12 +213,20 @@ def test_out_of_retries_falls_back_along_the_chain_billed_at_the_fallback(start_
     execute_run(str(run.pk))
     run.refresh_from_db()
     assert run.status == RunStatus.COMPLETED
-    assert (run.requested_model, run.model, run.provider) == ("claude-opus-4-6", "claude-haiku-4-5", "anthropic")
-    assert [c[1]["model"] for c in anthropic.calls] == ["claude-opus-4-6"] * 3 + ["claude-sonnet-4-6"] * 3 + ["claude-haiku-4-5"]
+    assert (run.requested_model, run.model, run.provider) == (
+        "claude-opus-4-6",
+        "claude-haiku-4-5",
+        "anthropic",
+    )
+    assert [c[1]["model"] for c in anthropic.calls] == ["claude-opus-4-6"] * 3 + ["claude-sonnet-4-6"] * 3 + [
+        "claude-haiku-4-5"
+    ]
     assert run.multiplier == 1
     assert_settled(run, 62)
     assert opus_reservation >= 62
-    assert list(ModelUsage.objects.filter(user=run.user).values_list("model", flat=True)) == ["claude-haiku-4-5"]
+    assert list(ModelUsage.objects.filter(user=run.user).values_list("model", flat=True)) == [
+        "claude-haiku-4-5"
+    ]
 
 
 @pytest.mark.django_db
@@ -207,7 +249,10 @@ def test_no_fallback_the_tier_may_not_use(start_run, providers):
         (anthropic_error(400, "invalid_request_error"), "provider_bad_request"),
         (anthropic_error(401, "authentication_error"), "provider_auth"),
         (anthropic_error(404, "not_found_error"), "model_not_found"),
-        (anthropic_error(429, "rate_limit_error", error_code="enforced_spend_limit_reached"), "provider_spend_limit"),
+        (
+            anthropic_error(429, "rate_limit_error", error_code="enforced_spend_limit_reached"),
+            "provider_spend_limit",
+        ),
         (Reply(usage={"output_tokens": -4}), "invalid_provider_usage"),
     ],
 )
@@ -292,10 +337,15 @@ def test_cancel_while_the_provider_call_is_in_flight(start_run, providers):
 @pytest.mark.django_db
 def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, monkeypatch):
     dispatched = []
-    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append(run_id) or True)
+    monkeypatch.setattr(
+        sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append(run_id) or True
+    )
     never_dispatched = start_run(model="claude-haiku-4-5")  # its publish failed at admission:
     Run.objects.filter(pk=never_dispatched.pk).update(
-        created_at=timezone.now() - dt.timedelta(seconds=10), dispatched_at=None, dispatches=0, redispatch_at=None
+        created_at=timezone.now() - dt.timedelta(seconds=10),
+        dispatched_at=None,
+        dispatches=0,
+        redispatch_at=None,
     )
     fresh = start_run(model="claude-haiku-4-5")
     # Admission records its publish in the INSERT: not again before the redispatch delay.
@@ -305,7 +355,9 @@ def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, 
     long_ago = timezone.now() - dt.timedelta(seconds=30 + 60)
     Run.objects.filter(pk=stuck.pk).update(status=RunStatus.EXECUTING, started_at=long_ago)
     answered = start_run(model="claude-haiku-4-5", timeout_secs=30)
-    Run.objects.filter(pk=answered.pk).update(status=RunStatus.EXECUTING, started_at=long_ago, input_tokens=4, output_tokens=6)
+    Run.objects.filter(pk=answered.pk).update(
+        status=RunStatus.EXECUTING, started_at=long_ago, input_tokens=4, output_tokens=6
+    )
 
     result = sweeper.sweep()
 
@@ -324,7 +376,9 @@ def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, 
 def test_a_run_whose_worker_died_before_the_answer_is_taken_over(start_run, providers):
     run = start_run(model="claude-haiku-4-5")
     dead_since = timezone.now() - dt.timedelta(seconds=120)
-    Run.objects.filter(pk=run.pk).update(status=RunStatus.EXECUTING, started_at=timezone.now(), heartbeat_at=dead_since, claims=1)
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.EXECUTING, started_at=timezone.now(), heartbeat_at=dead_since, claims=1
+    )
     execute_run(str(run.pk))
     run.refresh_from_db()
     assert (run.status, run.claims) == (RunStatus.COMPLETED, 2)
@@ -335,7 +389,9 @@ def test_a_run_whose_worker_died_before_the_answer_is_taken_over(start_run, prov
 @pytest.mark.django_db
 def test_a_delivery_while_the_worker_is_alive_does_nothing(start_run, providers):
     run = start_run(model="claude-haiku-4-5")
-    Run.objects.filter(pk=run.pk).update(status=RunStatus.EXECUTING, started_at=timezone.now(), heartbeat_at=timezone.now(), claims=1)
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.EXECUTING, started_at=timezone.now(), heartbeat_at=timezone.now(), claims=1
+    )
     execute_run(str(run.pk))
     run.refresh_from_db()
     assert (run.status, run.claims, run.settled_at) == (RunStatus.EXECUTING, 1, None)
@@ -345,7 +401,11 @@ def test_a_delivery_while_the_worker_is_alive_does_nothing(start_run, providers)
 @pytest.mark.django_db
 def test_sweeper_redispatches_an_orphan_once_per_stale_window(start_run, providers, monkeypatch):
     dispatched = []
-    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append((run_id, timeout)) or True)
+    monkeypatch.setattr(
+        sweeper,
+        "dispatch_run",
+        lambda run_id, timeout, dispatches=0: dispatched.append((run_id, timeout)) or True,
+    )
     run = start_run(model="claude-haiku-4-5", timeout_secs=600)
     now = timezone.now()
     Run.objects.filter(pk=run.pk).update(
@@ -416,12 +476,25 @@ def test_a_queued_backlog_is_redispatched_with_backoff(start_run, providers, mon
     from runtime.dispatch import redispatch_delay
 
     settings.SWEEP_REDISPATCH_AFTER_SECS = 30
-    assert [redispatch_delay(n).total_seconds() for n in (1, 2, 3, 7, 8, 50)] == [30, 60, 120, 1920, 1920, 1920]
+    assert [redispatch_delay(n).total_seconds() for n in (1, 2, 3, 7, 8, 50)] == [
+        30,
+        60,
+        120,
+        1920,
+        1920,
+        1920,
+    ]
     dispatched = []
-    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append(dispatches) or True)
+    monkeypatch.setattr(
+        sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append(dispatches) or True
+    )
     run = start_run(model="claude-haiku-4-5")
     now = timezone.now()
-    Run.objects.filter(pk=run.pk).update(dispatches=3, dispatched_at=now - dt.timedelta(seconds=100), redispatch_at=now + dt.timedelta(seconds=20))
+    Run.objects.filter(pk=run.pk).update(
+        dispatches=3,
+        dispatched_at=now - dt.timedelta(seconds=100),
+        redispatch_at=now + dt.timedelta(seconds=20),
+    )
     sweeper.sweep(now)
     assert dispatched == []
     Run.objects.filter(pk=run.pk).update(redispatch_at=now - dt.timedelta(seconds=1))
@@ -432,14 +505,21 @@ def test_a_queued_backlog_is_redispatched_with_backoff(start_run, providers, mon
 @pytest.mark.django_db
 def test_a_failing_broker_stops_the_sweeps_publishing_but_not_its_reaping(start_run, providers, monkeypatch):
     calls = []
-    monkeypatch.setattr(sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: calls.append(run_id) and False)
+    monkeypatch.setattr(
+        sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: calls.append(run_id) and False
+    )
     queued = [start_run(model="claude-haiku-4-5") for _ in range(3)]
     Run.objects.filter(pk__in=[r.pk for r in queued]).update(  # their publish failed at admission
-        created_at=timezone.now() - dt.timedelta(seconds=10), dispatched_at=None, dispatches=0, redispatch_at=None
+        created_at=timezone.now() - dt.timedelta(seconds=10),
+        dispatched_at=None,
+        dispatches=0,
+        redispatch_at=None,
     )
     stuck = start_run(model="claude-haiku-4-5", timeout_secs=10)
     long_ago = timezone.now() - dt.timedelta(seconds=200)
-    Run.objects.filter(pk=stuck.pk).update(status=RunStatus.EXECUTING, started_at=long_ago, deadline_at=long_ago, heartbeat_at=timezone.now())
+    Run.objects.filter(pk=stuck.pk).update(
+        status=RunStatus.EXECUTING, started_at=long_ago, deadline_at=long_ago, heartbeat_at=timezone.now()
+    )
     counts = sweeper.sweep()
     assert len(calls) == 1  # the first failed publish ends this sweep's publishing
     assert counts["reaped"] == 1 and counts["redispatched"] == 0
@@ -453,11 +533,20 @@ def test_a_takeover_keeps_the_first_deadline(start_run, providers):
     first_start = timezone.now() - dt.timedelta(seconds=60)
     deadline = first_start + dt.timedelta(seconds=100)
     Run.objects.filter(pk=run.pk).update(
-        status=RunStatus.EXECUTING, started_at=first_start, deadline_at=deadline, heartbeat_at=first_start, claims=1
+        status=RunStatus.EXECUTING,
+        started_at=first_start,
+        deadline_at=deadline,
+        heartbeat_at=first_start,
+        claims=1,
     )
     execute_run(str(run.pk))
     run.refresh_from_db()
-    assert (run.status, run.claims, run.deadline_at, run.started_at) == (RunStatus.COMPLETED, 2, deadline, first_start)
+    assert (run.status, run.claims, run.deadline_at, run.started_at) == (
+        RunStatus.COMPLETED,
+        2,
+        deadline,
+        first_start,
+    )
     sent_timeout = float(providers[0].calls[0][2]["x-stainless-timeout"])
     assert 30 < sent_timeout <= 40  # the time left of the first deadline, not a fresh 100 s
 
@@ -480,7 +569,9 @@ def test_a_run_renders_as_drfs_field_by_field_rendering_would(start_run, provide
         fast = RunSerializer(run).data
         generic = serializers.Serializer.to_representation(RunSerializer(run), run)
         assert list(fast.items()) == list(generic.items())
-    statuses = {run.status for run in Run.objects.filter(pk__in=[queued.pk, completed.pk, failed.pk, canceled.pk])}
+    statuses = {
+        run.status for run in Run.objects.filter(pk__in=[queued.pk, completed.pk, failed.pk, canceled.pk])
+    }
     assert statuses == {"queued", "completed", "failed", "canceled"}
 
 
@@ -498,7 +589,12 @@ def test_a_message_with_the_runs_timeout_claims_it_in_one_statement(start_run, p
     stored = Run.objects.get(pk=run.pk)
     loaded = {f.attname: getattr(claimed, f.attname) for f in Run._meta.concrete_fields}
     assert loaded == {f.attname: getattr(stored, f.attname) for f in Run._meta.concrete_fields}
-    assert (stored.status, stored.claim, stored.claims, stored.provider_calls) == (RunStatus.EXECUTING, token, 1, 1)
+    assert (stored.status, stored.claim, stored.claims, stored.provider_calls) == (
+        RunStatus.EXECUTING,
+        token,
+        1,
+        1,
+    )
     assert stored.deadline_at - stored.started_at == dt.timedelta(seconds=45)
     assert run_claim(str(run.pk), 45) is None  # a second delivery: executing, its worker alive
 
@@ -522,11 +618,15 @@ def test_an_abandoned_provider_call_never_holds_up_the_next_and_threads_are_reus
 
     release = threading.Event()
     stuck = _start_call(lambda request: release.wait(10) and "late", None)  # e.g. its run was canceled
-    assert _start_call(lambda request: ("next", threading.current_thread()), None).result(timeout=2)[0] == "next"
+    assert (
+        _start_call(lambda request: ("next", threading.current_thread()), None).result(timeout=2)[0] == "next"
+    )
     release.set()
     assert stuck.result(timeout=2) == "late"
     time.sleep(0.05)  # both threads are free again
-    threads = {_start_call(lambda request: threading.current_thread(), None).result(timeout=2) for _ in range(20)}
+    threads = {
+        _start_call(lambda request: threading.current_thread(), None).result(timeout=2) for _ in range(20)
+    }
     assert len(threads) <= 2  # kept, not one per call
     failing = _start_call(lambda request: 1 / 0, None)
     with pytest.raises(ZeroDivisionError):

@@ -4,6 +4,7 @@ own Redis (and, for the database fault, its own PostgreSQL) so the machine's ser
 
 Bounds stated here, with MASCHINA_HEARTBEAT_STALE_SECS=3 and a sweep every second: a run whose
 worker died is taken over and finished within stale + sweep + its own work, under 20 s."""
+
 import tempfile
 import time
 
@@ -25,9 +26,9 @@ from .processes import (
     RedisServer,
     children,
     manage,
+    stack_env,
     start_beat,
     start_gunicorn,
-    stack_env,
     start_worker,
     wait_http,
     wait_terminal,
@@ -62,7 +63,12 @@ def cluster(django_db_setup, anthropic_emulator, ollama_emulator):
         MASCHINA_SWEEP_REDISPATCH_AFTER_SECS="3",
     )
     processes = []
-    state = {"env": env, "log_dir": tempfile.mkdtemp(prefix="maschina-faults-logs-"), "broker": broker, "processes": processes}
+    state = {
+        "env": env,
+        "log_dir": tempfile.mkdtemp(prefix="maschina-faults-logs-"),
+        "broker": broker,
+        "processes": processes,
+    }
     yield state
     for process in processes:
         process.stop()
@@ -75,7 +81,9 @@ def publish(cluster, run):
 
     soft, hard = task_time_limits(run.timeout_secs)
     with app.connection_for_write(cluster["broker"].url) as conn:
-        execute_run.apply_async(args=[str(run.pk)], task_id=str(run.pk), soft_time_limit=soft, time_limit=hard, connection=conn)
+        execute_run.apply_async(
+            args=[str(run.pk)], task_id=str(run.pk), soft_time_limit=soft, time_limit=hard, connection=conn
+        )
 
 
 def new_run(make_user, make_agent, model="claude-haiku-4-5", tier="m10", timeout_secs=60):
@@ -122,13 +130,17 @@ def test_worker_killed_inside_the_provider_call(cluster, make_user, make_agent, 
         cluster["processes"].append(fresh)
         wait_worker_ready(fresh)
 
-    done = wait_for(lambda: Run.objects.get(pk=run.pk).status == RunStatus.COMPLETED, 30, "the run to complete")
+    done = wait_for(
+        lambda: Run.objects.get(pk=run.pk).status == RunStatus.COMPLETED, 30, "the run to complete"
+    )
     recovery = done - killed_at
     print(f"\n{victim} killed: run completed {recovery:.1f}s later")
     assert recovery < 20
     assert_billed_once(run, 62)
     run.refresh_from_db()
-    assert run.claims == 2 and run.provider_calls == 2  # one abandoned with the dead worker, one that answered
+    assert (
+        run.claims == 2 and run.provider_calls == 2
+    )  # one abandoned with the dead worker, one that answered
     assert len(anthropic_emulator.calls) == 2
 
 

@@ -1,6 +1,7 @@
 """The gate (routing.access) over the seeded catalog: every tier x every model, patterns, unknown
 and inactive ids, resolution order, allow/deny rules. Expectations come from CONTRACT section 4's
 tables, written out here, not from the code under test."""
+
 from decimal import Decimal
 
 import pytest
@@ -28,7 +29,12 @@ DEFAULTS = {
     "access": "ollama/llama3.2", "m1": "claude-haiku-4-5", "m5": "claude-sonnet-4-6", "m10": "claude-opus-4-6",
     "teams": "claude-sonnet-4-6", "enterprise": "claude-opus-4-6", "internal": "claude-opus-4-6",
 }  # fmt: skip
-MULTIPLIERS = {"claude-haiku-4-5": "1", "claude-sonnet-4-6": "3", "claude-opus-4-6": "15", "ollama/llama3.2": "0"}
+MULTIPLIERS = {
+    "claude-haiku-4-5": "1",
+    "claude-sonnet-4-6": "3",
+    "claude-opus-4-6": "15",
+    "ollama/llama3.2": "0",
+}
 
 
 @pytest.fixture
@@ -70,7 +76,9 @@ def test_pattern_matches_any_local_model_and_keeps_the_asked_id(rules):
     assert decision.entry.multiplier == 0
 
 
-@pytest.mark.parametrize("model", ["gpt-4o", "ollama/", "ollama/*", "claude-haiku", "CLAUDE-HAIKU-4-5", "", "ollama*"])
+@pytest.mark.parametrize(
+    "model", ["gpt-4o", "ollama/", "ollama/*", "claude-haiku", "CLAUDE-HAIKU-4-5", "", "ollama*"]
+)
 def test_unknown_ids(rules, model):
     decision = decide(rules, rules.tiers["enterprise"], model or None)
     if model:
@@ -81,7 +89,11 @@ def test_unknown_ids(rules, model):
 
 def test_exact_row_wins_over_pattern(catalog):
     CatalogModel.objects.create(
-        id="ollama/special", display_name="Special", provider="ollama", multiplier=Decimal("0.5"), min_tier_id="m5"
+        id="ollama/special",
+        display_name="Special",
+        provider="ollama",
+        multiplier=Decimal("0.5"),
+        min_tier_id="m5",
     )
     rules = get_rules()
     assert rules.lookup("ollama/special").multiplier == Decimal("0.5")
@@ -91,7 +103,11 @@ def test_exact_row_wins_over_pattern(catalog):
 
 def test_longest_pattern_wins(catalog):
     CatalogModel.objects.create(
-        id="ollama/big-*", display_name="Big local", provider="ollama", multiplier=Decimal("0.25"), min_tier_id="m1"
+        id="ollama/big-*",
+        display_name="Big local",
+        provider="ollama",
+        multiplier=Decimal("0.25"),
+        min_tier_id="m1",
     )
     rules = get_rules()
     assert rules.lookup("ollama/big-llama").id == "ollama/big-*"
@@ -128,7 +144,9 @@ def test_fallback_only_when_the_tier_may_use_it(catalog):
     assert usable_fallback(rules, rules.tiers["m1"], rules.lookup("claude-haiku-4-5")) is None
 
 
-def test_snapshot_reloads_after_a_change_and_costs_no_query_when_warm(catalog, django_assert_num_queries, settings):
+def test_snapshot_reloads_after_a_change_and_costs_no_query_when_warm(
+    catalog, django_assert_num_queries, settings
+):
     settings.RULES_REFRESH_SECS = 3600
     rules = get_rules()
     with django_assert_num_queries(0):
@@ -154,12 +172,16 @@ def test_decisions_are_remembered_only_for_catalog_ids_and_the_snapshots_own_tie
 
     m1 = rules.tiers["m1"]
     first = decide(rules, m1, "claude-haiku-4-5")
-    assert decide(rules, m1, "claude-haiku-4-5") is first and decide(rules, m1, None) is decide(rules, m1, None)
+    assert decide(rules, m1, "claude-haiku-4-5") is first and decide(rules, m1, None) is decide(
+        rules, m1, None
+    )
     for n in range(100):  # strings from request bodies: unknown ids, pattern matches
         decide(rules, m1, f"no-such-model-{n}")
         decide(rules, m1, f"ollama/llama-{n}")
     assert set(rules._decisions) == {("m1", "claude-haiku-4-5"), ("m1", None)}
     # A TierInfo of a caller's own making, under the same slug, is decided on its own terms.
     mine = dataclasses.replace(m1, default_model="claude-opus-4-5", rank=99)
-    assert decide(rules, mine, None).model_id == "claude-opus-4-5" and isinstance(decide(rules, mine, None), Allowed)
+    assert decide(rules, mine, None).model_id == "claude-opus-4-5" and isinstance(
+        decide(rules, mine, None), Allowed
+    )
     assert decide(rules, m1, None).model_id == m1.default_model

@@ -1,6 +1,7 @@
 """An operator's edit reaches running processes within a second, with no restart (issue 5): web
 processes and worker processes keep running while the test commits a new multiplier. They run with
 the production refresh interval."""
+
 import datetime
 import tempfile
 import time
@@ -39,7 +40,10 @@ def test_a_saved_edit_reaches_two_running_processes_within_a_second(catalog):
         for web, url in processes:
             wait_http(url + "/healthz", [web])
             apis.append(Api(url, key))
-        assert [multiplier_seen(api, "claude-haiku-4-5") for api in apis] == ["1", "1"]  # both hold a snapshot
+        assert [multiplier_seen(api, "claude-haiku-4-5") for api in apis] == [
+            "1",
+            "1",
+        ]  # both hold a snapshot
 
         def delay_until_seen(api, committed_at):
             while multiplier_seen(api, "claude-haiku-4-5") != "2":
@@ -84,7 +88,10 @@ def test_a_saved_edit_reaches_the_worker_processes_within_a_second(catalog, anth
 
         def fallback_run():
             anthropic_emulator.queue("claude-sonnet-4-6", *[anthropic_error(529, "overloaded_error")] * 3)
-            created = api.post(f"/api/v1/agents/{agent['id']}/run", {"input": {"message": "hi"}, "model": "claude-sonnet-4-6"})
+            created = api.post(
+                f"/api/v1/agents/{agent['id']}/run",
+                {"input": {"message": "hi"}, "model": "claude-sonnet-4-6"},
+            )
             assert created.status_code == 202, created.text
             run = wait_terminal(api, created.json()["id"])
             assert (run["status"], run["model"]) == ("completed", "claude-haiku-4-5"), run
@@ -100,6 +107,9 @@ def test_a_saved_edit_reaches_the_worker_processes_within_a_second(catalog, anth
         while not seen or seen[-1][0] < 1.5:
             started_at, multiplier = fallback_run()
             seen.append((started_at - saved_at, multiplier))
-        print("run started after the edit (s) -> billed multiplier:", ", ".join(f"{d:.2f}->{m}" for d, m in seen))
+        print(
+            "run started after the edit (s) -> billed multiplier:",
+            ", ".join(f"{d:.2f}->{m}" for d, m in seen),
+        )
         assert all(m == "2" for d, m in seen if d >= 1.0), seen
         assert {m for _, m in seen} <= {"1", "2"}

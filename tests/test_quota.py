@@ -1,6 +1,7 @@
 """Quota a finance team can trust: the reserve/settle arithmetic as a property, periods by the UTC
 month of admission, exactly-once alerts and their signed webhooks, usage that reconciles to the
 ledger, and a request path that never aggregates over the ledger."""
+
 import datetime as dt
 import hashlib
 import hmac
@@ -47,7 +48,9 @@ run_plans = st.lists(
 
 
 @pytest.mark.django_db
-@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(plans=run_plans, limit=st.one_of(st.none(), st.integers(0, 40_000)), settle_order=st.randoms())
 def test_reserve_settle_release_arithmetic(make_user, plans, limit, settle_order):
     user = make_user("m1")
@@ -98,23 +101,32 @@ def test_a_run_admitted_before_midnight_bills_the_old_month(make_client, make_ag
 
     client = make_client("m1")
     agent = make_agent(client.user)
-    last_second = dt.datetime(2026, 11, 30, 23, 59, 59, tzinfo=dt.timezone.utc)
+    last_second = dt.datetime(2026, 11, 30, 23, 59, 59, tzinfo=dt.UTC)
     monkeypatch.setattr(services.timezone, "now", lambda: last_second)
-    run_id = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json").json()["id"]
+    run_id = client.post(
+        f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json"
+    ).json()["id"]
     monkeypatch.undo()  # settled after midnight, by the real clock
     execute_run(run_id)
 
     november = client.get("/api/v1/usage?period=2026-11").json()
     assert november["period"] == {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"}
-    assert (november["tokens"]["used"], november["tokens"]["reserved"], november["runs"]["used"]) == (62, 0, 1)
+    assert (november["tokens"]["used"], november["tokens"]["reserved"], november["runs"]["used"]) == (
+        62,
+        0,
+        1,
+    )
     assert Run.objects.get(pk=run_id).created_at == last_second
 
-    first_second = dt.datetime(2026, 12, 1, 0, 0, 0, tzinfo=dt.timezone.utc)
+    first_second = dt.datetime(2026, 12, 1, 0, 0, 0, tzinfo=dt.UTC)
     monkeypatch.setattr(services.timezone, "now", lambda: first_second)
     client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json")
     monkeypatch.undo()
     december = client.get("/api/v1/usage?period=2026-12").json()
-    assert (december["tokens"]["used"], december["runs"]["used"]) == (0, 1)  # a new month starts at zero, no job needed
+    assert (december["tokens"]["used"], december["runs"]["used"]) == (
+        0,
+        1,
+    )  # a new month starts at zero, no job needed
     assert client.get("/api/v1/usage?period=2026-11").json()["runs"]["used"] == 1
 
 
@@ -133,7 +145,10 @@ def test_overrides_from_the_admin_take_effect_on_the_next_request(make_client, m
     assert client.get("/api/v1/usage").json()["tokens"]["limit"] == 100
     form["token_quota_override"] = ""
     admin_client.post(f"/admin/billing/plan/{plan.pk}/change/", form)
-    assert client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json").status_code == 202
+    assert (
+        client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json").status_code
+        == 202
+    )
 
 
 # --- alerts ---------------------------------------------------------------------------------------
@@ -151,7 +166,12 @@ def test_run_alerts_at_80_and_100_percent_once_each(make_client, make_agent):
     alerts = client.get("/api/v1/alerts").json()
     assert alerts["count"] == 2
     newest = alerts["results"][0]
-    assert {k: newest[k] for k in ("quota", "threshold", "used", "limit")} == {"quota": "runs", "threshold": 100, "used": 5, "limit": 5}
+    assert {k: newest[k] for k in ("quota", "threshold", "used", "limit")} == {
+        "quota": "runs",
+        "threshold": 100,
+        "used": 5,
+        "limit": 5,
+    }
     assert newest["period"] == Alert.objects.get(user=client.user, threshold=100).period.strftime("%Y-%m")
     assert newest["delivered_at"] is None
 
@@ -161,7 +181,15 @@ def test_token_alerts_are_recorded_once_under_concurrent_settlement(make_user, m
     user = make_user("m1", token_quota=2_000)
     agent = make_agent(user)
     runs = [
-        run_create(user=user, plan=plan_for(user), agent=agent, input={"message": "hi"}, model=None, timeout_secs=60, max_tokens=8)
+        run_create(
+            user=user,
+            plan=plan_for(user),
+            agent=agent,
+            input={"message": "hi"},
+            model=None,
+            timeout_secs=60,
+            max_tokens=8,
+        )
         for _ in range(12)
     ]
     for run in runs:  # 12 x 150 = 1800 billed: crosses 80 % (1600) but not 100 %, then one more crosses it
@@ -174,30 +202,65 @@ def test_token_alerts_are_recorded_once_under_concurrent_settlement(make_user, m
         return usage_settle(run_id)
 
     assert race(len(runs), settle_next, timeout=30) == [True] * len(runs)
-    assert list(Alert.objects.filter(user=user).values_list("quota", "threshold", "used")) == [("tokens", 80, Alert.objects.get(threshold=80).used)]
+    assert list(Alert.objects.filter(user=user).values_list("quota", "threshold", "used")) == [
+        ("tokens", 80, Alert.objects.get(threshold=80).used)
+    ]
     assert 1600 <= Alert.objects.get(threshold=80).used <= 1800
     assert UsagePeriod.objects.get(user=user).tokens_used == 1800
-    Run.objects.filter(pk=runs[0].pk).update(settled_at=None, input_tokens=1000)  # as if a late, larger run settled
-    extra = run_create(user=user, plan=plan_for(user), agent=agent, input={"message": "hi"}, model="ollama/mistral", timeout_secs=60, max_tokens=8)
-    Run.objects.filter(pk=extra.pk).update(status=RunStatus.COMPLETED, input_tokens=1, output_tokens=1, multiplier=Decimal("100"))
+    Run.objects.filter(pk=runs[0].pk).update(
+        settled_at=None, input_tokens=1000
+    )  # as if a late, larger run settled
+    extra = run_create(
+        user=user,
+        plan=plan_for(user),
+        agent=agent,
+        input={"message": "hi"},
+        model="ollama/mistral",
+        timeout_secs=60,
+        max_tokens=8,
+    )
+    Run.objects.filter(pk=extra.pk).update(
+        status=RunStatus.COMPLETED, input_tokens=1, output_tokens=1, multiplier=Decimal("100")
+    )
     usage_settle(extra.pk)
-    assert sorted(Alert.objects.filter(user=user, quota="tokens").values_list("threshold", flat=True)) == [80, 100]
+    assert sorted(Alert.objects.filter(user=user, quota="tokens").values_list("threshold", flat=True)) == [
+        80,
+        100,
+    ]
 
 
 @pytest.mark.django_db
-def test_a_workers_completion_records_its_token_alert_and_a_redelivery_catches_up_on_it(make_user, make_agent, providers):
+def test_a_workers_completion_records_its_token_alert_and_a_redelivery_catches_up_on_it(
+    make_user, make_agent, providers
+):
     user = make_user("m1")
-    run = run_create(user=user, plan=plan_for(user), agent=make_agent(user), input={"message": "hi"}, model="claude-haiku-4-5", timeout_secs=60, max_tokens=8)
+    run = run_create(
+        user=user,
+        plan=plan_for(user),
+        agent=make_agent(user),
+        input={"message": "hi"},
+        model="claude-haiku-4-5",
+        timeout_secs=60,
+        max_tokens=8,
+    )
     plan_set(user=user, tier_slug="m1", token_quota=70)  # the limit at settlement is the one that counts
     execute_run(str(run.pk))  # billed 62 of 70: past 80 %
-    assert list(Alert.objects.filter(user=user).values_list("quota", "threshold", "used", "limit")) == [("tokens", 80, 62, 70)]
+    assert list(Alert.objects.filter(user=user).values_list("quota", "threshold", "used", "limit")) == [
+        ("tokens", 80, 62, 70)
+    ]
     # As if the worker had died between the settlement's commit and its alert: the redelivery of
     # the run's message records the alert, and bills nothing again.
     Alert.objects.filter(user=user).delete()
     execute_run(str(run.pk))
-    assert list(Alert.objects.filter(user=user).values_list("quota", "threshold", "used", "limit")) == [("tokens", 80, 62, 70)]
+    assert list(Alert.objects.filter(user=user).values_list("quota", "threshold", "used", "limit")) == [
+        ("tokens", 80, 62, 70)
+    ]
     usage = UsagePeriod.objects.get(user=user)
-    assert (usage.tokens_used, usage.tokens_reserved, LedgerEntry.objects.filter(user=user).count()) == (62, 0, 1)
+    assert (usage.tokens_used, usage.tokens_reserved, LedgerEntry.objects.filter(user=user).count()) == (
+        62,
+        0,
+        1,
+    )
     assert len(providers[0].calls) == 1
 
 
@@ -261,7 +324,12 @@ def test_webhook_is_signed_retried_and_recorded(make_user):
         assert alert.delivered_at is not None
         assert len(receiver.requests) == 3
         headers, body = receiver.requests[-1]
-        expected = "sha256=" + hmac.new(secret.encode(), headers[TIMESTAMP_HEADER].encode() + b"." + body, hashlib.sha256).hexdigest()
+        expected = (
+            "sha256="
+            + hmac.new(
+                secret.encode(), headers[TIMESTAMP_HEADER].encode() + b"." + body, hashlib.sha256
+            ).hexdigest()
+        )
         assert hmac.compare_digest(headers[SIGNATURE_HEADER], expected)
         assert json.loads(body) == {
             "id": alert.pk, "type": "quota_alert", "user": user.username, "period": "2026-11", "quota": "runs",
@@ -278,10 +346,20 @@ def test_webhook_is_signed_retried_and_recorded(make_user):
 def test_usage_by_model_and_run_lists_reconcile_to_the_ledger(make_client, make_agent, providers):
     client = make_client("m10")
     agent = make_agent(client.user)
-    providers[0].queue("claude-opus-4-6", *[anthropic_error(529, "overloaded_error")] * 3)  # the first opus run falls back
+    providers[0].queue(
+        "claude-opus-4-6", *[anthropic_error(529, "overloaded_error")] * 3
+    )  # the first opus run falls back
     providers[0].queue("claude-sonnet-4-5", anthropic_error(400, "invalid_request_error"))  # and one fails
-    for model in ["claude-opus-4-6", "claude-opus-4-6", "claude-sonnet-4-5", "claude-haiku-4-5", "ollama/mistral"]:
-        run_id = client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}, "model": model}, format="json").json()["id"]
+    for model in [
+        "claude-opus-4-6",
+        "claude-opus-4-6",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5",
+        "ollama/mistral",
+    ]:
+        run_id = client.post(
+            f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}, "model": model}, format="json"
+        ).json()["id"]
         execute_run(run_id)
 
     usage = client.get("/api/v1/usage").json()
@@ -289,10 +367,16 @@ def test_usage_by_model_and_run_lists_reconcile_to_the_ledger(make_client, make_
     failed = client.get("/api/v1/runs?status=failed&limit=100").json()["results"]
     assert (len(completed), len(failed)) == (4, 1)
     assert usage["tokens"]["used"] == sum(r["usage"]["billed_tokens"] for r in completed)
-    assert usage["tokens"]["used"] == LedgerEntry.objects.filter(user=client.user).aggregate(s=Sum("billed_tokens"))["s"]
+    assert (
+        usage["tokens"]["used"]
+        == LedgerEntry.objects.filter(user=client.user).aggregate(s=Sum("billed_tokens"))["s"]
+    )
     expected = {}
     for run in completed:
-        line = expected.setdefault(run["model"], {"model": run["model"], "runs": 0, "input_tokens": 0, "output_tokens": 0, "billed_tokens": 0})
+        line = expected.setdefault(
+            run["model"],
+            {"model": run["model"], "runs": 0, "input_tokens": 0, "output_tokens": 0, "billed_tokens": 0},
+        )
         line["runs"] += 1
         for field in ("input_tokens", "output_tokens", "billed_tokens"):
             line[field] += run["usage"][field]
@@ -307,11 +391,15 @@ def test_the_request_path_never_reads_the_ledger(make_client, make_agent, settin
     client = make_client("m1")
     settings.RULES_REFRESH_SECS = 3600  # as in production between two edits: the rules cost no query
     agent = make_agent(client.user)
-    client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "warm"}}, format="json")  # warm caches
+    client.post(
+        f"/api/v1/agents/{agent.id}/run", {"input": {"message": "warm"}}, format="json"
+    )  # warm caches
     plan_set(user=client.user, tier_slug="m1")
     captured = {}
     for name, call in {
-        "run": lambda: client.post(f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json"),
+        "run": lambda: client.post(
+            f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json"
+        ),
         "usage": lambda: client.get("/api/v1/usage"),
         "detail": lambda: client.get(f"/api/v1/runs/{Run.objects.first().pk}"),
     }.items():
@@ -338,14 +426,20 @@ def test_lost_webhook_deliveries_are_requeued_by_the_sweeper(make_user, monkeypa
     monkeypatch.setattr(webhooks, "webhook_enqueue", enqueued.append)
     with_hook, without_hook = make_user("m1"), make_user("m1")
     webhook_set(plan=with_hook.plan, url="https://example.invalid/hook")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     old = now - dt.timedelta(minutes=20)
     lost = Alert.objects.create(user=with_hook, period=PERIOD, quota="runs", threshold=80, used=8, limit=10)
-    retrying = Alert.objects.create(user=with_hook, period=PERIOD, quota="runs", threshold=100, used=10, limit=10)
+    retrying = Alert.objects.create(
+        user=with_hook, period=PERIOD, quota="runs", threshold=100, used=10, limit=10
+    )
     done = Alert.objects.create(user=with_hook, period=PERIOD, quota="tokens", threshold=80, used=8, limit=10)
-    no_hook = Alert.objects.create(user=without_hook, period=PERIOD, quota="runs", threshold=80, used=8, limit=10)
+    no_hook = Alert.objects.create(
+        user=without_hook, period=PERIOD, quota="runs", threshold=80, used=8, limit=10
+    )
     Alert.objects.filter(pk__in=[lost.pk, done.pk, no_hook.pk]).update(created_at=old)
-    Alert.objects.filter(pk=retrying.pk).update(created_at=old, last_attempt_at=now - dt.timedelta(minutes=2), delivery_attempts=2)
+    Alert.objects.filter(pk=retrying.pk).update(
+        created_at=old, last_attempt_at=now - dt.timedelta(minutes=2), delivery_attempts=2
+    )
     Alert.objects.filter(pk=done.pk).update(delivered_at=old)
 
     assert sweeper.sweep(now)["alerts_requeued"] == 1

@@ -1,5 +1,6 @@
 """200 concurrent admissions through gunicorn (2 workers) for one user near the limit, then a real
 worker executes what was admitted and delivers the quota alert to a signed webhook."""
+
 import hashlib
 import hmac
 import json
@@ -13,7 +14,16 @@ from billing.audit import audit
 from billing.models import Alert, UsagePeriod
 from billing.pricing import input_token_bound, reservation
 
-from .processes import stack_env, Api, RedisServer, manage, start_gunicorn, start_worker, wait_http, wait_worker_ready
+from .processes import (
+    Api,
+    RedisServer,
+    manage,
+    stack_env,
+    start_gunicorn,
+    start_worker,
+    wait_http,
+    wait_worker_ready,
+)
 from .test_quota import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -23,9 +33,13 @@ def test_200_concurrent_admissions_near_the_limit(catalog, anthropic_emulator):
     anthropic_emulator.reset()
     receiver = Receiver(failures=1)  # the first delivery fails: the task retries it
     broker = RedisServer()
-    env = stack_env(broker_url=broker.url, anthropic=anthropic_emulator, MASCHINA_ALERT_WEBHOOK_BACKOFF_BASE_SECS="0.2")
+    env = stack_env(
+        broker_url=broker.url, anthropic=anthropic_emulator, MASCHINA_ALERT_WEBHOOK_BACKOFF_BASE_SECS="0.2"
+    )
     log_dir = tempfile.mkdtemp(prefix="maschina-quota-logs-")
-    per_run = reservation(input_token_bound('You are a Maschina agent named "q". Complete the task provided.', "hi"), 16, 1)
+    per_run = reservation(
+        input_token_bound('You are a Maschina agent named "q". Complete the task provided.', "hi"), 16, 1
+    )
     limit = 60 * per_run + per_run // 2
     manage(env, "set_tier", "quinn", "m1", "--token-quota", str(limit), "--run-quota", "75")
     key = manage(env, "create_api_key", "quinn").strip().splitlines()[-1]
@@ -38,7 +52,9 @@ def test_200_concurrent_admissions_near_the_limit(catalog, anthropic_emulator):
         agent_id = client.post("/api/v1/agents", {"name": "q"}).json()["id"]
 
         def admit(_):
-            return client.post(f"/api/v1/agents/{agent_id}/run", {"input": {"message": "hi"}, "max_tokens": 16}).status_code
+            return client.post(
+                f"/api/v1/agents/{agent_id}/run", {"input": {"message": "hi"}, "max_tokens": 16}
+            ).status_code
 
         with ThreadPoolExecutor(50) as pool:
             codes = list(pool.map(admit, range(200)))
@@ -66,7 +82,12 @@ def test_200_concurrent_admissions_near_the_limit(catalog, anthropic_emulator):
         assert (alert.quota, alert.threshold, alert.used, alert.limit) == ("runs", 80, 60, 75)
         assert len(receiver.requests) == 2
         headers, body = receiver.requests[-1]
-        expected = "sha256=" + hmac.new(secret.encode(), headers["X-Maschina-Timestamp"].encode() + b"." + body, hashlib.sha256).hexdigest()
+        expected = (
+            "sha256="
+            + hmac.new(
+                secret.encode(), headers["X-Maschina-Timestamp"].encode() + b"." + body, hashlib.sha256
+            ).hexdigest()
+        )
         assert headers["X-Maschina-Signature"] == expected
         assert json.loads(body)["threshold"] == 80
         alert.refresh_from_db()

@@ -1,12 +1,13 @@
 """maschina.rows and accounts.key_lookup: statements compiled once per process read and write what the ORM does."""
+
 import datetime as dt
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import Subquery
 from django.test.utils import CaptureQueriesContext
-from django.db import connection
 
 from accounts.key_lookup import active_key
 from accounts.models import KEY_PREFIX, LOOKUP_LEN, ApiKey
@@ -48,7 +49,11 @@ def test_the_key_its_user_and_plan_are_what_the_orm_loads(make_user):
     assert found.user.plan.token_quota_override == 123_456 and found.user.plan.updated_at.tzinfo is not None
     assert revision == expected.rules_revision > 0
     with CaptureQueriesContext(connection) as queries:  # all of it was loaded by the one query
-        assert plan_for(found.user).tier_id == "m5" and found.user_id == user.pk and found.user.plan.user is found.user
+        assert (
+            plan_for(found.user).tier_id == "m5"
+            and found.user_id == user.pk
+            and found.user.plan.user is found.user
+        )
     assert len(queries) == 0
 
 
@@ -100,9 +105,17 @@ def test_on_sqlite_every_value_is_converted_as_the_orm_converts_it(tmp_path):
 
     from .processes import base_env
 
-    env = base_env(DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3", CELERY_BROKER_URL="memory://", DJANGO_SETTINGS_MODULE="maschina.settings")
+    env = base_env(
+        DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3",
+        CELERY_BROKER_URL="memory://",
+        DJANGO_SETTINGS_MODULE="maschina.settings",
+    )
     result = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()\n" + SQLITE_CHECK], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", "import django; django.setup()\n" + SQLITE_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
@@ -125,10 +138,21 @@ def test_rows_insert_and_get_write_and_read_what_the_orm_does(make_user, make_ag
     rows_of(Run).insert(fast)
     read = rows_of(Run).get(id=fast.pk, user=user.pk)
     orm = Run.objects.get(pk=fast.pk)
-    assert {f.attname: getattr(read, f.attname) for f in Run._meta.concrete_fields} == {f.attname: getattr(orm, f.attname) for f in Run._meta.concrete_fields}
+    assert {f.attname: getattr(read, f.attname) for f in Run._meta.concrete_fields} == {
+        f.attname: getattr(orm, f.attname) for f in Run._meta.concrete_fields
+    }
     assert orm.input == fields["input"] and orm.multiplier == Decimal("1.5")
     assert rows_of(Run).get(id=slow.pk, user=make_user().pk) is None  # another user's run
-    entry = LedgerEntry(run=orm, user=user, period=orm.period, model=orm.model, input_tokens=1, output_tokens=2, multiplier=orm.multiplier, billed_tokens=5)
+    entry = LedgerEntry(
+        run=orm,
+        user=user,
+        period=orm.period,
+        model=orm.model,
+        input_tokens=1,
+        output_tokens=2,
+        multiplier=orm.multiplier,
+        billed_tokens=5,
+    )
     rows_of(LedgerEntry).insert(entry)
     assert entry.pk is not None and not entry._state.adding
     assert LedgerEntry.objects.get(pk=entry.pk).created_at == entry.created_at is not None
@@ -150,6 +174,13 @@ def test_rows_update_matches_nulls_and_values_and_counts_rows(make_user, make_ag
     Run.objects.filter(pk=run.pk).update(claim=token)
     assert rows_of(Run).update({"id": run.pk, "claim": uuid.uuid4()}, output={"text": "no"}) == 0
     assert rows_of(Run).update({"id": run.pk, "claim": token, "input_tokens": 5}, output={"text": "no"}) == 0
-    assert rows_of(Run).update({"id": run.pk, "claim": token, "input_tokens": None, "multiplier": Decimal("3.0000")}, output={"text": "yes"}, input_tokens=7) == 1
+    assert (
+        rows_of(Run).update(
+            {"id": run.pk, "claim": token, "input_tokens": None, "multiplier": Decimal("3.0000")},
+            output={"text": "yes"},
+            input_tokens=7,
+        )
+        == 1
+    )
     run.refresh_from_db()
     assert (run.output, run.input_tokens) == ({"text": "yes"}, 7)

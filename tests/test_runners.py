@@ -1,4 +1,5 @@
 """The runners against loopback emulators, through the real anthropic SDK and requests."""
+
 import time
 
 import pytest
@@ -10,7 +11,9 @@ from .emulators import Reply, SilentServer, anthropic_error
 
 
 def request(model="claude-haiku-4-5", timeout=5.0, max_tokens=64):
-    return CompletionRequest(model=model, system="sys prompt", message="hello", max_tokens=max_tokens, timeout=timeout)
+    return CompletionRequest(
+        model=model, system="sys prompt", message="hello", max_tokens=max_tokens, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -34,11 +37,17 @@ def test_anthropic_success_counts_cache_tokens_as_input(anthropic):
     assert payload["system"] == "sys prompt"
     assert payload["max_tokens"] == 64
     assert payload["messages"] == [{"role": "user", "content": "hello"}]
-    assert "sk-ant-test" in (headers.get("x-api-key"), headers.get("authorization", "").removeprefix("Bearer "))
+    assert "sk-ant-test" in (
+        headers.get("x-api-key"),
+        headers.get("authorization", "").removeprefix("Bearer "),
+    )
 
 
 def test_anthropic_usage_without_cache_fields(anthropic):
-    anthropic.queue("claude-haiku-4-5", Reply(usage={"cache_creation_input_tokens": None, "cache_read_input_tokens": None}))
+    anthropic.queue(
+        "claude-haiku-4-5",
+        Reply(usage={"cache_creation_input_tokens": None, "cache_read_input_tokens": None}),
+    )
     completion = RUNNERS["anthropic"](request())
     assert (completion.input_tokens, completion.output_tokens) == (20, 30)
 
@@ -52,7 +61,11 @@ def test_anthropic_usage_without_cache_fields(anthropic):
         (anthropic_error(404, "not_found_error"), "model_not_found", False),
         (anthropic_error(413, "request_too_large"), "provider_bad_request", False),
         (anthropic_error(429, "rate_limit_error"), "provider_rate_limited", True),
-        (anthropic_error(429, "rate_limit_error", error_code="enforced_spend_limit_reached"), "provider_spend_limit", False),
+        (
+            anthropic_error(429, "rate_limit_error", error_code="enforced_spend_limit_reached"),
+            "provider_spend_limit",
+            False,
+        ),
         (anthropic_error(500, "api_error"), "provider_unavailable", True),
         (anthropic_error(503, "api_error"), "provider_unavailable", True),
         (anthropic_error(529, "overloaded_error"), "provider_unavailable", True),
@@ -93,12 +106,28 @@ def test_anthropic_invalid_usage(anthropic, usage):
     [
         {"type": "message", "content": [{"type": "text", "text": "no usage"}]},
         {"type": "message", "content": [], "usage": {"input_tokens": 3}},
-        {"type": "message", "content": [{"type": "text", "text": 7}], "usage": {"input_tokens": 3, "output_tokens": 4}},
-        {"type": "message", "content": "not a list of blocks", "usage": {"input_tokens": 3, "output_tokens": 4}},
+        {
+            "type": "message",
+            "content": [{"type": "text", "text": 7}],
+            "usage": {"input_tokens": 3, "output_tokens": 4},
+        },
+        {
+            "type": "message",
+            "content": "not a list of blocks",
+            "usage": {"input_tokens": 3, "output_tokens": 4},
+        },
         {"type": "message", "content": [], "usage": {"input_tokens": "3", "output_tokens": 4}},
         {"type": "message", "content": [], "usage": [3, 4]},
-        {"type": "message", "content": [], "usage": {"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": ""}},
-        {"type": "message", "content": [], "usage": {"input_tokens": 3, "output_tokens": 4, "cache_creation_input_tokens": False}},
+        {
+            "type": "message",
+            "content": [],
+            "usage": {"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": ""},
+        },
+        {
+            "type": "message",
+            "content": [],
+            "usage": {"input_tokens": 3, "output_tokens": 4, "cache_creation_input_tokens": False},
+        },
     ],
 )
 def test_anthropic_unreadable_answer(anthropic, body):
@@ -115,7 +144,12 @@ def test_anthropic_text_is_the_text_blocks_joined(anthropic):
         {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
         {"type": "text", "text": "two \u00e9"},
     ]
-    body = {"type": "message", "role": "assistant", "content": blocks, "usage": {"input_tokens": 11, "output_tokens": 4}}
+    body = {
+        "type": "message",
+        "role": "assistant",
+        "content": blocks,
+        "usage": {"input_tokens": 11, "output_tokens": 4},
+    }
     anthropic.queue("claude-haiku-4-5", Reply(body=body))
     completion = RUNNERS["anthropic"](request())
     assert (completion.text, completion.input_tokens, completion.output_tokens) == ("one, two \u00e9", 11, 4)
@@ -163,12 +197,18 @@ def test_ollama_success(ollama):
     assert path == "/api/chat"
     assert payload["model"] == "llama3.2"
     assert payload["stream"] is False
-    assert payload["messages"] == [{"role": "system", "content": "sys prompt"}, {"role": "user", "content": "hello"}]
+    assert payload["messages"] == [
+        {"role": "system", "content": "sys prompt"},
+        {"role": "user", "content": "hello"},
+    ]
     assert payload["options"] == {"num_predict": 64}
 
 
 def test_ollama_cached_prompt_without_prompt_eval_count(ollama):
-    ollama.queue("llama3.2", Reply(body={"message": {"role": "assistant", "content": "x"}, "done": True, "eval_count": 3}))
+    ollama.queue(
+        "llama3.2",
+        Reply(body={"message": {"role": "assistant", "content": "x"}, "done": True, "eval_count": 3}),
+    )
     completion = RUNNERS["ollama"](request(model="llama3.2"))
     assert (completion.input_tokens, completion.output_tokens) == (0, 3)
 
@@ -181,8 +221,16 @@ def test_ollama_cached_prompt_without_prompt_eval_count(ollama):
         (Reply(status=500, body={"error": "boom"}), "provider_unavailable", True),
         (Reply(status=503, body={"error": "busy"}), "provider_unavailable", True),
         (Reply(status=429, body={"error": "slow down"}), "provider_rate_limited", True),
-        (Reply(body={"message": {"content": "x"}, "prompt_eval_count": -1, "eval_count": 2}), "invalid_provider_usage", False),
-        (Reply(body={"message": {"content": "x"}, "prompt_eval_count": 1, "eval_count": "2"}), "invalid_provider_usage", False),
+        (
+            Reply(body={"message": {"content": "x"}, "prompt_eval_count": -1, "eval_count": 2}),
+            "invalid_provider_usage",
+            False,
+        ),
+        (
+            Reply(body={"message": {"content": "x"}, "prompt_eval_count": 1, "eval_count": "2"}),
+            "invalid_provider_usage",
+            False,
+        ),
         (Reply(body={"message": {"content": "x"}, "prompt_eval_count": 1}), "invalid_provider_usage", False),
         (Reply(body={"nothing": True}), "invalid_provider_usage", False),
     ],

@@ -1,5 +1,6 @@
 """The schema as migrated on PostgreSQL: no index that another one already serves, and migrations
 that say everything the models say."""
+
 from io import StringIO
 
 import pytest
@@ -46,8 +47,15 @@ def redundant_indexes(table):
         if unique or partial or not default_ops:
             continue
         for other, other_columns, _, other_partial, other_default_ops in indexes:
-            if other != name and not other_partial and other_default_ops and other_columns[: len(columns)] == columns:
-                found.append(f"{name} ({', '.join(c.split()[0] for c in columns)}) is served by {other} ({', '.join(c.split()[0] for c in other_columns)})")
+            if (
+                other != name
+                and not other_partial
+                and other_default_ops
+                and other_columns[: len(columns)] == columns
+            ):
+                found.append(
+                    f"{name} ({', '.join(c.split()[0] for c in columns)}) is served by {other} ({', '.join(c.split()[0] for c in other_columns)})"
+                )
     return found
 
 
@@ -67,22 +75,42 @@ def test_no_index_is_served_by_another():
 def test_the_check_finds_a_redundant_index_and_only_that():
     with connection.cursor() as cursor:
         cursor.execute("CREATE INDEX run_user_only ON agents_run (user_id)")
-        cursor.execute("CREATE INDEX run_user_desc ON agents_run (user_id DESC)")  # not served: the other order
+        cursor.execute(
+            "CREATE INDEX run_user_desc ON agents_run (user_id DESC)"
+        )  # not served: the other order
         cursor.execute("CREATE INDEX run_period_incl ON billing_ledgerentry (period) INCLUDE (model)")
         cursor.execute("CREATE INDEX run_period_model ON billing_ledgerentry (period, model)")
-    assert redundant_indexes("agents_run") == ["run_user_only (user_id) is served by agents_run_user_id_4d9103_idx (user_id, created_at)"]
-    assert redundant_indexes("billing_ledgerentry") == ["run_period_incl (period) is served by run_period_model (period, model)"]
+    assert redundant_indexes("agents_run") == [
+        "run_user_only (user_id) is served by agents_run_user_id_4d9103_idx (user_id, created_at)"
+    ]
+    assert redundant_indexes("billing_ledgerentry") == [
+        "run_period_incl (period) is served by run_period_model (period, model)"
+    ]
 
 
 @pytest.mark.django_db
 def test_every_foreign_key_without_its_own_index_leads_another():
     # A foreign key's lookups (its related objects, and the cascades and checks when the row it points
     # to is deleted) need an index that starts with its column.
-    unindexed = [(model, field) for model in our_models() for field in model._meta.local_fields if field.is_relation and field.many_to_one and not field.db_index]
-    assert {(model._meta.db_table, field.column) for model, field in unindexed} >= {("agents_run", "user_id"), ("billing_ledgerentry", "user_id")}
+    unindexed = [
+        (model, field)
+        for model in our_models()
+        for field in model._meta.local_fields
+        if field.is_relation and field.many_to_one and not field.db_index
+    ]
+    assert {(model._meta.db_table, field.column) for model, field in unindexed} >= {
+        ("agents_run", "user_id"),
+        ("billing_ledgerentry", "user_id"),
+    }
     for model, field in unindexed:
-        leading = {columns[0].split()[0] for _, columns, _, partial, _ in indexes_of(model._meta.db_table) if not partial}
-        assert field.column in leading, f"{model._meta.db_table}.{field.column} has no index that starts with it"
+        leading = {
+            columns[0].split()[0]
+            for _, columns, _, partial, _ in indexes_of(model._meta.db_table)
+            if not partial
+        }
+        assert field.column in leading, (
+            f"{model._meta.db_table}.{field.column} has no index that starts with it"
+        )
 
 
 @pytest.mark.django_db

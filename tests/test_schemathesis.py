@@ -1,6 +1,7 @@
 """Schemathesis against the running app (issue 5): generated requests to every operation of
 /api/schema/, valid and invalid, over HTTP to gunicorn on PostgreSQL. No response may be a server
 error, and every documented response must match the schema."""
+
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,12 +31,34 @@ def test_generated_requests_find_no_server_error_and_no_schema_violation(catalog
         wait_http(url + "/healthz", [web])
         result = subprocess.run(
             [
-                str(BIN / "python"), "tests/schemathesis_cli.py", "run", f"{url}/api/schema/", "--url", url,
-                "--checks", CHECKS, "--header", f"Authorization: Bearer {key}",
-                "--max-examples", "50", "--seed", "31", "--workers", "2", "--generation-database", "none",
-                "--no-color", "--report", "junit", "--report-dir", str(report),
+                str(BIN / "python"),
+                "tests/schemathesis_cli.py",
+                "run",
+                f"{url}/api/schema/",
+                "--url",
+                url,
+                "--checks",
+                CHECKS,
+                "--header",
+                f"Authorization: Bearer {key}",
+                "--max-examples",
+                "50",
+                "--seed",
+                "31",
+                "--workers",
+                "2",
+                "--generation-database",
+                "none",
+                "--no-color",
+                "--report",
+                "junit",
+                "--report-dir",
+                str(report),
             ],  # fmt: skip
-            cwd=ROOT, capture_output=True, text=True, timeout=600,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         print(result.stdout[-3000:])
         assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]

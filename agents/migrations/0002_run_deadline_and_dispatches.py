@@ -5,34 +5,41 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agents', '0001_initial'),
+        ("agents", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='run',
-            name='deadline_at',
+            model_name="run",
+            name="deadline_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='run',
-            name='dispatches',
+            model_name="run",
+            name="dispatches",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='run',
-            name='redispatch_at',
+            model_name="run",
+            name="redispatch_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddIndex(
-            model_name='run',
-            index=models.Index(condition=models.Q(('status', 'queued')), fields=['redispatch_at'], name='run_queued_redispatch_idx'),
+            model_name="run",
+            index=models.Index(
+                condition=models.Q(("status", "queued")),
+                fields=["redispatch_at"],
+                name="run_queued_redispatch_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='run',
-            index=models.Index(condition=models.Q(('status', 'executing')), fields=['deadline_at'], name='run_executing_deadline_idx'),
+            model_name="run",
+            index=models.Index(
+                condition=models.Q(("status", "executing")),
+                fields=["deadline_at"],
+                name="run_executing_deadline_idx",
+            ),
         ),
     ]

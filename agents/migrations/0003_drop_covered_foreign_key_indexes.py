@@ -2,6 +2,7 @@
 serves the same lookups, and every index is one more write on each INSERT and UPDATE of a run (three
 per run, issue 6). Only the indexes go (SeparateDatabaseAndState): Django's AlterField would also drop
 and re-add each foreign key constraint, re-validating every row of the table under a lock."""
+
 import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
@@ -23,17 +24,33 @@ class Migration(migrations.Migration):
                 migrations.AlterField(
                     model_name="agent",
                     name="owner",
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="agents", to=settings.AUTH_USER_MODEL),
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="agents",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
                 ),
                 migrations.AlterField(
                     model_name="run",
                     name="agent",
-                    field=models.ForeignKey(db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="runs", to="agents.agent"),
+                    field=models.ForeignKey(
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="runs",
+                        to="agents.agent",
+                    ),
                 ),
                 migrations.AlterField(
                     model_name="run",
                     name="user",
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name="runs", to=settings.AUTH_USER_MODEL),
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="runs",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
                 ),
             ],
             database_operations=[

@@ -6,30 +6,60 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ChangeRecord',
+            name="ChangeRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('actor', models.CharField(max_length=255)),
-                ('source', models.CharField(choices=[('admin', 'Admin'), ('command', 'Management command'), ('code', 'Code')], max_length=16)),
-                ('object_type', models.CharField(max_length=64)),
-                ('object_id', models.CharField(max_length=255)),
-                ('action', models.CharField(choices=[('create', 'Created'), ('update', 'Updated'), ('delete', 'Deleted')], max_length=8)),
-                ('before', models.JSONField(encoder=django.core.serializers.json.DjangoJSONEncoder, null=True)),
-                ('after', models.JSONField(encoder=django.core.serializers.json.DjangoJSONEncoder, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ("actor", models.CharField(max_length=255)),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[("admin", "Admin"), ("command", "Management command"), ("code", "Code")],
+                        max_length=16,
+                    ),
+                ),
+                ("object_type", models.CharField(max_length=64)),
+                ("object_id", models.CharField(max_length=255)),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[("create", "Created"), ("update", "Updated"), ("delete", "Deleted")],
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "before",
+                    models.JSONField(encoder=django.core.serializers.json.DjangoJSONEncoder, null=True),
+                ),
+                (
+                    "after",
+                    models.JSONField(encoder=django.core.serializers.json.DjangoJSONEncoder, null=True),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
-                'indexes': [models.Index(fields=['object_type', 'object_id'], name='audit_object_idx')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('source__in', ['admin', 'command', 'code'])), name='audit_source_known'), models.CheckConstraint(condition=models.Q(('action__in', ['create', 'update', 'delete'])), name='audit_action_known')],
+                "ordering": ["-at", "-id"],
+                "indexes": [models.Index(fields=["object_type", "object_id"], name="audit_object_idx")],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("source__in", ["admin", "command", "code"])),
+                        name="audit_source_known",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("action__in", ["create", "update", "delete"])),
+                        name="audit_action_known",
+                    ),
+                ],
             },
         ),
     ]

@@ -1,5 +1,6 @@
 """The database itself refuses to change or delete a change record, whichever client asks.
 (TRUNCATE stays possible: it is how a test database is emptied, and it needs the table owner.)"""
+
 from django.db import migrations
 
 POSTGRES = [

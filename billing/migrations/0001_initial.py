@@ -6,102 +6,247 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('agents', '0001_initial'),
-        ('routing', '0002_seed_catalog'),
+        ("agents", "0001_initial"),
+        ("routing", "0002_seed_catalog"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Alert',
+            name="Alert",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period', models.DateField()),
-                ('quota', models.CharField(choices=[('tokens', 'Tokens'), ('runs', 'Runs')], max_length=8)),
-                ('threshold', models.PositiveSmallIntegerField()),
-                ('used', models.BigIntegerField()),
-                ('limit', models.BigIntegerField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('delivery_attempts', models.PositiveIntegerField(default=0)),
-                ('delivered_at', models.DateTimeField(blank=True, null=True)),
-                ('last_delivery_status', models.CharField(blank=True, default='', max_length=100)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("period", models.DateField()),
+                ("quota", models.CharField(choices=[("tokens", "Tokens"), ("runs", "Runs")], max_length=8)),
+                ("threshold", models.PositiveSmallIntegerField()),
+                ("used", models.BigIntegerField()),
+                ("limit", models.BigIntegerField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("delivery_attempts", models.PositiveIntegerField(default=0)),
+                ("delivered_at", models.DateTimeField(blank=True, null=True)),
+                ("last_delivery_status", models.CharField(blank=True, default="", max_length=100)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="alerts",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'constraints': [models.UniqueConstraint(fields=('user', 'period', 'quota', 'threshold'), name='one_alert_per_threshold'), models.CheckConstraint(condition=models.Q(('quota__in', ['tokens', 'runs'])), name='alert_quota_known')],
+                "ordering": ["-created_at", "-id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("user", "period", "quota", "threshold"), name="one_alert_per_threshold"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("quota__in", ["tokens", "runs"])), name="alert_quota_known"
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='LedgerEntry',
+            name="LedgerEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period', models.DateField()),
-                ('model', models.CharField(max_length=200)),
-                ('input_tokens', models.BigIntegerField()),
-                ('output_tokens', models.BigIntegerField()),
-                ('multiplier', models.DecimalField(decimal_places=4, max_digits=12)),
-                ('billed_tokens', models.BigIntegerField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('run', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='ledger_entry', to='agents.run')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("period", models.DateField()),
+                ("model", models.CharField(max_length=200)),
+                ("input_tokens", models.BigIntegerField()),
+                ("output_tokens", models.BigIntegerField()),
+                ("multiplier", models.DecimalField(decimal_places=4, max_digits=12)),
+                ("billed_tokens", models.BigIntegerField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "run",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="ledger_entry",
+                        to="agents.run",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'ledger entries',
-                'ordering': ['-created_at'],
-                'indexes': [models.Index(fields=['user', 'period'], name='billing_led_user_id_7cd458_idx')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('billed_tokens__gte', 0), ('input_tokens__gte', 0), ('multiplier__gte', 0), ('output_tokens__gte', 0)), name='ledger_figures_gte_0')],
+                "verbose_name_plural": "ledger entries",
+                "ordering": ["-created_at"],
+                "indexes": [models.Index(fields=["user", "period"], name="billing_led_user_id_7cd458_idx")],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("billed_tokens__gte", 0),
+                            ("input_tokens__gte", 0),
+                            ("multiplier__gte", 0),
+                            ("output_tokens__gte", 0),
+                        ),
+                        name="ledger_figures_gte_0",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ModelUsage',
+            name="ModelUsage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period', models.DateField()),
-                ('model', models.CharField(max_length=200)),
-                ('runs', models.IntegerField(default=0)),
-                ('input_tokens', models.BigIntegerField(default=0)),
-                ('output_tokens', models.BigIntegerField(default=0)),
-                ('billed_tokens', models.BigIntegerField(default=0)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("period", models.DateField()),
+                ("model", models.CharField(max_length=200)),
+                ("runs", models.IntegerField(default=0)),
+                ("input_tokens", models.BigIntegerField(default=0)),
+                ("output_tokens", models.BigIntegerField(default=0)),
+                ("billed_tokens", models.BigIntegerField(default=0)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['model'],
-                'constraints': [models.UniqueConstraint(fields=('user', 'period', 'model'), name='one_model_usage_row'), models.CheckConstraint(condition=models.Q(('billed_tokens__gte', 0), ('input_tokens__gte', 0), ('output_tokens__gte', 0), ('runs__gte', 0)), name='model_usage_gte_0')],
+                "ordering": ["model"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("user", "period", "model"), name="one_model_usage_row"),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("billed_tokens__gte", 0),
+                            ("input_tokens__gte", 0),
+                            ("output_tokens__gte", 0),
+                            ("runs__gte", 0),
+                        ),
+                        name="model_usage_gte_0",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Plan',
+            name="Plan",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('token_quota_override', models.BigIntegerField(blank=True, help_text="Replaces the tier's monthly token quota.", null=True)),
-                ('run_quota_override', models.IntegerField(blank=True, help_text="Replaces the tier's monthly run quota.", null=True)),
-                ('alert_webhook_url', models.URLField(blank=True, default='', help_text='Quota alerts are POSTed here, signed.')),
-                ('alert_webhook_secret', models.CharField(blank=True, default='', editable=False, max_length=64)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('tier', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='plans', to='routing.tier')),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='plan', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "token_quota_override",
+                    models.BigIntegerField(
+                        blank=True, help_text="Replaces the tier's monthly token quota.", null=True
+                    ),
+                ),
+                (
+                    "run_quota_override",
+                    models.IntegerField(
+                        blank=True, help_text="Replaces the tier's monthly run quota.", null=True
+                    ),
+                ),
+                (
+                    "alert_webhook_url",
+                    models.URLField(
+                        blank=True, default="", help_text="Quota alerts are POSTed here, signed."
+                    ),
+                ),
+                (
+                    "alert_webhook_secret",
+                    models.CharField(blank=True, default="", editable=False, max_length=64),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "tier",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="plans", to="routing.tier"
+                    ),
+                ),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="plan",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(('token_quota_override__gte', 0), ('token_quota_override__isnull', True), _connector='OR'), name='plan_token_override_gte_0'), models.CheckConstraint(condition=models.Q(('run_quota_override__gte', 0), ('run_quota_override__isnull', True), _connector='OR'), name='plan_run_override_gte_0')],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("token_quota_override__gte", 0),
+                            ("token_quota_override__isnull", True),
+                            _connector="OR",
+                        ),
+                        name="plan_token_override_gte_0",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("run_quota_override__gte", 0),
+                            ("run_quota_override__isnull", True),
+                            _connector="OR",
+                        ),
+                        name="plan_run_override_gte_0",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='UsagePeriod',
+            name="UsagePeriod",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period', models.DateField()),
-                ('tokens_used', models.BigIntegerField(default=0)),
-                ('tokens_reserved', models.BigIntegerField(default=0)),
-                ('runs_used', models.IntegerField(default=0)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='usage_periods', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("period", models.DateField()),
+                ("tokens_used", models.BigIntegerField(default=0)),
+                ("tokens_reserved", models.BigIntegerField(default=0)),
+                ("runs_used", models.IntegerField(default=0)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="usage_periods",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('user', 'period'), name='one_usage_row_per_user_period'), models.CheckConstraint(condition=models.Q(('tokens_used__gte', 0)), name='usage_tokens_used_gte_0'), models.CheckConstraint(condition=models.Q(('tokens_reserved__gte', 0)), name='usage_tokens_reserved_gte_0'), models.CheckConstraint(condition=models.Q(('runs_used__gte', 0)), name='usage_runs_used_gte_0')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("user", "period"), name="one_usage_row_per_user_period"),
+                    models.CheckConstraint(
+                        condition=models.Q(("tokens_used__gte", 0)), name="usage_tokens_used_gte_0"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("tokens_reserved__gte", 0)), name="usage_tokens_reserved_gte_0"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("runs_used__gte", 0)), name="usage_runs_used_gte_0"
+                    ),
+                ],
             },
         ),
     ]

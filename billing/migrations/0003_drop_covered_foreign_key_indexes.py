@@ -1,6 +1,7 @@
 """Drop the indexes Django gave the user foreign keys on their own: each leads a unique constraint or
 an index that serves the same lookups, and every index is one more write per settlement (issue 6).
 Only the indexes go, as in agents 0003: AlterField would re-validate each foreign key under a lock."""
+
 import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
@@ -9,7 +10,9 @@ from maschina.migration_ops import drop_index
 
 
 def _user(related_name, on_delete=django.db.models.deletion.CASCADE):
-    return models.ForeignKey(db_index=False, on_delete=on_delete, related_name=related_name, to=settings.AUTH_USER_MODEL)
+    return models.ForeignKey(
+        db_index=False, on_delete=on_delete, related_name=related_name, to=settings.AUTH_USER_MODEL
+    )
 
 
 class Migration(migrations.Migration):
@@ -24,7 +27,9 @@ class Migration(migrations.Migration):
         migrations.SeparateDatabaseAndState(
             state_operations=[
                 migrations.AlterField(model_name="alert", name="user", field=_user("alerts")),
-                migrations.AlterField(model_name="ledgerentry", name="user", field=_user("+", django.db.models.deletion.PROTECT)),
+                migrations.AlterField(
+                    model_name="ledgerentry", name="user", field=_user("+", django.db.models.deletion.PROTECT)
+                ),
                 migrations.AlterField(model_name="modelusage", name="user", field=_user("+")),
                 migrations.AlterField(model_name="usageperiod", name="user", field=_user("usage_periods")),
             ],

@@ -12,6 +12,7 @@ that was found usable less than QUIET_SECS ago is usable without asking the serv
 A peer that vanished without closing the socket (a failover to another host, a NAT that forgot the
 connection) leaves it quiet: after QUIET_SECS without a check the `SELECT 1` is asked again, so only a
 connection in steady use skips it, and its next statement fails as it would have failed anyway."""
+
 import select
 import time
 

@@ -1,5 +1,6 @@
 """Seeds the tiers and the model catalog of CONTRACT section 4. After this, they are data: operators
 edit them in the admin."""
+
 from decimal import Decimal
 
 from django.db import migrations
@@ -41,7 +42,11 @@ def seed(apps, schema_editor):
         )  # fmt: skip
     for model_id, display, provider, multiplier, min_tier, _fallback in MODELS:
         CatalogModel.objects.create(
-            id=model_id, display_name=display, provider=provider, multiplier=Decimal(multiplier), min_tier_id=min_tier
+            id=model_id,
+            display_name=display,
+            provider=provider,
+            multiplier=Decimal(multiplier),
+            min_tier_id=min_tier,
         )
     for model_id, *_, fallback in MODELS:
         if fallback:

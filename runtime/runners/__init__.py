@@ -1,4 +1,5 @@
 """The runner for each provider of the catalog."""
+
 from routing.models import Provider
 
 from . import anthropic, ollama

@@ -8,6 +8,7 @@ a CONTRACT code. A successful body we read ourselves (`with_raw_response`): we n
 its text blocks, not the typed message the SDK would build from every field (~0.1 ms of a worker's
 CPU per run, issue 6). OpenTelemetry spans are off unless ANTHROPIC_OPEN_TELEMETRY is set: without
 an exporter configured they record nothing, at ~0.03 ms a call."""
+
 import json
 import threading
 
@@ -30,7 +31,9 @@ def _client() -> anthropic.Anthropic:
                 base_url=settings.ANTHROPIC_BASE_URL,
                 max_retries=0,
                 timeout=settings.RUN_TIMEOUT_CAP_SECS,
-                open_telemetry=None if settings.ANTHROPIC_OPEN_TELEMETRY else False,  # None: the SDK reads its env
+                open_telemetry=None
+                if settings.ANTHROPIC_OPEN_TELEMETRY
+                else False,  # None: the SDK reads its env
             )
             _clients[key] = client
         return client
@@ -38,12 +41,25 @@ def _client() -> anthropic.Anthropic:
 
 def _classify(exc: anthropic.APIStatusError) -> ProviderError:
     message = exc.api_message or str(exc)
-    if isinstance(exc, anthropic.EnforcedSpendLimitReachedError) or exc.error_code == "enforced_spend_limit_reached":
+    if (
+        isinstance(exc, anthropic.EnforcedSpendLimitReachedError)
+        or exc.error_code == "enforced_spend_limit_reached"
+    ):
         return ProviderError("provider_spend_limit", message)
     if isinstance(exc, anthropic.RateLimitError):
-        return ProviderError("provider_rate_limited", message, retriable=True, retry_after=retry_after_secs(exc.response.headers))
+        return ProviderError(
+            "provider_rate_limited",
+            message,
+            retriable=True,
+            retry_after=retry_after_secs(exc.response.headers),
+        )
     if exc.status_code >= 500:
-        return ProviderError("provider_unavailable", message, retriable=True, retry_after=retry_after_secs(exc.response.headers))
+        return ProviderError(
+            "provider_unavailable",
+            message,
+            retriable=True,
+            retry_after=retry_after_secs(exc.response.headers),
+        )
     if isinstance(exc, (anthropic.AuthenticationError, anthropic.PermissionDeniedError)):
         return ProviderError("provider_auth", message)
     if isinstance(exc, anthropic.NotFoundError):
@@ -79,7 +95,10 @@ def _completion(body: bytes) -> Completion:
     try:
         message = json.loads(body)
         usage = message["usage"]
-        cache_write, cache_read = usage.get("cache_creation_input_tokens"), usage.get("cache_read_input_tokens")
+        cache_write, cache_read = (
+            usage.get("cache_creation_input_tokens"),
+            usage.get("cache_read_input_tokens"),
+        )
         counts = (
             usage["input_tokens"],
             0 if cache_write is None else cache_write,  # absent or null: none; anything else is checked

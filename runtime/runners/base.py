@@ -1,4 +1,5 @@
 """What every runner takes and returns, and the one error type it raises."""
+
 from dataclasses import dataclass
 
 # No single call reports more tokens than this; a larger or negative count is a provider fault,
@@ -36,7 +37,9 @@ def checked_tokens(*counts) -> list[int]:
     result = []
     for count in counts:
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SANE_TOKENS:
-            raise ProviderError("invalid_provider_usage", f"The provider reported an invalid token count: {count!r}.")
+            raise ProviderError(
+                "invalid_provider_usage", f"The provider reported an invalid token count: {count!r}."
+            )
         result.append(count)
     return result
 

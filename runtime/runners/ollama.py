@@ -1,5 +1,6 @@
 """Local models through Ollama's HTTP API: POST /api/chat with "stream": false (its default is NDJSON
 streaming), the model id without our "ollama/" prefix."""
+
 import threading
 
 import requests
@@ -32,24 +33,41 @@ def _error_text(response) -> str:
 def complete(request: CompletionRequest) -> Completion:
     body = {
         "model": request.model,
-        "messages": [{"role": "system", "content": request.system}, {"role": "user", "content": request.message}],
+        "messages": [
+            {"role": "system", "content": request.system},
+            {"role": "user", "content": request.message},
+        ],
         "stream": False,
         "options": {"num_predict": request.max_tokens},
     }
     connect = min(settings.PROVIDER_CONNECT_TIMEOUT_SECS, request.timeout)
     try:
-        response = _session().post(f"{settings.OLLAMA_BASE_URL}/api/chat", json=body, timeout=(connect, request.timeout))
+        response = _session().post(
+            f"{settings.OLLAMA_BASE_URL}/api/chat", json=body, timeout=(connect, request.timeout)
+        )
     except requests.exceptions.ReadTimeout as exc:
         raise ProviderError("timeout", "The provider did not answer in time.") from exc
     except requests.exceptions.RequestException as exc:
-        raise ProviderError("provider_unavailable", f"Ollama is unreachable: {exc.__class__.__name__}.", retriable=True) from exc
+        raise ProviderError(
+            "provider_unavailable", f"Ollama is unreachable: {exc.__class__.__name__}.", retriable=True
+        ) from exc
     status = response.status_code
     if status == 404:
         raise ProviderError("model_not_found", _error_text(response))
     if status == 429:
-        raise ProviderError("provider_rate_limited", _error_text(response), retriable=True, retry_after=retry_after_secs(response.headers))
+        raise ProviderError(
+            "provider_rate_limited",
+            _error_text(response),
+            retriable=True,
+            retry_after=retry_after_secs(response.headers),
+        )
     if status >= 500:
-        raise ProviderError("provider_unavailable", _error_text(response), retriable=True, retry_after=retry_after_secs(response.headers))
+        raise ProviderError(
+            "provider_unavailable",
+            _error_text(response),
+            retriable=True,
+            retry_after=retry_after_secs(response.headers),
+        )
     if status in (401, 403):
         raise ProviderError("provider_auth", _error_text(response))
     if status >= 400:

@@ -24,8 +24,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("username")
         parser.add_argument("tier")
-        parser.add_argument("--token-quota", type=quota, default=..., help="billed tokens per month, or 'none' to remove")
-        parser.add_argument("--run-quota", type=quota, default=..., help="runs per month, or 'none' to remove")
+        parser.add_argument(
+            "--token-quota", type=quota, default=..., help="billed tokens per month, or 'none' to remove"
+        )
+        parser.add_argument(
+            "--run-quota", type=quota, default=..., help="runs per month, or 'none' to remove"
+        )
 
     def handle(self, username, tier, token_quota, run_quota, **options):
         if not Tier.objects.filter(slug=tier).exists():
