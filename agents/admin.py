@@ -1,9 +1,6 @@
 from django.contrib import admin
 
-from billing.admin_filters import PeriodFilter, model_filter, tier_filter
-from maschina.admin import ReadOnlyAdmin
-
-from .models import Agent, Run
+from .models import Agent
 
 
 @admin.register(Agent)
@@ -11,22 +8,3 @@ class AgentAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "model", "created_at"]
     list_select_related = ["owner"]
     search_fields = ["name", "owner__username", "id"]
-
-
-@admin.register(Run)
-class RunAdmin(ReadOnlyAdmin):
-    list_display = [
-        "id",
-        "user",
-        "status",
-        "model",
-        "tier",
-        "period",
-        "billed_tokens",
-        "created_at",
-        "finished_at",
-    ]
-    list_filter = ["status", tier_filter("tier"), model_filter("catalog_model"), PeriodFilter]
-    list_select_related = ["user"]
-    search_fields = ["id", "user__username", "model"]
-    show_full_result_count = False  # one COUNT(*) over the runs per page is enough

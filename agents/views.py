@@ -1,22 +1,13 @@
 """Thin views: parse, call a service or selector, serialize. The gate's order of checks
 (CONTRACT section 5) is: auth -> agent -> body -> input risk -> model -> quota."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
-from billing.selectors import plan_for
-from billing.services import QuotaExceeded
-from maschina.errors import ApiError
-from maschina.schema import errors
-from routing.access import required_tier
-from routing.snapshot import get_rules
-
 from . import selectors, services
-from .serializers import AgentSerializer, AgentWriteSerializer, RunCreateSerializer, RunSerializer
-
-STATUS_FILTER = OpenApiParameter("status", str, description="Only runs with this status.")
+from .serializers import AgentSerializer, AgentWriteSerializer
 
 
 def _valid(serializer_class, data, **context):
@@ -62,119 +53,3 @@ class AgentDetailApi(GenericAPIView):
     def delete(self, request, agent_id):
         services.agent_delete(agent=selectors.agent_get(owner=request.user, agent_id=agent_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class RunCreateApi(GenericAPIView):
-    serializer_class = RunSerializer
-
-    @extend_schema(
-        operation_id="agents_run",
-        request=RunCreateSerializer,
-        responses={202: RunSerializer, **errors(403, 429)},
-    )
-    def post(self, request, agent_id):
-        agent = selectors.agent_get(owner=request.user, agent_id=agent_id)
-        plan = plan_for(request.user)
-        tier = get_rules().tiers[plan.tier_id]
-        body = _valid(RunCreateSerializer, request.data, tier=tier)
-        try:
-            run = services.run_create(user=request.user, plan=plan, agent=agent, **body)
-        except services.InputTooLong:
-            raise ApiError("input_too_long", "input.message is longer than 100,000 characters.")
-        except services.RiskBlocked as blocked:
-            raise ApiError("risk_blocked", "The input was blocked by a risk check.", flags=blocked.flags)
-        except services.ModelNotAString:
-            raise ApiError(
-                "invalid",
-                "The request has invalid fields.",
-                fields={"model": ["Must be a non-empty string of valid Unicode."]},
-            )
-        except services.ModelDenied as denied:
-            raise _model_denied(denied, tier)
-        except QuotaExceeded as exceeded:
-            raise _quota_exceeded(exceeded)
-        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
-
-
-def _model_denied(denied, tier) -> ApiError:
-    denial, rules = denied.denial, denied.rules
-    if denial.code == "unknown_model":
-        return ApiError("unknown_model", f"Unknown model: {denial.model_id}", model=denial.model_id)
-    if denial.code == "model_unavailable":
-        return ApiError(
-            "model_unavailable", f"Model {denial.model_id} is not available.", model=denial.model_id
-        )
-    entry = denial.entry
-    return ApiError(
-        "model_not_allowed",
-        f"Model {entry.display_name} requires the {entry.min_tier} plan or higher.",
-        status.HTTP_403_FORBIDDEN,
-        model=denial.model_id,
-        tier=tier.slug,
-        required_tier=required_tier(rules, tier, entry),
-    )
-
-
-def _quota_exceeded(exceeded) -> ApiError:
-    extra = {
-        "quota": exceeded.quota,
-        "used": exceeded.used,
-        "limit": exceeded.limit,
-        "resets_at": exceeded.resets_at,
-    }
-    if exceeded.quota == "tokens":
-        extra.update(reserved=exceeded.reserved, requested=exceeded.requested)
-    return ApiError(
-        "quota_exceeded",
-        f"The monthly {exceeded.quota} quota of your plan is used up.",
-        status.HTTP_429_TOO_MANY_REQUESTS,
-        **extra,
-    )
-
-
-class AgentRunListApi(GenericAPIView):
-    serializer_class = RunSerializer
-
-    @extend_schema(
-        operation_id="agents_runs_list", parameters=[STATUS_FILTER], responses=RunSerializer(many=True)
-    )
-    def get(self, request, agent_id):
-        agent = selectors.agent_get(owner=request.user, agent_id=agent_id)
-        runs = selectors.run_list(user=request.user, agent=agent, status=request.query_params.get("status"))
-        return self.get_paginated_response(RunSerializer(self.paginate_queryset(runs), many=True).data)
-
-
-class RunListApi(GenericAPIView):
-    serializer_class = RunSerializer
-
-    @extend_schema(operation_id="runs_list", parameters=[STATUS_FILTER], responses=RunSerializer(many=True))
-    def get(self, request):
-        runs = selectors.run_list(user=request.user, status=request.query_params.get("status"))
-        return self.get_paginated_response(RunSerializer(self.paginate_queryset(runs), many=True).data)
-
-
-class RunDetailApi(GenericAPIView):
-    serializer_class = RunSerializer
-
-    @extend_schema(operation_id="runs_retrieve")
-    def get(self, request, run_id):
-        return Response(RunSerializer(selectors.run_get(user=request.user, run_id=run_id)).data)
-
-
-class RunCancelApi(GenericAPIView):
-    serializer_class = RunSerializer
-
-    @extend_schema(operation_id="runs_cancel", request=None, responses={200: RunSerializer, **errors(409)})
-    def post(self, request, run_id):
-        run = selectors.run_get(user=request.user, run_id=run_id)
-        try:
-            run = services.run_cancel(run=run)
-        except services.RunFinished:
-            run.refresh_from_db()
-            raise ApiError(
-                "run_finished",
-                f"The run has already finished ({run.status}).",
-                status.HTTP_409_CONFLICT,
-                status=run.status,
-            )
-        return Response(RunSerializer(run).data)

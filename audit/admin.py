@@ -1,4 +1,5 @@
 import json
+from typing import cast
 
 from django.apps import apps
 from django.contrib import admin
@@ -43,7 +44,7 @@ class ChangeRecordAdmin(ReadOnlyAdmin):
         "before_json",
         "after_json",
     ]
-    readonly_fields = fields
+    readonly_fields = cast(list[str], fields)  # every entry is a field name, no fieldset groups
 
     @admin.display(description="changed fields")
     def changes(self, obj):

@@ -1,7 +1,8 @@
 """Who is making a change, for the audit record.
 
 The admin sets it per request (audit.middleware). Anything else is named after its process: a
-`manage.py <command>` (or django-admin) run is a command, everything else (workers, shells, scripts) is code."""
+`manage.py <command>` (or django-admin) run is a command, everything else (workers, shells, scripts)
+is code."""
 
 import contextlib
 import getpass

@@ -56,15 +56,15 @@ class ChangeRecord(models.Model):
     def __str__(self):
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_type} {self.object_id}"
 
-    @property
-    def changed_fields(self) -> list[str]:
-        before, after = self.before or {}, self.after or {}
-        return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-
     def save(self, *args, **kwargs):
         if not self._state.adding:
             raise AppendOnlyError("Change records are append-only.")
         super().save(*args, **kwargs)
+
+    @property
+    def changed_fields(self) -> list[str]:
+        before, after = self.before or {}, self.after or {}
+        return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("Change records are append-only.")

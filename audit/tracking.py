@@ -2,12 +2,17 @@
 bulk_create() of it is then recorded by audit.recorder, in the same transaction as the change, and
 sends the usual model signals, so other receivers (the rules revision) see it too."""
 
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
 from django.db import models, transaction
 from django.db.models.signals import post_save, pre_save
 
+_M = TypeVar("_M", bound="AuditedModel")
 
-class AuditedQuerySet(models.QuerySet):
-    def update(self, **kwargs):
+
+class AuditedQuerySet(models.QuerySet[_M, _M]):
+    def update(self, **kwargs: Any) -> int:
         """Recorded row by row, like saves: the rows are locked and read, updated by primary key (so
         exactly the rows read), read again, and each gets its pre_save and post_save signals."""
         fields = frozenset(kwargs)
@@ -33,13 +38,23 @@ class AuditedQuerySet(models.QuerySet):
                 )
         return count
 
-    update.queryset_only = True
+    # Read by as_manager(); mypy does not model attributes set on functions.
+    update.queryset_only = True  # type: ignore[attr-defined]
 
-    def bulk_create(self, objs, batch_size=None, ignore_conflicts=False, update_conflicts=False, **kwargs):
+    # update_fields and unique_fields go to **kwargs: they only matter with the refused conflict handling.
+    def bulk_create(  # type: ignore[override]
+        self,
+        objs: Iterable[_M],
+        batch_size: int | None = None,
+        ignore_conflicts: bool = False,
+        update_conflicts: bool = False,
+        **kwargs: Any,
+    ) -> list[_M]:
         """One save per row, so each is recorded; conflict handling would bypass that and is refused."""
         if ignore_conflicts or update_conflicts:
             raise TypeError(
-                f"bulk_create with conflict handling is not audited; save {self.model.__name__} rows one by one."
+                "bulk_create with conflict handling is not audited; "
+                f"save {self.model.__name__} rows one by one."
             )
         objs = list(objs)
         with transaction.atomic(using=self.db):
@@ -47,11 +62,12 @@ class AuditedQuerySet(models.QuerySet):
                 obj.save(force_insert=True, using=self.db)
         return objs
 
-    bulk_create.queryset_only = True
+    bulk_create.queryset_only = True  # type: ignore[attr-defined]  # as for update()
 
 
 class AuditedModel(models.Model):
-    # Fields whose values are secrets: recorded as a fingerprint, so a rotation shows but the value never does.
+    # Fields whose values are secrets: recorded as a fingerprint, so a rotation shows but the value
+    # never does.
     audit_masked_fields: tuple[str, ...] = ()
     # URLs that may carry a token (webhooks): recorded as scheme and host plus a fingerprint of the rest.
     audit_masked_url_fields: tuple[str, ...] = ()

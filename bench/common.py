@@ -97,9 +97,8 @@ def django_setup(broker_url: str):
     os.environ["CELERY_BROKER_URL"] = broker_url
     os.environ.setdefault("SECRET_KEY", BENCH_SECRET_KEY)
     os.environ["ALLOWED_HOSTS"] = "testserver,127.0.0.1,localhost"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "maschina.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"  # with benchapp: the baselines
     os.environ.pop("DEBUG", None)
-    os.environ["MASCHINA_BENCH"] = "1"  # benchapp: the baselines' table, endpoint and no-op task
     os.environ["PGAPPNAME"] = DRIVER_APP  # our own connections, left out of the CPU of "our backends"
     import django
 
@@ -114,7 +113,7 @@ def migrate_and_seed(users=("bench",), tier="m1"):
 
     from accounts.services import api_key_create
     from agents.services import agent_create
-    from billing.services import plan_set
+    from billing.plans import plan_set
 
     call_command("migrate", verbosity=0)
     made = {}
@@ -300,7 +299,8 @@ class Redis:
 
 
 class Emulator:
-    """The zero-latency Anthropic emulator of tests/emulators.py, in a process of its own (bench/emulator.py)."""
+    """The zero-latency Anthropic emulator of tests/emulators.py, in a process of its own
+    (bench/emulator.py)."""
 
     def __init__(self, log_dir):
         self.log = open(Path(log_dir) / "emulator.log", "wb")
@@ -334,7 +334,7 @@ def stack_env(*, broker_url, anthropic_url, **overrides) -> dict:
         ANTHROPIC_API_KEY="sk-ant-bench",
         ANTHROPIC_BASE_URL=anthropic_url,
         MASCHINA_VAR_DIR=tempfile.mkdtemp(prefix="maschina-bench-var-"),
-        MASCHINA_BENCH="1",
+        DJANGO_SETTINGS_MODULE="bench.settings",
         **overrides,
     )
     env.pop("PGAPPNAME", None)
@@ -387,7 +387,8 @@ def wait_worker_ready(worker, timeout=60):
 
 # --- wrk ----------------------------------------------------------------------------------------
 
-WRK_LUA = """
+WRK_LUA = (
+    """
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "application/json"
@@ -404,12 +405,15 @@ function done(summary, latency, requests)
   end
   local parts = {}
   for code, n in pairs(counts) do table.insert(parts, string.format('"%d": %d', code, n)) end
-  io.write(string.format('BENCHJSON {"requests": %d, "duration_us": %d, "errors": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, "statuses": {%s}}\\n',
+  io.write(string.format('BENCHJSON {"requests": %d, "duration_us": %d, "errors": %d, "p50_us": %d, """
+    """"p90_us": %d, "p99_us": %d, "mean_us": %.1f, "statuses": {%s}}\\n',
     summary.requests, summary.duration,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, table.concat(parts, ", ")))
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, """
+    """table.concat(parts, ", ")))
 end
 """
+)
 
 
 def wrk_path() -> str:
@@ -442,7 +446,7 @@ def wrk(
         url,
     ]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
     raw = json.loads(line[len("BENCHJSON ") :])

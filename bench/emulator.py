@@ -2,7 +2,7 @@
 (anthropic_message) on a lean HTTP/1.1 server, alone in a process so its CPU is counted apart.
 
 Lean because a real provider does not run on our two cores: http.server's request parsing cost
-~0.3 ms of CPU per call, taken from the processes under test (issue 6); this loop of recv and
+~0.3 ms of CPU per call, taken from the processes under test; this loop of recv and
 sendall, a thread per connection, takes a fraction of that. It serves POST /v1/messages over
 keep-alive connections, a request's body read by its content-length (the SDK and LiteLLM always
 send one), and answers anything else 404. A chunked body or an `Expect` it does not read: it answers

@@ -47,10 +47,10 @@ def main():
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from agents.serializers import storable_json_problem
     from routing.access import Allowed, decide
     from routing.models import TierModelRule
     from routing.snapshot import get_rules
+    from runs.serializers import storable_json_problem
 
     # Rules as an operator would add them: an allow below the min tier, a deny at or above it.
     TierModelRule.objects.create(tier_id="m1", model_id="claude-sonnet-4-6", effect="allow")
@@ -111,7 +111,8 @@ def main():
     snapshot = measure(lambda tier, model: gate(rules, tier, model))
     per_request = measure(gate_as_run_create)
     result = {
-        "what": f"gate decision (validate + decide from the rules snapshot) over {len(mix):,} mixed tier/model requests",
+        "what": "gate decision (validate + decide from the rules snapshot) "
+        f"over {len(mix):,} mixed tier/model requests",
         "requests": len(mix),
         "passes": passes,
         "outcomes": outcomes,
@@ -119,15 +120,20 @@ def main():
         "queries_after_warmup": snapshot["queries"],
         "timer_overhead_us": round(timer_ns / 1000, 3),
         "with_get_rules_per_decision": per_request,
-        "queries_note": "with get_rules() per decision, as run_create calls it, the snapshot re-reads the rules revision "
-        "(one indexed read) at most every RULES_REFRESH_SECS (0.5 s) per process, whatever the request rate",
+        "queries_note": "with get_rules() per decision, as run_create calls it, "
+        "the snapshot re-reads the rules revision "
+        "(one indexed read) at most every RULES_REFRESH_SECS (0.5 s) per process, "
+        "whatever the request rate",
         "target": "median <= 2 us, 0 queries after warm-up",
     }
     result["target_met"] = result["median_us"] <= 2 and result["queries_after_warmup"] == 0
     print(
-        f"gate: median {result['median_us']} us (p99 {result['p99_us']} us, mean per pass {result['mean_us_per_pass']} us, "
-        f"timer {result['timer_overhead_us']} us), {result['queries_after_warmup']} queries; with get_rules() per decision: "
-        f"median {per_request['median_us']} us, {per_request['queries']} queries in {per_request['seconds']} s; outcomes {outcomes}"
+        f"gate: median {result['median_us']} us (p99 {result['p99_us']} us, "
+        f"mean per pass {result['mean_us_per_pass']} us, "
+        f"timer {result['timer_overhead_us']} us), {result['queries_after_warmup']} queries; "
+        "with get_rules() per decision: "
+        f"median {per_request['median_us']} us, {per_request['queries']} queries "
+        f"in {per_request['seconds']} s; outcomes {outcomes}"
     )
     common.save_result("gate", result)
 

@@ -149,7 +149,7 @@ def main():
         _, key, agent = made["bench"]
         from django.db.models import Max, Min
 
-        from agents.models import Run
+        from runs.models import Run
 
         env = common.stack_env(broker_url=redis.url(0), anthropic_url=emulator.url)
         web, url = common.start_web(env, logs, workers=2)
@@ -246,7 +246,8 @@ def main():
                     item = fn(connections, secs)
                     figures[name].append(item)
                     print(
-                        f"  c={connections} {name}: {item['per_second']} calls/s, statuses {item['statuses']}, cpu/call {item['cpu_ms_per_call']}"
+                        f"  c={connections} {name}: {item['per_second']} calls/s, "
+                        f"statuses {item['statuses']}, cpu/call {item['cpu_ms_per_call']}"
                     )
             row = {"connections": connections}
             for name, items in figures.items():
@@ -265,11 +266,14 @@ def main():
             row["ratio"] = round(row["maschina"]["per_second"] / row["litellm"]["per_second"], 3)
             rows.append(row)
             print(
-                f"c={connections}: maschina {row['maschina']['per_second']}/s vs litellm {row['litellm']['per_second']}/s, ratio {row['ratio']}"
+                f"c={connections}: maschina {row['maschina']['per_second']}/s "
+                f"vs litellm {row['litellm']['per_second']}/s, ratio {row['ratio']}"
             )
         result = {
-            "what": "gated, billed calls per second end to end (POST -> worker -> settle), whole stack on this box",
-            "baseline": f"LiteLLM proxy {peer.version()} (2 workers, custom auth with per-key model lists, Redis budgets)",
+            "what": "gated, billed calls per second end to end (POST -> worker -> settle), "
+            "whole stack on this box",
+            "baseline": f"LiteLLM proxy {peer.version()} "
+            "(2 workers, custom auth with per-key model lists, Redis budgets)",
             "seconds_per_load": secs,
             "rounds": rounds,
             "rows": rows,

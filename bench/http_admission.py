@@ -1,7 +1,7 @@
 """Benchmark 2: POST /agents/{id}/run under gunicorn (2 sync workers), 8 and 32 concurrent clients.
 
-Baseline, in the same app and the same run: POST /bench/baseline (benchapp, installed only with
-MASCHINA_BENCH=1), which authenticates the key like every endpoint, inserts one row and publishes one
+Baseline, in the same app and the same run: POST /bench/baseline (bench/benchapp, installed only by
+bench.settings), which authenticates the key like every endpoint, inserts one row and publishes one
 Celery message. Both take the same body from the same load generator (wrk), alternating, so a noisy
 neighbour hits both alike. No worker runs: messages wait in a private Redis. Reported per concurrency:
 throughput, p50 and p99 of each, the throughput ratio (target >= 0.6), and the CPU each request costs
@@ -61,32 +61,38 @@ def main():
                     load["cpu_ms_per_request"] = common.per_op_ms(cpu, load["ok"])
                     figures[name].append(load)
                     print(
-                        f"  c={connections} {name}: {load['rps']} req/s, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms, statuses {load['statuses']}, cpu/req {load['cpu_ms_per_request']}"
+                        f"  c={connections} {name}: {load['rps']} req/s, p50 {load['p50_ms']} ms, "
+                        f"p99 {load['p99_ms']} ms, statuses {load['statuses']}, "
+                        f"cpu/req {load['cpu_ms_per_request']}"
                     )
             row = {"connections": connections}
             for name, loads in figures.items():
-                ok = sum(l["ok"] for l in loads)
-                seconds = sum(l["seconds"] for l in loads)
+                ok = sum(load["ok"] for load in loads)
+                seconds = sum(load["seconds"] for load in loads)
                 row[name] = {
                     "rps": round(ok / seconds, 1),
-                    "p50_ms": round(sum(l["p50_ms"] for l in loads) / len(loads), 2),
-                    "p99_ms": round(sum(l["p99_ms"] for l in loads) / len(loads), 2),
-                    "requests": sum(l["requests"] for l in loads),
-                    "non_2xx": sum(l["requests"] - l["ok"] for l in loads),
-                    "socket_errors": sum(l["socket_errors"] for l in loads),
+                    "p50_ms": round(sum(load["p50_ms"] for load in loads) / len(loads), 2),
+                    "p99_ms": round(sum(load["p99_ms"] for load in loads) / len(loads), 2),
+                    "requests": sum(load["requests"] for load in loads),
+                    "non_2xx": sum(load["requests"] - load["ok"] for load in loads),
+                    "socket_errors": sum(load["socket_errors"] for load in loads),
                     "cpu_ms_per_request": {
-                        group: round(sum(l["cpu_ms_per_request"][group] * l["ok"] for l in loads) / ok, 3)
+                        group: round(
+                            sum(load["cpu_ms_per_request"][group] * load["ok"] for load in loads) / ok, 3
+                        )
                         for group in loads[0]["cpu_ms_per_request"]
                     },
                 }
             row["ratio"] = round(row["run"]["rps"] / row["baseline"]["rps"], 3)
             rows.append(row)
             print(
-                f"c={connections}: run {row['run']['rps']} req/s vs baseline {row['baseline']['rps']} req/s, ratio {row['ratio']}"
+                f"c={connections}: run {row['run']['rps']} req/s "
+                f"vs baseline {row['baseline']['rps']} req/s, ratio {row['ratio']}"
             )
         result = {
             "what": "POST /agents/{id}/run under gunicorn (2 sync workers), wrk, throughput and latency",
-            "baseline": "POST /bench/baseline: authenticate the key, insert one row, publish one Celery message",
+            "baseline": "POST /bench/baseline: authenticate the key, insert one row, "
+            "publish one Celery message",
             "seconds_per_load": secs,
             "rounds": rounds,
             "rows": rows,

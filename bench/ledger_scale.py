@@ -1,4 +1,4 @@
-"""Admission and GET /usage cost the same at 1 M ledger rows as at 1 k (issue 4): the request path
+"""Admission and GET /usage cost the same at 1 M ledger rows as at 1 k: the request path
 reads counter rows, never the ledger.
 
 Runs in-process through Django's test client against PostgreSQL, with the in-memory broker so
@@ -50,17 +50,21 @@ def use_database(name):
 # they are bound server-side (the settings' DATABASE_PREPARED_STATEMENTS).
 FILL_SQL = [
     """
-INSERT INTO agents_run (id, user_id, agent_id, tier, status, requested_model, model, catalog_model, provider, multiplier,
-    system_prompt, input, output, timeout_secs, max_tokens, period, reserved_tokens, input_tokens, output_tokens,
-    billed_tokens, error, provider_calls, claim, claims, heartbeat_at, created_at, dispatched_at, dispatches, started_at, finished_at, settled_at)
-SELECT gen_random_uuid(), %(user)s, %(agent)s, 'm1', 'completed', NULL, 'claude-haiku-4-5', 'claude-haiku-4-5', 'anthropic', 1,
-    'bench', '{"message": "bench"}', '{"text": "ok"}', 300, 100, %(period)s, 100, 40, 22, 62, NULL, 1, NULL, 1, NULL,
+INSERT INTO agents_run (id, user_id, agent_id, tier, status, requested_model, model, catalog_model,
+    provider, multiplier, system_prompt, input, output, timeout_secs, max_tokens, period, reserved_tokens,
+    input_tokens, output_tokens, billed_tokens, error, provider_calls, claim, claims, heartbeat_at,
+    created_at, dispatched_at, dispatches, started_at, finished_at, settled_at)
+SELECT gen_random_uuid(), %(user)s, %(agent)s, 'm1', 'completed', NULL, 'claude-haiku-4-5',
+    'claude-haiku-4-5', 'anthropic', 1, 'bench', '{"message": "bench"}', '{"text": "ok"}', 300, 100,
+    %(period)s, 100, 40, 22, 62, NULL, 1, NULL, 1, NULL,
     now() - interval '1 hour', now(), 1, now(), now(), now()
 FROM generate_series(1, %(n)s)
 """,
     """
-INSERT INTO billing_ledgerentry (run_id, user_id, period, model, input_tokens, output_tokens, multiplier, billed_tokens, created_at)
-SELECT id, user_id, period, model, 40, 22, 1, 62, now() FROM agents_run WHERE user_id = %(user)s AND settled_at IS NOT NULL
+INSERT INTO billing_ledgerentry (run_id, user_id, period, model, input_tokens, output_tokens, multiplier,
+    billed_tokens, created_at)
+SELECT id, user_id, period, model, 40, 22, 1, 62, now() FROM agents_run
+    WHERE user_id = %(user)s AND settled_at IS NOT NULL
     AND id NOT IN (SELECT run_id FROM billing_ledgerentry)
 """,
 ]
@@ -120,7 +124,7 @@ def main():
     from accounts.services import api_key_create
     from agents.services import agent_create
     from billing.periods import period_of
-    from billing.services import plan_set
+    from billing.plans import plan_set
 
     body = json.dumps({"input": {"message": "hello"}, "max_tokens": 100})
     state = {}
@@ -170,13 +174,15 @@ def main():
             }
         )
         print(
-            f"{s['ledger_rows']:>10,} ledger rows: POST .../run {admission:.2f} ms, GET /usage {usage:.2f} ms (median of {len(s['samples']['usage'])}, {rounds} rounds)"
+            f"{s['ledger_rows']:>10,} ledger rows: POST .../run {admission:.2f} ms, "
+            f"GET /usage {usage:.2f} ms (median of {len(s['samples']['usage'])}, {rounds} rounds)"
         )
 
     base, top = rows[0], rows[-1]
     result = {
         "benchmark": "ledger_scale",
-        "what": "median latency of admission and GET /usage, in-process, PostgreSQL, the two sizes alternating in rounds",
+        "what": "median latency of admission and GET /usage, in-process, PostgreSQL, "
+        "the two sizes alternating in rounds",
         "rows": rows,
         "rounds": rounds,
         "baseline": f"{base['ledger_rows']} ledger rows",
@@ -186,7 +192,8 @@ def main():
     }
     result["target_met"] = result["ratio_admission"] <= 1.2 and result["ratio_usage"] <= 1.2
     print(
-        f"ratio at {top['ledger_rows']:,} vs {base['ledger_rows']:,} rows: admission {result['ratio_admission']}, usage {result['ratio_usage']}"
+        f"ratio at {top['ledger_rows']:,} vs {base['ledger_rows']:,} rows: "
+        f"admission {result['ratio_admission']}, usage {result['ratio_usage']}"
     )
     sys.path.insert(0, str(ROOT / "bench"))
     import common

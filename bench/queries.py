@@ -34,7 +34,7 @@ def main():
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    from agents.models import Run
+    from runs.models import Run
 
     user, key, agent = made["bench"]
     client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
@@ -54,7 +54,7 @@ def main():
     # A settled run, so GET /usage has a by_model line to read.
     post()
     Run.objects.filter(pk=run_id["id"]).update(status="completed", input_tokens=10, output_tokens=5)
-    from billing.services import usage_settle
+    from runs.services import run_settle as usage_settle
 
     usage_settle(run_id["id"])
 
@@ -76,16 +76,19 @@ def main():
             "target_met": statistics.median(counts) <= TARGETS[name],
         }
         print(
-            f"{name}: median {rows[name]['median']} queries, max {rows[name]['max']} (target <= {TARGETS[name]})"
+            f"{name}: median {rows[name]['median']} queries, max {rows[name]['max']} "
+            f"(target <= {TARGETS[name]})"
         )
     result = {
-        "what": "SQL queries per request after warm-up (median and max of repeated calls), autocommit, dispatch included",
+        "what": "SQL queries per request after warm-up (median and max of repeated calls), "
+        "autocommit, dispatch included",
         "calls": calls,
         "requests": rows,
         "sql": sql,
         "target": ", ".join(f"{k} <= {v}" for k, v in TARGETS.items()),
         "target_met": all(r["target_met"] for r in rows.values()),
-        "max_note": "a max above the median is the rules-revision check, once per RULES_REFRESH_SECS per process",
+        "max_note": "a max above the median is the rules-revision check, "
+        "once per RULES_REFRESH_SECS per process",
     }
     common.save_result("queries", result)
 

@@ -32,7 +32,8 @@ def table_rows(results: dict) -> list[tuple]:
             (
                 "1",
                 f"gate decision, {r['requests']:,} mixed requests",
-                f"median {r['median_us']} µs (p99 {r['p99_us']} µs), {r['queries_after_warmup']} queries after warm-up",
+                f"median {r['median_us']} µs (p99 {r['p99_us']} µs), "
+                f"{r['queries_after_warmup']} queries after warm-up",
                 "—",
                 "—",
                 "median ≤ 2 µs, 0 queries",
@@ -48,7 +49,8 @@ def table_rows(results: dict) -> list[tuple]:
                     "2",
                     f"POST /agents/{{id}}/run, gunicorn 2 workers, {row['connections']} clients",
                     f"{fmt(run['rps'])} req/s, p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms",
-                    f"{fmt(base['rps'])} req/s, p50 {base['p50_ms']} ms, p99 {base['p99_ms']} ms (auth + 1 INSERT + 1 publish)",
+                    f"{fmt(base['rps'])} req/s, p50 {base['p50_ms']} ms, p99 {base['p99_ms']} ms "
+                    "(auth + 1 INSERT + 1 publish)",
                     f"{row['ratio']:.2f}",
                     "≥ 0.6",
                     row["ratio"] >= 0.6,
@@ -166,7 +168,8 @@ def markdown(results: dict) -> str:
     )
     m = latest.get("machine", {})
     out = [
-        f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('memory_gb')} GB, Python {m.get('python')}, {m.get('platform')}; "
+        f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('memory_gb')} GB, "
+        f"Python {m.get('python')}, {m.get('platform')}; "
         f"commit {latest.get('commit')}, finished {latest.get('finished_at')}",
         "",
         "| # | what | figure | baseline (same run) | ratio | target | met |",
@@ -202,7 +205,8 @@ def main():
             )
             code = subprocess.call(argv, cwd=common.ROOT)
             print(
-                f"== {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {time.monotonic() - started:.0f} s",
+                f"== {name}: {'ok' if code == 0 else f'FAILED ({code})'} "
+                f"in {time.monotonic() - started:.0f} s",
                 flush=True,
             )
             if code:

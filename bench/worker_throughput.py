@@ -61,12 +61,12 @@ def main():
         user, _, agent = made["bench"]
         import redis as redis_lib
 
-        from agents.models import Run
-        from agents.services import run_create
-        from benchapp.tasks import noop, run_without_provider
+        from bench.benchapp.tasks import noop, run_without_provider
         from billing.selectors import plan_for
         from maschina.celery import app
-        from runtime.runners.anthropic import _completion
+        from providers.anthropic import _completion
+        from runs.admission import run_create
+        from runs.models import Run
         from tests.emulators import anthropic_message
 
         # The breakdown's constant answer: the emulator's, as the runner reads it.
@@ -149,7 +149,8 @@ def main():
                 seconds, cpu = load(name, publish, done)
                 figures[name].append({"n": n, "seconds": seconds, "cpu": cpu})
                 print(
-                    f"  {name}: {n} in {seconds:.2f} s = {n / seconds:.1f}/s, cpu/op {common.per_op_ms(cpu, n)}"
+                    f"  {name}: {n} in {seconds:.2f} s = {n / seconds:.1f}/s, "
+                    f"cpu/op {common.per_op_ms(cpu, n)}"
                 )
 
         statuses = dict(
@@ -173,13 +174,17 @@ def main():
         ratio = round(summary["runs"]["per_second"] / summary["noop"]["per_second"], 3)
         ceiling = round(summary["runs_without_provider"]["per_second"] / summary["noop"]["per_second"], 3)
         print(
-            f"worker: {summary['runs']['per_second']} runs/s vs {summary['noop']['per_second']} no-op tasks/s, ratio {ratio}; run statuses {statuses}"
+            f"worker: {summary['runs']['per_second']} runs/s "
+            f"vs {summary['noop']['per_second']} no-op tasks/s, "
+            f"ratio {ratio}; run statuses {statuses}"
         )
         print(
-            f"  without the provider call: {summary['runs_without_provider']['per_second']} runs/s, ratio {ceiling}"
+            f"  without the provider call: {summary['runs_without_provider']['per_second']} runs/s, "
+            f"ratio {ceiling}"
         )
         result = {
-            "what": "completed, settled runs per second through one worker (-c 2) against a zero-latency emulator",
+            "what": "completed, settled runs per second through one worker (-c 2) "
+            "against a zero-latency emulator",
             "baseline": "a no-op Celery task on the same worker and settings",
             "runs": summary["runs"],
             "noop": summary["noop"],

@@ -56,8 +56,9 @@ class PeriodFilter(_ChoiceFilter):
         return months
 
     def queryset(self, request, queryset):
+        raw = self.value()
         try:
-            value = datetime.date.fromisoformat(self.value()) if self.value() else None
+            value = datetime.date.fromisoformat(raw) if raw else None
         except ValueError:
             return queryset.none()
         return queryset.filter(period=value) if value else queryset

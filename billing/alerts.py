@@ -28,8 +28,12 @@ def alerts_record(*, user_id: int, period: dt.date, quota: str, used: int, limit
         )
         if new:
             created.append(alert)
+
+            def deliver(alert_id: int = alert.pk) -> None:
+                _enqueue_delivery(alert_id)
+
             # robust: a failure to enqueue must never stop the callbacks after it (the run's dispatch).
-            transaction.on_commit(lambda alert_id=alert.pk: _enqueue_delivery(alert_id), robust=True)
+            transaction.on_commit(deliver, robust=True)
     return created
 
 

@@ -92,11 +92,14 @@ class ModelUsage(models.Model):
             ),
         ]
 
+    def __str__(self):
+        return f"{self.user_id} {self.period:%Y-%m} {self.model}"
+
 
 class LedgerEntry(models.Model):
     """What one run was billed. Append-only; the unique run makes a second settlement impossible."""
 
-    run = models.OneToOneField("agents.Run", on_delete=models.PROTECT, related_name="ledger_entry")
+    run = models.OneToOneField("runs.Run", on_delete=models.PROTECT, related_name="ledger_entry")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False
     )
@@ -120,6 +123,9 @@ class LedgerEntry(models.Model):
                 ),
             ),
         ]
+
+    def __str__(self):
+        return f"run {self.run_id}: {self.billed_tokens} tokens"
 
 
 class Alert(models.Model):

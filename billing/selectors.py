@@ -1,8 +1,10 @@
 import datetime as dt
 
+from routing.selectors import DEFAULT_TIER
+
 from .models import ModelUsage, Plan, UsagePeriod
 from .periods import period_end, period_start
-from .services import DEFAULT_TIER, Limits
+from .plans import Limits
 
 
 def plan_for(user) -> Plan:

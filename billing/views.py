@@ -9,9 +9,9 @@ from routing.snapshot import get_rules
 
 from .models import Alert
 from .periods import parse_period, period_of
+from .plans import limits_for
 from .selectors import plan_for, usage_report
 from .serializers import AlertSerializer, UsageSerializer
-from .services import limits_for
 
 
 class UsageApi(APIView):

@@ -15,7 +15,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
-from runtime.dispatch import RedisError
+from maschina.broker import RedisError
 
 from .models import Alert, Plan
 

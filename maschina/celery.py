@@ -8,4 +8,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "maschina.settings")
 
 app = Celery("maschina")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["runtime", "billing"])
+app.autodiscover_tasks(["runs", "billing"])

@@ -32,7 +32,7 @@ def error_response(code, message, status_code, **extra):
 
 def _flatten(detail):
     """DRF field errors as {"field": ["message", ...]}; nested fields are joined with dots."""
-    fields = {}
+    fields: dict[str, list[str]] = {}
 
     def walk(prefix, value):
         if isinstance(value, dict):
@@ -89,8 +89,9 @@ def exception_handler(exc, context):
         body, code = error_body("internal", "An internal error occurred."), 500
     if code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, exceptions.Throttled) and exc.wait:
-        headers["Retry-After"] = str(int(exc.wait))
+    # Throttled sets .wait in __init__; drf-stubs does not declare it.
+    if isinstance(exc, exceptions.Throttled) and exc.wait:  # type: ignore[attr-defined]
+        headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
     return Response(body, status=code, headers=headers)
 
 

@@ -17,7 +17,9 @@ ErrorSerializer = inline_serializer(
 )
 
 _DESCRIPTIONS = {
-    400: "Invalid request: malformed JSON, invalid fields or query parameters, or input the risk checks block.",
+    400: (
+        "Invalid request: malformed JSON, invalid fields or query parameters, or input the risk checks block."
+    ),
     401: "Missing, unknown or revoked API key.",
     403: "The plan's tier may not use the model.",
     404: "No such object for this key's user.",

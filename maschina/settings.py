@@ -3,6 +3,7 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -50,7 +51,7 @@ INSTALLED_APPS = [
     "routing",
     "billing",
     "agents",
-    "runtime",
+    "runs",
 ]
 
 MIDDLEWARE = [
@@ -96,7 +97,7 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["ENGINE"] = (
-        "maschina.postgresql"  # Django's, with a health check without a round trip
+        "maschina.db.postgresql"  # Django's, with a health check without a round trip
     )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the worker share the file: wait for the lock instead of failing.
@@ -104,7 +105,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 elif env_bool("DATABASE_PREPARED_STATEMENTS", True):
     # Server-side parameters, and psycopg prepares a statement from its fifth run on a connection:
-    # PostgreSQL then skips parsing and planning the statements every run repeats (issue 6). Off
+    # PostgreSQL then skips parsing and planning the statements every run repeats. Off
     # (DATABASE_PREPARED_STATEMENTS=0) behind a pooler in transaction mode, which cannot keep them.
     DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 # Transactions are opened by services where they are needed, never per request.
@@ -166,7 +167,7 @@ BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
 RUN_TIMEOUT_CAP_SECS = 3600  # the largest max_timeout_secs a tier may set (CONTRACT section 4)
 
-# Time budget of one execution task, derived from the run's own timeout_secs (see runtime.dispatch):
+# Time budget of one execution task, derived from the run's own timeout_secs (see runs.dispatch):
 # soft limit = timeout + TASK_SOFT_MARGIN, hard limit = timeout + TASK_HARD_MARGIN, and the broker's
 # visibility timeout is above the largest possible hard limit, so Redis never hands a message that is
 # still being worked on to a second worker just because the run is long.
@@ -174,6 +175,7 @@ TASK_SOFT_MARGIN_SECS = 20
 TASK_HARD_MARGIN_SECS = 40
 BROKER_VISIBILITY_TIMEOUT_SECS = RUN_TIMEOUT_CAP_SECS + TASK_HARD_MARGIN_SECS + 300
 
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any]  # folder paths (filesystem) or numbers (Redis)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
@@ -202,7 +204,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "maschina"
 
-# Periodic work: re-dispatch runs left queued, reap runs stuck executing (runtime.sweeper).
+# Periodic work: re-dispatch runs left queued, reap runs stuck executing (runs.sweeper).
 SWEEP_INTERVAL_SECS = env_float("MASCHINA_SWEEP_INTERVAL_SECS", 10.0)
 SWEEP_REDISPATCH_AFTER_SECS = env_float("MASCHINA_SWEEP_REDISPATCH_AFTER_SECS", 30.0)
 SWEEP_REAP_GRACE_SECS = 45  # executing runs end within timeout_secs + 60 s (CONTRACT section 7)
@@ -233,7 +235,7 @@ PROVIDER_BACKOFF_BASE_SECS = env_float("MASCHINA_PROVIDER_BACKOFF_BASE_SECS", 1.
 PROVIDER_BACKOFF_CAP_SECS = 8.0
 # How often an executing task heartbeats (and so notices a cancel) while the provider call is in
 # flight, and after how long without a heartbeat its worker is taken for dead: the run may then be
-# claimed again (runtime.services.run_claim), by a redelivery or by the sweeper's re-dispatch.
+# claimed again (runs.services.run_claim), by a redelivery or by the sweeper's re-dispatch.
 CANCEL_POLL_SECS = env_float("MASCHINA_CANCEL_POLL_SECS", 0.5)
 HEARTBEAT_STALE_SECS = env_float("MASCHINA_HEARTBEAT_STALE_SECS", 30.0)
 # Once the provider has answered, database outages are waited out with backoff capped at this.
@@ -254,15 +256,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # The anthropic SDK's HTTP client logs every request at INFO: a line per provider call that our
-    # own run logs make redundant, and ~0.1 ms of a worker's time per run.
+    # own run logs make redundant, at a cost to the worker's CPU on every run.
     "loggers": {"httpx2": {"level": os.environ.get("HTTP_CLIENT_LOG_LEVEL", "WARNING")}},
 }
 
-# Benchmarks only (bench/, issue 6): a baseline endpoint and a no-op task, never installed otherwise.
-if env_bool("MASCHINA_BENCH"):
-    INSTALLED_APPS += ["benchapp"]
-
 # Celery's Django fixup closes the database connection before and after every task unless this is set,
-# so each run paid for a new PostgreSQL connection (issue 6). Workers keep it, and check it around each
-# task as Django does around a request (runtime.apps), so CONN_MAX_AGE and the health checks apply.
+# so each run paid for a new PostgreSQL connection. Workers keep it, and check it around each
+# task as Django does around a request (runs.apps), so CONN_MAX_AGE and the health checks apply.
 CELERY_DB_REUSE_MAX = 1_000_000

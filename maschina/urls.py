@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from agents import views as agents
 from billing import views as billing
 from routing import views as routing
+from runs import views as runs
 
 from .errors import handler404 as handler404_view
 from .health import healthz
@@ -15,11 +16,11 @@ api = [
     path("models", routing.ModelListApi.as_view()),
     path("agents", agents.AgentListCreateApi.as_view()),
     path("agents/<uuid:agent_id>", agents.AgentDetailApi.as_view()),
-    path("agents/<uuid:agent_id>/run", agents.RunCreateApi.as_view()),
-    path("agents/<uuid:agent_id>/runs", agents.AgentRunListApi.as_view()),
-    path("runs", agents.RunListApi.as_view()),
-    path("runs/<uuid:run_id>", agents.RunDetailApi.as_view()),
-    path("runs/<uuid:run_id>/cancel", agents.RunCancelApi.as_view()),
+    path("agents/<uuid:agent_id>/run", runs.RunCreateApi.as_view()),
+    path("agents/<uuid:agent_id>/runs", runs.AgentRunListApi.as_view()),
+    path("runs", runs.RunListApi.as_view()),
+    path("runs/<uuid:run_id>", runs.RunDetailApi.as_view()),
+    path("runs/<uuid:run_id>/cancel", runs.RunCancelApi.as_view()),
     path("usage", billing.UsageApi.as_view()),
     path("alerts", billing.AlertListApi.as_view()),
 ]
@@ -38,9 +39,3 @@ handler400 = "maschina.errors.handler400"
 handler403 = "maschina.errors.handler403"
 handler404 = "maschina.errors.handler404"
 handler500 = "maschina.errors.handler500"
-
-# Benchmarks only (bench/, issue 6): the baseline endpoint, before the catch-all 404.
-from django.conf import settings as _settings  # noqa: E402
-
-if "benchapp" in _settings.INSTALLED_APPS:
-    urlpatterns.insert(0, path("bench/", include("benchapp.urls")))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 MAX_MODEL_ID_LENGTH = 200  # the width of every model id column
 
@@ -49,7 +50,14 @@ class Rules:
     overrides: dict[tuple[str, str], bool] = field(default_factory=dict)
     revision: int = 0
 
-    def __post_init__(self):
+    if TYPE_CHECKING:
+        # Set in __post_init__, not dataclass fields at run time (no __init__ argument, eq, hash or repr).
+        _patterns: tuple[tuple[str, ModelInfo], ...] = field(init=False, repr=False, compare=False)
+        _decisions: dict[tuple[str, str | None], Allowed | Denied] = field(
+            init=False, repr=False, compare=False
+        )
+
+    def __post_init__(self) -> None:
         # Patterns longest prefix first, so the most specific pattern matches.
         patterns = sorted((m for m in self.models.values() if m.is_pattern), key=lambda m: -len(m.id))
         object.__setattr__(self, "_patterns", tuple((m.id[:-1], m) for m in patterns))

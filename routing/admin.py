@@ -12,7 +12,10 @@ class RefuseDeletingReferencedRows:
     Django shows why and offers no confirm button; routing.protection refuses it in code as well."""
 
     def get_deleted_objects(self, objs, request):
-        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # A mixin: the ModelAdmin it is mixed into has the method.
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(  # type: ignore[misc]
+            objs, request
+        )
         refusals = [refusal for refusal in map(deletion_refusal, objs) if refusal]
         return deleted, counts, perms_needed, [*protected, *refusals]
 

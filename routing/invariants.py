@@ -9,7 +9,7 @@ Single-row invariants (multiplier >= 0, quotas >= 0, ...) are database check con
 
 from django.core.exceptions import ValidationError
 
-from .access import Rules, is_allowed
+from .access import ModelInfo, Rules, is_allowed
 from .models import CatalogModel, Tier, TierModelRule
 
 
@@ -56,9 +56,11 @@ def catalog_problems(rules: Rules) -> list[tuple[str, str, str]]:
                 (
                     "model",
                     entry.id,
-                    f"The fallback {fallback.id} ({fallback.multiplier}x) costs more than {entry.id} ({entry.multiplier}x).",
+                    f"The fallback {fallback.id} ({fallback.multiplier}x) costs more than "
+                    f"{entry.id} ({entry.multiplier}x).",
                 )
             )
+        current: ModelInfo | None
         seen, current = {entry.id}, fallback
         while current is not None and current.fallback:
             if current.fallback in seen:

@@ -156,3 +156,6 @@ class RulesRevision(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(name="single_rules_revision", condition=Q(id=1))]
+
+    def __str__(self):
+        return f"rules revision {self.value}"

@@ -2,26 +2,32 @@
 catalog id as text (they are billing history and must survive catalog edits), so the database cannot
 PROTECT them itself. Deactivate a model, or stop assigning a tier, instead."""
 
-from django.apps import apps
-from django.db.models import ProtectedError, Q
+from collections.abc import Callable
+from typing import Any
+
+from django.db.models import ProtectedError, QuerySet
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 
 from .models import CatalogModel, Tier
 
+# Callables obj -> a QuerySet of the rows that reference a tier or catalog row by its text: the apps
+# that keep such references (runs) register them, so routing needs no import of theirs.
+_referrers: list[Callable[[Any], QuerySet[Any]]] = []
 
-def runs_referencing(obj):
-    Run = apps.get_model("agents", "Run")
-    if isinstance(obj, Tier):
-        return Run.objects.filter(tier=obj.slug)
-    # A run that fell back keeps the model it asked for in requested_model (or, when it used its
-    # tier's default, nowhere but its tier), and its catalog_model moves to the fallback's row.
-    return Run.objects.filter(Q(catalog_model=obj.id) | Q(requested_model=obj.id) | Q(model=obj.id))
+
+def referrer_register(referrer) -> None:
+    if referrer not in _referrers:
+        _referrers.append(referrer)
+
+
+def _referencing(obj) -> list:
+    return [rows for rows in (referrer(obj) for referrer in _referrers) if rows.exists()]
 
 
 def deletion_refusal(obj) -> str | None:
     """Why `obj` may not be deleted, or None."""
-    if not runs_referencing(obj).exists():
+    if not _referencing(obj):
         return None
     remedy = (
         "deactivate it instead"
@@ -38,4 +44,4 @@ def deletion_refusal(obj) -> str | None:
 def refuse_deleting_referenced_rows(sender, instance, **kwargs):
     refusal = deletion_refusal(instance)
     if refusal:
-        raise ProtectedError(refusal, set(runs_referencing(instance)[:5]))
+        raise ProtectedError(refusal, {row for rows in _referencing(instance) for row in rows[:5]})

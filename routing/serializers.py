@@ -39,5 +39,6 @@ class CatalogModelSerializer(serializers.Serializer):
     def get_allowed(self, entry) -> bool:
         return entry.id in self.context["allowed"]
 
-    def get_default(self, entry) -> bool:
+    # The `default` field's method; it shadows Field.get_default, which only a nested serializer calls.
+    def get_default(self, entry) -> bool:  # type: ignore[override]
         return entry.id == self.context["default"]

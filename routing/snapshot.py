@@ -10,14 +10,21 @@ edit committed is always decided and priced by it, in whichever process it lands
 
 import threading
 import time
+from typing import TypedDict
 
 from django.conf import settings
 
 from .access import ModelInfo, Rules, TierInfo
 from .models import CatalogModel, RulesRevision, Tier, TierModelRule
 
+
+class _State(TypedDict):
+    rules: Rules | None
+    checked_at: float
+
+
 _lock = threading.Lock()
-_state = {"rules": None, "checked_at": 0.0}
+_state: _State = {"rules": None, "checked_at": 0.0}
 
 
 def current_revision() -> int:

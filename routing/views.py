@@ -1,9 +1,8 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework.generics import GenericAPIView
 
-from billing.selectors import plan_for
-
 from .access import is_allowed
+from .selectors import tier_slug_of
 from .serializers import CatalogModelSerializer, TierSerializer
 from .snapshot import get_rules
 
@@ -24,9 +23,10 @@ class ModelListApi(GenericAPIView):
     @extend_schema(operation_id="models_list", responses=CatalogModelSerializer(many=True))
     def get(self, request):
         rules = get_rules()
-        tier = rules.tiers[plan_for(request.user).tier_id]
+        tier = rules.tiers[tier_slug_of(request.user)]
         entries = sorted((m for m in rules.models.values() if m.is_active), key=lambda m: (m.provider, m.id))
         page = self.paginate_queryset(entries)
+        assert page is not None  # the API's pagination always has a limit (maschina.pagination)
         context = {
             "allowed": {m.id for m in page if is_allowed(rules, tier, m)},
             "default": tier.default_model,

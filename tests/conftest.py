@@ -7,7 +7,7 @@ from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
 from agents.services import agent_create
-from billing.services import plan_set
+from billing.plans import plan_set
 from routing import snapshot
 from routing.models import Tier
 

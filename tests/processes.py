@@ -16,6 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+# The shared Redis the tests may use, and only these of its databases: TEST_REDIS_DBS names four, for
+# the live-rules test, the browser test, the end-to-end test and the suite's own broker (scripts/test).
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+_TEST_REDIS_DBS = dict(
+    zip(
+        ("live_rules", "browser", "e2e", "broker"),
+        os.environ.get("TEST_REDIS_DBS", "8,9,12,14").split(","),
+        strict=False,
+    )
+)
+
+
+def redis_url_for(purpose: str) -> str:
+    """The shared Redis database set aside for `purpose` (one of the four above)."""
+    return f"{TEST_REDIS_URL}/{_TEST_REDIS_DBS[purpose]}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,18 +7,30 @@ from routing.models import CatalogModel, Tier
 pytestmark = pytest.mark.django_db
 
 TIER_FORM = {
-    "name": "M1", "rank": 1, "monthly_token_quota": 500000, "monthly_run_quota": 500, "default_model": "claude-haiku-4-5",
-    "max_tokens": 4096, "max_timeout_secs": 3600,
-    "rules-TOTAL_FORMS": 0, "rules-INITIAL_FORMS": 0, "rules-MIN_NUM_FORMS": 0, "rules-MAX_NUM_FORMS": 1000,
-}  # fmt: skip
+    "name": "M1",
+    "rank": 1,
+    "monthly_token_quota": 500000,
+    "monthly_run_quota": 500,
+    "default_model": "claude-haiku-4-5",
+    "max_tokens": 4096,
+    "max_timeout_secs": 3600,
+    "rules-TOTAL_FORMS": 0,
+    "rules-INITIAL_FORMS": 0,
+    "rules-MIN_NUM_FORMS": 0,
+    "rules-MAX_NUM_FORMS": 1000,
+}
 
 
 def model_form(model_id, **changes):
     model = CatalogModel.objects.get(id=model_id)
     form = {
-        "display_name": model.display_name, "provider": model.provider, "multiplier": str(model.multiplier),
-        "min_tier": model.min_tier_id, "fallback": model.fallback_id or "", "is_active": "on" if model.is_active else "",
-    }  # fmt: skip
+        "display_name": model.display_name,
+        "provider": model.provider,
+        "multiplier": str(model.multiplier),
+        "min_tier": model.min_tier_id,
+        "fallback": model.fallback_id or "",
+        "is_active": "on" if model.is_active else "",
+    }
     form.update(changes)
     return {k: v for k, v in form.items() if v != ""}
 
@@ -65,7 +77,7 @@ def test_deactivating_a_default_model_is_refused(admin_client, catalog):
 @pytest.mark.parametrize(
     "path",
     [
-        "/admin/agents/run/",
+        "/admin/runs/run/",
         "/admin/billing/ledgerentry/",
         "/admin/billing/usageperiod/",
         "/admin/routing/tier/",
@@ -79,18 +91,27 @@ def test_admin_lists_render(admin_client, catalog, path):
 
 
 def test_runs_and_ledger_cannot_be_added_in_the_admin(admin_client, catalog):
-    assert admin_client.get("/admin/agents/run/add/").status_code == 403
+    assert admin_client.get("/admin/runs/run/add/").status_code == 403
     assert admin_client.get("/admin/billing/ledgerentry/add/").status_code == 403
 
 
 def access_with_haiku_default_deleting(rule):
     """The access tier's form: default claude-haiku-4-5, and `rule` (its allow rule for haiku) deleted."""
     return {
-        **TIER_FORM, "name": "Access", "rank": 0, "monthly_token_quota": 0, "monthly_run_quota": 50,
-        "default_model": "claude-haiku-4-5", "rules-TOTAL_FORMS": 1, "rules-INITIAL_FORMS": 1,
-        "rules-0-id": rule.pk, "rules-0-tier": "access", "rules-0-model": "claude-haiku-4-5", "rules-0-effect": "allow",
+        **TIER_FORM,
+        "name": "Access",
+        "rank": 0,
+        "monthly_token_quota": 0,
+        "monthly_run_quota": 50,
+        "default_model": "claude-haiku-4-5",
+        "rules-TOTAL_FORMS": 1,
+        "rules-INITIAL_FORMS": 1,
+        "rules-0-id": rule.pk,
+        "rules-0-tier": "access",
+        "rules-0-model": "claude-haiku-4-5",
+        "rules-0-effect": "allow",
         "rules-0-DELETE": "on",
-    }  # fmt: skip
+    }
 
 
 def test_deleting_an_allow_rule_a_default_relies_on_is_refused(admin_client, catalog):
@@ -136,8 +157,8 @@ def _add_customers(count, make_user, make_agent):
     from decimal import Decimal
 
     from accounts.services import api_key_create
-    from agents.models import Run
     from billing.models import Alert, LedgerEntry, ModelUsage, UsagePeriod
+    from runs.models import Run
 
     period = datetime.date(2026, 11, 1)
     runs = []
@@ -146,10 +167,24 @@ def _add_customers(count, make_user, make_agent):
         api_key_create(user=user)
         agent = make_agent(user)
         run = Run.objects.create(
-            user=user, agent=agent, tier="m5", status="completed", model="claude-haiku-4-5", catalog_model="claude-haiku-4-5",
-            provider="anthropic", multiplier=Decimal(1), system_prompt="s", input={"message": "m"}, timeout_secs=60,
-            max_tokens=100, period=period, reserved_tokens=200, input_tokens=10, output_tokens=5, billed_tokens=15,
-        )  # fmt: skip
+            user=user,
+            agent=agent,
+            tier="m5",
+            status="completed",
+            model="claude-haiku-4-5",
+            catalog_model="claude-haiku-4-5",
+            provider="anthropic",
+            multiplier=Decimal(1),
+            system_prompt="s",
+            input={"message": "m"},
+            timeout_secs=60,
+            max_tokens=100,
+            period=period,
+            reserved_tokens=200,
+            input_tokens=10,
+            output_tokens=5,
+            billed_tokens=15,
+        )
         LedgerEntry.objects.create(
             run=run,
             user=user,
@@ -196,12 +231,12 @@ def test_every_list_page_runs_a_constant_number_of_queries(admin_client, catalog
     "path, listed",
     [
         (
-            "/admin/agents/run/?status=completed&tier=m5&catalog_model=claude-haiku-4-5&period=2026-11-01",
+            "/admin/runs/run/?status=completed&tier=m5&catalog_model=claude-haiku-4-5&period=2026-11-01",
             True,
         ),
-        ("/admin/agents/run/?status=failed", False),
-        ("/admin/agents/run/?tier=m10", False),
-        ("/admin/agents/run/?catalog_model=claude-opus-4-6", False),
+        ("/admin/runs/run/?status=failed", False),
+        ("/admin/runs/run/?tier=m10", False),
+        ("/admin/runs/run/?catalog_model=claude-opus-4-6", False),
         ("/admin/billing/ledgerentry/?tier=m5&catalog_model=claude-haiku-4-5&period=2026-11-01", True),
         ("/admin/billing/ledgerentry/?period=2026-10-01", False),
         ("/admin/billing/ledgerentry/?tier=m1", False),

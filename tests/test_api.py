@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from accounts.models import ApiKey, hash_key
-from agents.models import Run
+from runs.models import Run
 
 pytestmark = pytest.mark.django_db
 
@@ -36,9 +36,22 @@ MODEL_FIELDS = {
     "default",
 }
 RUN_FIELDS = {
-    "id", "agent", "status", "requested_model", "model", "provider", "input", "output", "usage", "error",
-    "timeout_secs", "max_tokens", "created_at", "started_at", "finished_at",
-}  # fmt: skip
+    "id",
+    "agent",
+    "status",
+    "requested_model",
+    "model",
+    "provider",
+    "input",
+    "output",
+    "usage",
+    "error",
+    "timeout_secs",
+    "max_tokens",
+    "created_at",
+    "started_at",
+    "finished_at",
+}
 
 
 def test_tiers_list(make_client):
@@ -47,9 +60,15 @@ def test_tiers_list(make_client):
     assert all(set(t) == TIER_FIELDS for t in body["results"])
     by_slug = {t["slug"]: t for t in body["results"]}
     assert by_slug["m5"] == {
-        "slug": "m5", "name": "M5", "rank": 2, "monthly_token_quota": 2_000_000, "monthly_run_quota": 2_000,
-        "default_model": "claude-sonnet-4-6", "max_tokens": 4096, "max_timeout_secs": 3600,
-    }  # fmt: skip
+        "slug": "m5",
+        "name": "M5",
+        "rank": 2,
+        "monthly_token_quota": 2_000_000,
+        "monthly_run_quota": 2_000,
+        "default_model": "claude-sonnet-4-6",
+        "max_tokens": 4096,
+        "max_timeout_secs": 3600,
+    }
     assert by_slug["enterprise"]["monthly_token_quota"] is None
     assert [t["slug"] for t in body["results"]][:2] == ["access", "m1"]
 
@@ -245,9 +264,17 @@ def test_openapi_schema_is_valid_and_complete(catalog):
 
     paths = set(json.loads(out.getvalue())["paths"])
     assert {
-        "/api/v1/tiers", "/api/v1/models", "/api/v1/agents", "/api/v1/agents/{agent_id}", "/api/v1/agents/{agent_id}/run",
-        "/api/v1/agents/{agent_id}/runs", "/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/runs/{run_id}/cancel", "/api/v1/usage",
-    } <= paths  # fmt: skip
+        "/api/v1/tiers",
+        "/api/v1/models",
+        "/api/v1/agents",
+        "/api/v1/agents/{agent_id}",
+        "/api/v1/agents/{agent_id}/run",
+        "/api/v1/agents/{agent_id}/runs",
+        "/api/v1/runs",
+        "/api/v1/runs/{run_id}",
+        "/api/v1/runs/{run_id}/cancel",
+        "/api/v1/usage",
+    } <= paths
     response = Client().get("/api/schema/")
     assert response.status_code == 200
 

@@ -6,8 +6,8 @@ import json
 import pytest
 from django.test import Client
 
-from agents.models import Run
 from billing.models import UsagePeriod
+from runs.models import Run
 
 pytestmark = pytest.mark.django_db
 

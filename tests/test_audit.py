@@ -6,7 +6,7 @@ from django.db import DatabaseError, connection, transaction
 
 from accounts.services import api_key_create, api_key_revoke
 from audit.models import AppendOnlyError, ChangeRecord
-from billing.services import plan_set
+from billing.plans import plan_set
 from billing.webhooks import webhook_set
 from routing.models import CatalogModel, RuleEffect, RulesRevision, Tier, TierModelRule
 
@@ -220,9 +220,9 @@ def test_loaddata_is_recorded_and_reaches_running_processes(catalog, tmp_path):
     haiku = CatalogModel.objects.get(id="claude-haiku-4-5")
     fixture = tmp_path / "haiku.json"
     fixture.write_text(
-        '[{"model": "routing.catalogmodel", "pk": "claude-haiku-4-5", "fields": {"display_name": "%s", "provider": "anthropic",'
-        ' "multiplier": "2", "min_tier": "%s", "fallback": null, "is_active": true}}]'
-        % (haiku.display_name, haiku.min_tier_id)
+        '[{"model": "routing.catalogmodel", "pk": "claude-haiku-4-5", '
+        f'"fields": {{"display_name": "{haiku.display_name}", "provider": "anthropic",'
+        f' "multiplier": "2", "min_tier": "{haiku.min_tier_id}", "fallback": null, "is_active": true}}}}]'
     )
     call_command("loaddata", str(fixture), verbosity=0)
     assert RulesRevision.objects.get(pk=1).value > revision

@@ -4,14 +4,15 @@ from decimal import Decimal
 
 import pytest
 
-from agents.models import Run
-from agents.services import run_create
 from billing.models import UsagePeriod
 from billing.periods import period_end, period_of
 from billing.pricing import PROMPT_OVERHEAD_TOKENS, billed_tokens, input_token_bound, reservation
+from billing.quota import QuotaExceeded
 from billing.selectors import plan_for
-from billing.services import QuotaExceeded, usage_settle
 from routing.models import RuleEffect, TierModelRule
+from runs.admission import run_create
+from runs.models import Run
+from runs.services import run_settle as usage_settle
 
 from .concurrency import race
 
@@ -53,9 +54,14 @@ def test_periods_are_utc_months():
 
 def admit(user, agent, model=None, max_tokens=100):
     return run_create(
-        user=user, plan=plan_for(user), agent=agent, input={"message": "hello"},
-        model=model, timeout_secs=60, max_tokens=max_tokens,
-    )  # fmt: skip
+        user=user,
+        plan=plan_for(user),
+        agent=agent,
+        input={"message": "hello"},
+        model=model,
+        timeout_secs=60,
+        max_tokens=max_tokens,
+    )
 
 
 @pytest.mark.django_db
@@ -139,7 +145,7 @@ def test_settlement_replaces_the_reservation_by_the_actual_figure(make_user, mak
 
 @pytest.mark.django_db
 def test_a_tier_change_takes_effect_on_the_next_request(make_client, make_agent):
-    from billing.services import plan_set
+    from billing.plans import plan_set
 
     client = make_client("m1")
     agent = make_agent(client.user)
@@ -161,7 +167,7 @@ def test_30_concurrent_admissions_near_the_token_limit_never_exceed_it(make_user
         Decimal(3),
     )
     limit = 10 * per_run + per_run // 2
-    from billing.services import plan_set
+    from billing.plans import plan_set
 
     plan_set(user=user, tier_slug="m5", token_quota=limit)
     outcomes = race(30, lambda: admit(user, agent, "claude-sonnet-4-6"))

@@ -5,9 +5,9 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from agents.models import Run
 from billing.models import ModelUsage, UsagePeriod
-from runtime.tasks import execute_run
+from runs.models import Run
+from runs.tasks import execute_run
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +93,7 @@ def test_audit_reads_one_snapshot_while_settlements_commit(make_client, make_age
 
     from django.db import connection
 
-    from billing import audit as audit_module
+    from runs import audit as audit_module
 
     client = make_client("m5")
     agent = make_agent(client.user)

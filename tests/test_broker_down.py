@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agents.models import Run
+from runs.models import Run
 
 from .processes import (
     Api,

@@ -1,4 +1,4 @@
-"""An operator's session in a real browser (issue 5): Debian's chromium, headless, driven by
+"""An operator's session in a real browser : Debian's chromium, headless, driven by
 Playwright, against gunicorn and a real Celery worker on PostgreSQL and Redis. Screenshots of each
 step go to test-output/browser/ (or $MASCHINA_TEST_OUTPUT/browser/)."""
 
@@ -15,18 +15,25 @@ from django.db import connections
 from accounts.models import ApiKey
 from accounts.services import api_key_create
 from audit.models import ChangeRecord
-from billing.services import plan_set
+from billing.plans import plan_set
 from routing.models import CatalogModel, Tier
 
-from .processes import ROOT, Api, stack_env, wait_terminal, web_and_worker
+from .processes import ROOT, Api, redis_url_for, stack_env, wait_terminal, web_and_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = redis_url_for("browser")
 # As root in a sandbox with no network: no setuid sandbox, no GPU, no calls home.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PASSWORD = "operator-password-for-tests"
 
 

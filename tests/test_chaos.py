@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from django.db.models import Sum
 
-from agents.models import TERMINAL_STATUSES, Run
-from billing.audit import audit
 from billing.models import LedgerEntry
+from runs.audit import audit
+from runs.models import TERMINAL_STATUSES, Run
 
 from .emulators import Reply, anthropic_error
 from .processes import (

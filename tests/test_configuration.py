@@ -7,9 +7,9 @@ import sys
 from django.conf import settings
 
 from maschina.celery import app
-from runtime.dispatch import task_time_limits
-from runtime.runners import anthropic as anthropic_runner
-from runtime.tasks import execute_run
+from providers import anthropic as anthropic_runner
+from runs.dispatch import task_time_limits
+from runs.tasks import execute_run
 
 from .processes import ROOT, base_env
 
@@ -51,9 +51,16 @@ def test_secret_key_is_required_without_debug():
     env = base_env(SECRET_KEY="")
     env.pop("SECRET_KEY")
     result = subprocess.run(
-        [sys.executable, "-c", "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='maschina.settings'; django.setup()"],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='maschina.settings'; django.setup()",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert "SECRET_KEY is required" in result.stderr
 

@@ -1,4 +1,4 @@
-"""maschina.postgresql: the health check of a kept connection asks the server nothing when its socket
+"""maschina.db.postgresql: the health check of a kept connection asks the server nothing when its socket
 is quiet, and still finds a connection that PostgreSQL has ended or that is stuck in a failed
 transaction."""
 
@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from django.db import connection, connections
 
-from maschina.postgresql.base import QUIET_SECS
+from maschina.db.postgresql.base import QUIET_SECS
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def last_statement(pid):
 
 @pytest.mark.django_db
 def test_a_quiet_connection_is_usable_without_a_statement(kept):
-    assert kept.vendor == "postgresql" and kept.__module__ == "maschina.postgresql.base"
+    assert kept.vendor == "postgresql" and kept.__module__ == "maschina.db.postgresql.base"
     kept.connection.execute("SELECT 'the last statement'")
     assert kept.is_usable()
     assert last_statement(backend_pid(kept)) == "SELECT 'the last statement'"

@@ -10,11 +10,11 @@ import redis
 from billing.models import LedgerEntry
 
 from .emulators import Reply, anthropic_error
-from .processes import Api, manage, stack_env, wait_terminal, web_and_worker
+from .processes import Api, manage, redis_url_for, stack_env, wait_terminal, web_and_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = redis_url_for("e2e")
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,15 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from agents.models import Run, RunStatus
-from agents.services import run_cancel, run_create
 from billing.models import LedgerEntry, ModelUsage, UsagePeriod
 from billing.selectors import plan_for
 from routing.models import CatalogModel, RuleEffect, TierModelRule
-from runtime import sweeper
-from runtime.dispatch import redispatch_delay
-from runtime.tasks import execute_run
+from runs import sweeper
+from runs.admission import run_create
+from runs.dispatch import redispatch_delay
+from runs.models import Run, RunStatus
+from runs.services import run_cancel
+from runs.tasks import execute_run
 
 from .emulators import Reply, anthropic_error
 
@@ -32,9 +33,14 @@ def start_run(make_user, make_agent, providers):
         user = user or make_user(tier)
         agent = make_agent(user)
         return run_create(
-            user=user, plan=plan_for(user), agent=agent, input={"message": message},
-            model=model, timeout_secs=timeout_secs, max_tokens=max_tokens,
-        )  # fmt: skip
+            user=user,
+            plan=plan_for(user),
+            agent=agent,
+            input={"message": message},
+            model=model,
+            timeout_secs=timeout_secs,
+            max_tokens=max_tokens,
+        )
 
     return start
 
@@ -121,17 +127,15 @@ def test_completed_run_is_billed_at_its_multiplier(start_run, providers, model, 
 
 @pytest.mark.django_db
 def test_a_settlement_whose_update_matches_nothing_writes_nothing(start_run, providers):
-    from billing.services import settlement_write
+    from billing.settlement import counters_of
+    from providers import Completion
+    from runs.services import run_complete, run_settle
 
     run = start_run(model="claude-sonnet-4-6")
     before = usage_row(run)
     Run.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED, input_tokens=10, output_tokens=10)
-    now = timezone.now()
-    # The run is completed, not executing: an UPDATE that expects it executing matches no row.
-    assert (
-        settlement_write(run, {"id": run.pk, "status": RunStatus.EXECUTING}, billed_tokens=60, settled_at=now)
-        is None
-    )
+    # The run is completed, not executing: the UPDATE that expects it executing matches no row.
+    assert run_complete(run, run.claim, Completion(text="late", input_tokens=10, output_tokens=10)) is None
     run.refresh_from_db()
     assert (run.settled_at, run.billed_tokens) == (None, None)
     assert (usage_row(run).tokens_used, usage_row(run).tokens_reserved) == (
@@ -142,10 +146,8 @@ def test_a_settlement_whose_update_matches_nothing_writes_nothing(start_run, pro
         not LedgerEntry.objects.filter(run=run).exists()
         and not ModelUsage.objects.filter(user=run.user).exists()
     )
-    used, tier, override = settlement_write(
-        run, {"id": run.pk, "status": RunStatus.COMPLETED}, billed_tokens=60, settled_at=now
-    )
-    assert (used, tier, override) == (60, "m10", None)  # the counters, for the token alerts
+    assert run_settle(run.pk)
+    assert counters_of(run.user_id, run.period) == (60, "m10", None)  # the counters, for the token alerts
     assert_settled(run, 60)
     assert ModelUsage.objects.get(user=run.user).billed_tokens == 60
 
@@ -451,7 +453,7 @@ def test_529_on_every_attempt_without_fallback_fails_after_bounded_calls(start_r
 
 @pytest.mark.django_db
 def test_ollama_that_never_answers_ends_timed_out_at_the_deadline(start_run, providers, settings):
-    from runtime.dispatch import task_time_limits
+    from runs.dispatch import task_time_limits
 
     from .emulators import SilentServer
 
@@ -473,7 +475,7 @@ def test_ollama_that_never_answers_ends_timed_out_at_the_deadline(start_run, pro
 
 @pytest.mark.django_db
 def test_a_queued_backlog_is_redispatched_with_backoff(start_run, providers, monkeypatch, settings):
-    from runtime.dispatch import redispatch_delay
+    from runs.dispatch import redispatch_delay
 
     settings.SWEEP_REDISPATCH_AFTER_SECS = 30
     assert [redispatch_delay(n).total_seconds() for n in (1, 2, 3, 7, 8, 50)] == [
@@ -555,7 +557,7 @@ def test_a_takeover_keeps_the_first_deadline(start_run, providers):
 def test_a_run_renders_as_drfs_field_by_field_rendering_would(start_run, providers):
     from rest_framework import serializers
 
-    from agents.serializers import RunSerializer
+    from runs.serializers import RunSerializer
 
     queued = start_run(model="claude-haiku-4-5")
     completed = start_run(model="claude-sonnet-4-5")
@@ -580,7 +582,7 @@ def test_a_message_with_the_runs_timeout_claims_it_in_one_statement(start_run, p
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from runtime.services import run_claim
+    from runs.services import run_claim
 
     run = start_run(model="claude-haiku-4-5", timeout_secs=45)
     with CaptureQueriesContext(connection) as queries:
@@ -614,7 +616,7 @@ def test_a_wrong_timeout_in_the_message_falls_back_to_reading_the_run(start_run,
 
 
 def test_an_abandoned_provider_call_never_holds_up_the_next_and_threads_are_reused():
-    from runtime.execution import _start_call
+    from runs.execution import _start_call
 
     release = threading.Event()
     stuck = _start_call(lambda request: release.wait(10) and "late", None)  # e.g. its run was canceled

@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from agents.models import Run, RunStatus
-from agents.services import run_create
-from billing.audit import audit
 from billing.models import LedgerEntry
 from billing.selectors import plan_for
-from runtime.dispatch import task_time_limits
-from runtime.tasks import execute_run
+from runs.admission import run_create
+from runs.audit import audit
+from runs.dispatch import task_time_limits
+from runs.models import Run, RunStatus
+from runs.tasks import execute_run
 
 from .concurrency import race
 from .emulators import Reply
@@ -89,9 +89,14 @@ def publish(cluster, run):
 def new_run(make_user, make_agent, model="claude-haiku-4-5", tier="m10", timeout_secs=60):
     user = make_user(tier)
     return run_create(
-        user=user, plan=plan_for(user), agent=make_agent(user), input={"message": "fault"},
-        model=model, timeout_secs=timeout_secs, max_tokens=64,
-    )  # fmt: skip
+        user=user,
+        plan=plan_for(user),
+        agent=make_agent(user),
+        input={"message": "fault"},
+        model=model,
+        timeout_secs=timeout_secs,
+        max_tokens=64,
+    )
 
 
 def assert_billed_once(run, billed):
@@ -157,7 +162,7 @@ def test_the_same_run_delivered_to_two_workers_at_once(cluster, make_user, make_
         publish(cluster, run)
         publish(cluster, run)  # a duplicate, as Redis redelivery can make one
     for run in runs:
-        wait_for(lambda: Run.objects.get(pk=run.pk).settled_at is not None, 30, "settlement")
+        wait_for(lambda run=run: Run.objects.get(pk=run.pk).settled_at is not None, 30, "settlement")
         assert_billed_once(run, 62)
         run.refresh_from_db()
         assert (run.claims, run.provider_calls) == (1, 1)

@@ -26,9 +26,14 @@ MODEL_MIN_TIER = {
     "ollama/qwen2.5:7b": "access",  # through the ollama/* pattern
 }
 DEFAULTS = {
-    "access": "ollama/llama3.2", "m1": "claude-haiku-4-5", "m5": "claude-sonnet-4-6", "m10": "claude-opus-4-6",
-    "teams": "claude-sonnet-4-6", "enterprise": "claude-opus-4-6", "internal": "claude-opus-4-6",
-}  # fmt: skip
+    "access": "ollama/llama3.2",
+    "m1": "claude-haiku-4-5",
+    "m5": "claude-sonnet-4-6",
+    "m10": "claude-opus-4-6",
+    "teams": "claude-sonnet-4-6",
+    "enterprise": "claude-opus-4-6",
+    "internal": "claude-opus-4-6",
+}
 MULTIPLIERS = {
     "claude-haiku-4-5": "1",
     "claude-sonnet-4-6": "3",

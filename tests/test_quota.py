@@ -18,15 +18,17 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from agents.models import Run, RunStatus
-from agents.services import run_create
 from billing.alerts import alerts_record
 from billing.models import Alert, LedgerEntry, ModelUsage, UsagePeriod
+from billing.plans import Limits, plan_set
 from billing.pricing import billed_tokens
+from billing.quota import QuotaExceeded, quota_reserve
 from billing.selectors import plan_for
-from billing.services import Limits, QuotaExceeded, plan_set, quota_reserve, usage_settle
 from billing.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, alert_deliver, webhook_set
-from runtime.tasks import execute_run
+from runs.admission import run_create
+from runs.models import Run, RunStatus
+from runs.services import run_settle as usage_settle
+from runs.tasks import execute_run
 
 from .concurrency import race
 from .emulators import anthropic_error
@@ -62,10 +64,20 @@ def test_reserve_settle_release_arithmetic(make_user, plans, limit, settle_order
             with transaction.atomic():
                 quota_reserve(user_id=user.pk, period=PERIOD, tokens=reservation, limits=limits)
                 run = Run.objects.create(
-                    user=user, tier="m1", model="m", catalog_model="m", provider="anthropic", multiplier=Decimal(multiplier),
-                    system_prompt="", input={"message": "x"}, timeout_secs=60, max_tokens=1, period=PERIOD,
-                    reserved_tokens=reservation, status=RunStatus.COMPLETED,
-                )  # fmt: skip
+                    user=user,
+                    tier="m1",
+                    model="m",
+                    catalog_model="m",
+                    provider="anthropic",
+                    multiplier=Decimal(multiplier),
+                    system_prompt="",
+                    input={"message": "x"},
+                    timeout_secs=60,
+                    max_tokens=1,
+                    period=PERIOD,
+                    reserved_tokens=reservation,
+                    status=RunStatus.COMPLETED,
+                )
         except QuotaExceeded:
             assert not fits
             continue
@@ -97,7 +109,7 @@ def test_reserve_settle_release_arithmetic(make_user, plans, limit, settle_order
 
 @pytest.mark.django_db
 def test_a_run_admitted_before_midnight_bills_the_old_month(make_client, make_agent, providers, monkeypatch):
-    from agents import services
+    from runs import admission as services
 
     client = make_client("m1")
     agent = make_agent(client.user)
@@ -332,9 +344,16 @@ def test_webhook_is_signed_retried_and_recorded(make_user):
         )
         assert hmac.compare_digest(headers[SIGNATURE_HEADER], expected)
         assert json.loads(body) == {
-            "id": alert.pk, "type": "quota_alert", "user": user.username, "period": "2026-11", "quota": "runs",
-            "threshold": 80, "used": 400, "limit": 500, "created_at": json.loads(body)["created_at"],
-        }  # fmt: skip
+            "id": alert.pk,
+            "type": "quota_alert",
+            "user": user.username,
+            "period": "2026-11",
+            "quota": "runs",
+            "threshold": 80,
+            "used": 400,
+            "limit": 500,
+            "created_at": json.loads(body)["created_at"],
+        }
     finally:
         receiver.close()
 
@@ -411,7 +430,7 @@ def test_the_request_path_never_reads_the_ledger(make_client, make_agent, settin
         for sql in sqls:
             assert "billing_ledgerentry" not in sql, (name, sql)
             assert "SUM(" not in sql.upper() and "COUNT(" not in sql.upper(), (name, sql)
-    # Query budgets (issue 6): the run dispatch after commit is not part of this request in tests.
+    # Query budgets (bench/queries.py): the run dispatch after commit is not part of this request in tests.
     assert len(captured["run"]) <= 8, "\n".join(sql[:120] for sql in captured["run"])
     assert len(captured["usage"]) <= 4, captured["usage"]
     assert len(captured["detail"]) <= 3, captured["detail"]
@@ -420,7 +439,7 @@ def test_the_request_path_never_reads_the_ledger(make_client, make_agent, settin
 @pytest.mark.django_db
 def test_lost_webhook_deliveries_are_requeued_by_the_sweeper(make_user, monkeypatch):
     from billing import webhooks
-    from runtime import sweeper
+    from runs import sweeper
 
     enqueued = []
     monkeypatch.setattr(webhooks, "webhook_enqueue", enqueued.append)

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from billing.audit import audit
 from billing.models import Alert, UsagePeriod
 from billing.pricing import input_token_bound, reservation
+from runs.audit import audit
 
 from .processes import (
     Api,

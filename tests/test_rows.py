@@ -1,4 +1,5 @@
-"""maschina.rows and accounts.key_lookup: statements compiled once per process read and write what the ORM does."""
+"""maschina.db.rows and accounts.key_lookup: statements compiled once per process read and write what
+the ORM does."""
 
 import datetime as dt
 from decimal import Decimal
@@ -12,8 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from accounts.key_lookup import active_key
 from accounts.models import KEY_PREFIX, LOOKUP_LEN, ApiKey
 from accounts.services import api_key_create, api_key_revoke
+from billing.plans import plan_set
 from billing.selectors import plan_for
-from billing.services import plan_set
 from routing.models import RulesRevision, Tier
 
 
@@ -85,7 +86,7 @@ call_command("migrate", verbosity=0)
 from django.contrib.auth import get_user_model
 from accounts.key_lookup import active_key
 from accounts.services import api_key_create
-from billing.services import plan_set
+from billing.plans import plan_set
 user = get_user_model().objects.create(username="u")
 plan_set(user=user, tier_slug="m5", token_quota=7)
 _, raw = api_key_create(user=user)
@@ -122,20 +123,32 @@ def test_on_sqlite_every_value_is_converted_as_the_orm_converts_it(tmp_path):
 
 @pytest.mark.django_db
 def test_rows_insert_and_get_write_and_read_what_the_orm_does(make_user, make_agent):
-    from agents.models import Run
-    from billing.models import LedgerEntry
-    from maschina.rows import rows_of
+    from django.db import connection
+
+    from maschina.db.rows import rows_of
+    from runs.models import Run
 
     user = make_user()
     agent = make_agent(user)
     fields = {
-        "user": user, "agent": agent, "tier": "m1", "requested_model": None, "model": "claude-haiku-4-5",
-        "catalog_model": "claude-haiku-4-5", "provider": "anthropic", "multiplier": Decimal("1.5"), "system_prompt": "s",
-        "input": {"message": "é ☃", "extra": [1, None, {"deep": True}]}, "timeout_secs": 60, "max_tokens": 10,
-        "period": dt.date(2026, 11, 1), "reserved_tokens": 99,
-    }  # fmt: skip
+        "user": user,
+        "agent": agent,
+        "tier": "m1",
+        "requested_model": None,
+        "model": "claude-haiku-4-5",
+        "catalog_model": "claude-haiku-4-5",
+        "provider": "anthropic",
+        "multiplier": Decimal("1.5"),
+        "system_prompt": "s",
+        "input": {"message": "é ☃", "extra": [1, None, {"deep": True}]},
+        "timeout_secs": 60,
+        "max_tokens": 10,
+        "period": dt.date(2026, 11, 1),
+        "reserved_tokens": 99,
+    }
     fast, slow = Run(**fields), Run.objects.create(**fields)
-    rows_of(Run).insert(fast)
+    with connection.cursor() as cursor:
+        cursor.execute(*rows_of(Run).insert_sql(fast, source="(SELECT 1) AS one"))
     read = rows_of(Run).get(id=fast.pk, user=user.pk)
     orm = Run.objects.get(pk=fast.pk)
     assert {f.attname: getattr(read, f.attname) for f in Run._meta.concrete_fields} == {
@@ -143,44 +156,41 @@ def test_rows_insert_and_get_write_and_read_what_the_orm_does(make_user, make_ag
     }
     assert orm.input == fields["input"] and orm.multiplier == Decimal("1.5")
     assert rows_of(Run).get(id=slow.pk, user=make_user().pk) is None  # another user's run
-    entry = LedgerEntry(
-        run=orm,
-        user=user,
-        period=orm.period,
-        model=orm.model,
-        input_tokens=1,
-        output_tokens=2,
-        multiplier=orm.multiplier,
-        billed_tokens=5,
-    )
-    rows_of(LedgerEntry).insert(entry)
-    assert entry.pk is not None and not entry._state.adding
-    assert LedgerEntry.objects.get(pk=entry.pk).created_at == entry.created_at is not None
 
 
 @pytest.mark.django_db
-def test_rows_update_matches_nulls_and_values_and_counts_rows(make_user, make_agent):
+def test_the_completing_statement_matches_nulls_and_values(make_user, make_agent):
     import uuid
 
-    from agents.models import Run
-    from maschina.rows import rows_of
+    from providers import Completion
+    from runs.models import Run
+    from runs.services import run_complete
 
     user = make_user()
     run = Run.objects.create(
-        user=user, agent=make_agent(user), tier="m1", model="m", catalog_model="m", provider="anthropic", multiplier=Decimal("3"),
-        system_prompt="s", input={"message": "x"}, timeout_secs=60, max_tokens=10, period=dt.date(2026, 11, 1), reserved_tokens=1,
-    )  # fmt: skip
+        user=user,
+        agent=make_agent(user),
+        tier="m1",
+        model="m",
+        catalog_model="m",
+        provider="anthropic",
+        multiplier=Decimal("3"),
+        system_prompt="s",
+        input={"message": "x"},
+        timeout_secs=60,
+        max_tokens=10,
+        period=dt.date(2026, 11, 1),
+        reserved_tokens=1,
+        status="executing",
+    )
     token = uuid.uuid4()
     Run.objects.filter(pk=run.pk).update(claim=token)
-    assert rows_of(Run).update({"id": run.pk, "claim": uuid.uuid4()}, output={"text": "no"}) == 0
-    assert rows_of(Run).update({"id": run.pk, "claim": token, "input_tokens": 5}, output={"text": "no"}) == 0
-    assert (
-        rows_of(Run).update(
-            {"id": run.pk, "claim": token, "input_tokens": None, "multiplier": Decimal("3.0000")},
-            output={"text": "yes"},
-            input_tokens=7,
-        )
-        == 1
-    )
+    answer = Completion(text="yes", input_tokens=7, output_tokens=0)
+    assert run_complete(run, uuid.uuid4(), answer) is None  # another claim's
+    Run.objects.filter(pk=run.pk).update(input_tokens=5)
+    assert run_complete(run, token, answer) is None  # an answer is recorded already
+    Run.objects.filter(pk=run.pk).update(input_tokens=None)
+    run.multiplier = Decimal("3.0000")  # equal as a number, as the database compares it
+    assert run_complete(run, token, answer) is not None
     run.refresh_from_db()
-    assert (run.output, run.input_tokens) == ({"text": "yes"}, 7)
+    assert (run.output, run.input_tokens, run.billed_tokens) == ({"text": "yes"}, 7, 21)

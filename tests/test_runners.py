@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from runtime.runners import RUNNERS, CompletionRequest, ProviderError
-from runtime.runners import anthropic as anthropic_runner
+from providers import RUNNERS, CompletionRequest, ProviderError
+from providers import anthropic as anthropic_runner
 
 from .emulators import Reply, SilentServer, anthropic_error
 
@@ -260,3 +260,9 @@ def test_ollama_unreachable_is_retriable(settings, providers):
     with pytest.raises(ProviderError) as exc:
         RUNNERS["ollama"](request(model="llama3.2"))
     assert (exc.value.code, exc.value.retriable) == ("provider_unavailable", True)
+
+
+def test_every_catalog_provider_has_a_runner():
+    from routing.models import Provider
+
+    assert set(RUNNERS) == set(Provider.values)

@@ -8,7 +8,7 @@ from django.apps import apps
 from django.core.management import call_command
 from django.db import connection
 
-OUR_APPS = ("accounts", "agents", "audit", "billing", "routing")
+OUR_APPS = ("accounts", "agents", "audit", "billing", "routing", "runs")
 
 # Every valid btree index on a table's columns (no expressions), by its key columns in order (not
 # its INCLUDE columns), each with its sort options and collation, with whether it is unique or partial
@@ -16,7 +16,8 @@ OUR_APPS = ("accounts", "agents", "audit", "billing", "routing")
 # which a default one does not).
 _INDEXES = """
 SELECT i.indexrelid::regclass::text,
-       (SELECT array_agg(format('%%s %%s %%s', a.attname, i.indoption[k.n - 1], i.indcollation[k.n - 1]) ORDER BY k.n)
+       (SELECT array_agg(format('%%s %%s %%s', a.attname, i.indoption[k.n - 1], i.indcollation[k.n - 1])
+                         ORDER BY k.n)
           FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
          WHERE k.n <= i.indnkeyatts),
@@ -54,7 +55,8 @@ def redundant_indexes(table):
                 and other_columns[: len(columns)] == columns
             ):
                 found.append(
-                    f"{name} ({', '.join(c.split()[0] for c in columns)}) is served by {other} ({', '.join(c.split()[0] for c in other_columns)})"
+                    f"{name} ({', '.join(c.split()[0] for c in columns)}) is served by "
+                    f"{other} ({', '.join(c.split()[0] for c in other_columns)})"
                 )
     return found
 

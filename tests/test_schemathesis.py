@@ -1,4 +1,4 @@
-"""Schemathesis against the running app (issue 5): generated requests to every operation of
+"""Schemathesis against the running app : generated requests to every operation of
 /api/schema/, valid and invalid, over HTTP to gunicorn on PostgreSQL. No response may be a server
 error, and every documented response must match the schema."""
 
@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from accounts.services import api_key_create
-from billing.services import plan_set
+from billing.plans import plan_set
 
 from .processes import BIN, ROOT, stack_env, start_gunicorn, wait_http
 
@@ -54,7 +54,7 @@ def test_generated_requests_find_no_server_error_and_no_schema_violation(catalog
                 "junit",
                 "--report-dir",
                 str(report),
-            ],  # fmt: skip
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,

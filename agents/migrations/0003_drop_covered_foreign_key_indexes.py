@@ -1,6 +1,6 @@
 """Drop the indexes Django gave three foreign keys on their own: each leads a composite index that
 serves the same lookups, and every index is one more write on each INSERT and UPDATE of a run (three
-per run, issue 6). Only the indexes go (SeparateDatabaseAndState): Django's AlterField would also drop
+per run). Only the indexes go (SeparateDatabaseAndState): Django's AlterField would also drop
 and re-add each foreign key constraint, re-validating every row of the table under a lock."""
 
 import django.db.models.deletion

@@ -1,5 +1,5 @@
 """Drop the indexes Django gave the user foreign keys on their own: each leads a unique constraint or
-an index that serves the same lookups, and every index is one more write per settlement (issue 6).
+an index that serves the same lookups, and every index is one more write per settlement.
 Only the indexes go, as in agents 0003: AlterField would re-validate each foreign key under a lock."""
 
 import django.db.models.deletion

@@ -7,7 +7,10 @@ from billing.webhooks import SIGNATURE_HEADER, webhook_set
 
 
 class Command(BaseCommand):
-    help = "Set USERNAME's quota-alert webhook URL ('none' removes it); prints the signing secret on the last line."
+    help = (
+        "Set USERNAME's quota-alert webhook URL ('none' removes it); "
+        "prints the signing secret on the last line."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("username")

@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.services import plan_set
+from billing.plans import plan_set
 from routing.models import Tier
 
 
@@ -45,5 +45,6 @@ class Command(BaseCommand):
             raise CommandError("; ".join(exc.messages))
         self.stdout.write(
             f"{username} is on {plan.tier_id}"
-            f" (token quota override: {plan.token_quota_override}, run quota override: {plan.run_quota_override})"
+            f" (token quota override: {plan.token_quota_override},"
+            f" run quota override: {plan.run_quota_override})"
         )

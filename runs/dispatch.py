@@ -1,0 +1,81 @@
+"""Publishing a run's execution. A publish that fails is logged and left to the sweeper: the run is
+already committed as queued, so it is never lost (CONTRACT section 5: 202 even with the broker down)."""
+
+import datetime as dt
+import logging
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+from kombu.exceptions import KombuError
+
+from maschina.broker import RedisError
+
+from .models import Run, RunStatus
+
+logger = logging.getLogger(__name__)
+
+
+def task_time_limits(timeout_secs: int) -> tuple[int, int]:
+    """(soft, hard) Celery time limits of the execution of a run with this timeout."""
+    return timeout_secs + settings.TASK_SOFT_MARGIN_SECS, timeout_secs + settings.TASK_HARD_MARGIN_SECS
+
+
+def redispatch_delay(dispatches: int) -> dt.timedelta:
+    """How long after its n-th publish a still-queued run may be published again: the sweeper
+    finds a message Redis lost, without flooding a long backlog (30 s, 60 s, ... capped at 64x)."""
+    return dt.timedelta(seconds=settings.SWEEP_REDISPATCH_AFTER_SECS * 2 ** min(max(dispatches - 1, 0), 6))
+
+
+def admission_dispatch(now: dt.datetime) -> dict:
+    """The dispatch fields of a run admitted at `now`, written by its INSERT: admission publishes it
+    right after the commit, so recording the publish ahead saves an UPDATE on every run. A publish
+    that fails undoes them (publish_admitted), and the sweeper publishes the run 2 s after its
+    creation. A web process that dies between the commit and the publish leaves a run that looks
+    published: the sweeper publishes it at redispatch_at, as it does a message Redis lost."""
+    return {"dispatched_at": now, "dispatches": 1, "redispatch_at": now + redispatch_delay(1)}
+
+
+def publish_admitted(run_id, timeout_secs: int) -> bool:
+    """Publish a run admitted with admission_dispatch(); on failure, mark it never published."""
+    if _publish(run_id, timeout_secs, queued=True):
+        return True
+    Run.objects.filter(pk=run_id, status=RunStatus.QUEUED, dispatches=1).update(
+        dispatched_at=None, dispatches=0, redispatch_at=None
+    )
+    return False
+
+
+def dispatch_run(run_id, timeout_secs: int, dispatches: int = 0) -> bool:
+    """Publish the run's task again (the sweeper); `dispatches` is how often it was published before."""
+    if not _publish(run_id, timeout_secs):
+        return False
+    now = timezone.now()
+    Run.objects.filter(pk=run_id).update(
+        dispatched_at=now,
+        dispatches=F("dispatches") + 1,
+        redispatch_at=now + redispatch_delay(dispatches + 1),
+    )
+    return True
+
+
+def _publish(run_id, timeout_secs: int, *, queued: bool = False) -> bool:
+    """Publish the run's task with time limits for `timeout_secs`. A `queued` run's message also
+    carries its timeout: the worker then claims it in one statement (runs.services.run_claim)."""
+    from .tasks import execute_run
+
+    soft, hard = task_time_limits(timeout_secs)
+    kwargs = {"timeout_secs": timeout_secs} if queued else {}
+    try:
+        # Task id = run id: the run is findable in any Celery tool, and a duplicate publish is the same task.
+        execute_run.apply_async(
+            args=[str(run_id)],  # type: ignore[arg-type]  # celery-stubs want a tuple; any sequence does
+            kwargs=kwargs,
+            task_id=str(run_id),
+            soft_time_limit=soft,
+            time_limit=hard,
+        )
+    except (KombuError, RedisError, OSError) as exc:
+        logger.warning("run %s not dispatched (%s); the sweeper will retry", run_id, exc)
+        return False
+    return True

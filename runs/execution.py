@@ -1,0 +1,274 @@
+"""Executing one run: claim it, call its provider with our retries and the model's fallbacks, store
+what the provider reported, finish and settle. The provider call runs on a helper thread so this
+one can heartbeat, and notice a cancel or the deadline, while it is in flight (CONTRACT section 7)."""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
+from django.utils import timezone
+
+from providers import RUNNERS, Completion, CompletionRequest, ProviderError, provider_model_id
+from routing.access import usable_fallback
+from routing.snapshot import get_rules
+
+from .models import Run, RunStatus
+from .services import (
+    is_stale,
+    run_claim,
+    run_complete,
+    run_count_call,
+    run_deadline,
+    run_finish,
+    run_heartbeat,
+    run_record_completion,
+    run_settle,
+    run_switch_model,
+    run_token_alerts_catch_up,
+    run_token_alerts_record,
+    timeout_error,
+)
+
+logger = logging.getLogger(__name__)
+DATABASE_DOWN = (OperationalError, InterfaceError)
+
+_Runner = Callable[[CompletionRequest], Completion]
+_Inbox = queue.SimpleQueue[tuple[_Runner, CompletionRequest, Future[Completion]]]  # one call at a time
+
+# Inboxes of the provider-call threads that are free. A thread serves one call at a time and frees
+# itself when the call returns; a call abandoned on a cancel or the deadline keeps its thread until
+# its own timeout (the run's deadline), so it never holds up the next run's call, which takes another
+# free thread or starts one. Kept threads save starting one per call, which
+# showed in the worker's CPU profile; there are never more than the calls once in flight at the same time.
+_free_threads: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
+
+
+def _start_call(runner: _Runner, request: CompletionRequest) -> Future:
+    """Run the provider call on a thread of its own, so this one can heartbeat while it waits."""
+    future: Future[Completion] = Future()
+    try:
+        inbox = _free_threads.get_nowait()
+    except queue.Empty:
+        inbox = queue.SimpleQueue()
+        threading.Thread(target=_serve_calls, args=(inbox,), name="provider-call", daemon=True).start()
+    inbox.put((runner, request, future))
+    return future
+
+
+def _serve_calls(inbox):
+    while True:
+        runner, request, future = inbox.get()
+        try:
+            future.set_result(runner(request))
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            future.set_exception(exc)
+        del runner, request, future  # nothing of a finished call outlives it
+        _free_threads.put(inbox)
+
+
+class _Stop(Exception):
+    """The run was canceled, taken over, or reached its deadline while we waited."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason  # canceled | lost | timeout
+
+
+def _persist(write):
+    """Run a database write that must not be lost: once the provider has answered, its answer only
+    exists in this process, so a database outage is waited out (with capped backoff) rather than
+    dropped. The task's soft time limit bounds the wait."""
+    delay = 0.25
+    while True:
+        try:
+            return write()
+        except DATABASE_DOWN as exc:
+            logger.warning("database unavailable (%s); retrying in %.2fs", exc.__class__.__name__, delay)
+            connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, settings.DB_RETRY_BACKOFF_CAP_SECS)
+
+
+class Execution:
+    def __init__(self, run: Run, token, call_counted: bool = False):
+        self.run, self.token = run, token
+        self.call_counted = call_counted  # the claim already counted the next provider call
+        self.deadline = run_deadline(run)
+        self.completion: Completion | None = None  # the provider's answer, once there is one
+
+    def seconds_left(self) -> float:
+        return (self.deadline - timezone.now()).total_seconds()
+
+    def heartbeat(self):
+        try:
+            state = run_heartbeat(self.run.pk, self.token)
+        except DATABASE_DOWN:
+            connection.close()
+            return  # cannot tell; keep waiting for the provider, the answer is what matters
+        if state != "ok":
+            raise _Stop(state)
+
+    def wait(self, future=None, delay=None):
+        """Wait for `future` (or `delay` seconds), heartbeating and checking the deadline as we go."""
+        until = time.monotonic() + delay if delay is not None else None
+        while True:
+            step = settings.CANCEL_POLL_SECS
+            if until is not None:
+                step = min(step, until - time.monotonic())
+                if step <= 0:
+                    return None
+            if future is not None:
+                try:
+                    return future.result(timeout=step)
+                except FutureTimeout:
+                    pass
+            else:
+                time.sleep(step)
+            self.heartbeat()
+            # One second of slack lets the provider client report its own timeout first.
+            if self.seconds_left() < -1:
+                raise _Stop("timeout")
+
+    def call_once(self, provider: str, model_id: str) -> Completion:
+        remaining = self.seconds_left()
+        if remaining <= 0:
+            if self.call_counted:  # counted by the claim, but it will not happen
+                self.call_counted = False
+                run_count_call(self.run.pk, -1)
+            raise _Stop("timeout")
+        request = CompletionRequest(
+            model=provider_model_id(provider, model_id),
+            system=self.run.system_prompt,
+            message=self.run.input["message"],
+            max_tokens=self.run.max_tokens,
+            timeout=remaining,
+        )
+        if self.call_counted:
+            self.call_counted = False
+        else:
+            run_count_call(self.run.pk)
+        return self.wait(future=_start_call(RUNNERS[provider], request))
+
+    def call_with_retries(self, provider: str, model_id: str) -> Completion:
+        """Up to PROVIDER_MAX_ATTEMPTS calls with capped exponential backoff; raises the last error."""
+        for attempt in range(settings.PROVIDER_MAX_ATTEMPTS):
+            try:
+                return self.call_once(provider, model_id)
+            except ProviderError as error:
+                if not error.retriable or attempt == settings.PROVIDER_MAX_ATTEMPTS - 1:
+                    raise
+                backoff = settings.PROVIDER_BACKOFF_BASE_SECS * 2**attempt
+                delay = min(settings.PROVIDER_BACKOFF_CAP_SECS, max(backoff, error.retry_after or 0))
+                if delay >= self.seconds_left():
+                    raise
+                logger.info(
+                    "run %s: %s on attempt %d, retrying in %.2fs", self.run.pk, error.code, attempt + 1, delay
+                )
+                self.wait(delay=delay)
+        raise AssertionError("unreachable")
+
+    def finish(self, status, error=None):
+        _persist(lambda: run_finish(self.run.pk, status, error, token=self.token))
+
+    def execute(self):
+        rules = get_rules()
+        tier = rules.tiers.get(self.run.tier)
+        entry = rules.models.get(self.run.catalog_model)
+        provider, model_id = self.run.provider, self.run.model
+        while True:
+            try:
+                completion = self.call_with_retries(provider, model_id)
+            except ProviderError as error:
+                fallback = (
+                    usable_fallback(rules, tier, entry) if (error.retriable and tier and entry) else None
+                )
+                if fallback is None:
+                    status = RunStatus.TIMED_OUT if error.code == "timeout" else RunStatus.FAILED
+                    self.finish(status, {"code": error.code, "message": error.message})
+                    return
+                logger.info(
+                    "run %s: %s out of retries (%s), falling back to %s",
+                    self.run.pk,
+                    model_id,
+                    error.code,
+                    fallback.id,
+                )
+                # Billed at the fallback's multiplier, but never above the one the run was admitted
+                # (and reserved) at, should an operator have raised the fallback's since.
+                multiplier = min(fallback.multiplier, self.run.multiplier)
+                if not run_switch_model(self.run.pk, self.token, fallback.id, fallback, multiplier):
+                    self.heartbeat()  # canceled or taken over meanwhile: raises _Stop with the reason
+                    raise _Stop("lost")
+                self.run.model, self.run.catalog_model, self.run.provider, self.run.multiplier = (
+                    fallback.id,
+                    fallback.id,
+                    fallback.provider,
+                    multiplier,
+                )
+                provider, model_id, entry = fallback.provider, fallback.id, fallback
+                continue
+            self.completion = completion
+            self.complete()
+            return
+
+    def complete(self):
+        completion = self.completion
+        assert completion is not None  # only called once the provider has answered
+        counters = _persist(lambda: run_complete(self.run, self.token, completion))
+        if counters is not None:
+            # Settled; its token alerts in a step of their own, a database outage waited out like
+            # the settlement's (a worker dying in between leaves them to the redelivery, resume()).
+            _persist(lambda: run_token_alerts_record(self.run, counters))
+            return
+        # Canceled meanwhile (billed for what the provider reported all the same), or no longer ours.
+        _persist(lambda: run_record_completion(self.run.pk, self.token, completion))
+        self.finish(RunStatus.COMPLETED)
+
+
+def execute(run_id, timeout_secs=None) -> None:
+    claimed = run_claim(run_id, timeout_secs)
+    if claimed is None:
+        resume(run_id)
+        return
+    execution = Execution(*claimed)
+    try:
+        execution.execute()
+    except _Stop as stop:
+        if stop.reason == "timeout":
+            execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run))
+        elif stop.reason == "canceled":  # the status is already final; the reservation is left to settle
+            _persist(lambda: run_settle(run_id))
+        # "lost": another claim or the sweeper owns the run now; nothing here is ours to write.
+    except SoftTimeLimitExceeded:
+        if execution.completion is not None:  # the provider answered: never throw that away
+            execution.complete()
+        else:
+            execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run))
+    except DATABASE_DOWN:
+        raise  # before the provider answered: the task retries, and the claim is taken over then
+    except Exception:
+        logger.exception("run %s failed unexpectedly", run_id)
+        execution.finish(RunStatus.FAILED, {"code": "internal", "message": "An internal error occurred."})
+        raise
+
+
+def resume(run_id) -> None:
+    """A delivery of a run it could not claim: a duplicate, a redelivery while its worker is alive,
+    or a run that has ended. Finish only what is safe without calling the provider: a recorded
+    answer whose worker is gone, an unsettled terminal run, or a completed run's token alerts."""
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        logger.warning("run %s does not exist; nothing to do", run_id)
+    elif run.status == RunStatus.EXECUTING and run.input_tokens is not None and is_stale(run):
+        run_finish(run.pk, RunStatus.COMPLETED)
+    elif run.is_terminal and run.settled_at is None and run.status != RunStatus.CANCELED:
+        run_settle(run.pk)
+    elif run.status == RunStatus.COMPLETED and run.billed_tokens:
+        run_token_alerts_catch_up(run)  # its worker may have died between its settlement and its alerts

@@ -1,0 +1,40 @@
+from django.db.models import Q
+from django.http import Http404
+
+from agents.models import Agent
+from maschina.db.rows import rows_of
+from maschina.errors import ApiError
+from routing.models import Tier
+
+from .models import Run, RunStatus
+
+
+def run_get(*, user, run_id) -> Run:
+    run = rows_of(Run).get(id=run_id, user=user.pk)
+    if run is None:
+        raise Http404
+    return run
+
+
+def run_list(*, user, status: str | None = None, agent: Agent | None = None):
+    runs = Run.objects.filter(user=user)
+    if agent is not None:
+        runs = runs.filter(agent=agent)
+    if status is not None:
+        if status not in RunStatus.values:
+            raise ApiError(
+                "invalid",
+                "The request has invalid fields.",
+                fields={"status": [f"Must be one of: {', '.join(RunStatus.values)}."]},
+            )
+        runs = runs.filter(status=status)
+    return runs.order_by("-created_at", "-id")
+
+
+def runs_referencing(obj):
+    """The runs admitted under a tier or catalog row (routing.protection keeps those from deletion)."""
+    if isinstance(obj, Tier):
+        return Run.objects.filter(tier=obj.slug)
+    # A run that fell back keeps the model it asked for in requested_model (or, when it used its
+    # tier's default, nowhere but its tier), and its catalog_model moves to the fallback's row.
+    return Run.objects.filter(Q(catalog_model=obj.id) | Q(requested_model=obj.id) | Q(model=obj.id))
