@@ -302,11 +302,12 @@ class Emulator:
     """The zero-latency Anthropic emulator of tests/emulators.py, in a process of its own
     (bench/emulator.py)."""
 
-    def __init__(self, log_dir):
+    def __init__(self, log_dir, delay_secs: float = 0):
         self.log = open(Path(log_dir) / "emulator.log", "wb")
         self.proc = subprocess.Popen(
             [PYTHON, str(ROOT / "bench" / "emulator.py")],
             cwd=ROOT,
+            env={**os.environ, "BENCH_EMULATOR_DELAY_SECS": str(delay_secs)},
             stdout=subprocess.PIPE,
             stderr=self.log,
             start_new_session=True,
@@ -350,8 +351,9 @@ def start_web(env, log_dir, workers=2):
     return web, url
 
 
-def start_worker(env, log_dir, concurrency=2, queues="maschina"):
-    """`celery worker -c N` as production runs it (default WARNING log level, so no line per task)."""
+def start_worker(env, log_dir, concurrency: int | None = 2, queues="maschina"):
+    """`celery worker -c N` as production runs it (default WARNING log level, so no line per task);
+    with no concurrency, the project's own default."""
     from tests.processes import Process
 
     argv = [
@@ -359,8 +361,7 @@ def start_worker(env, log_dir, concurrency=2, queues="maschina"):
         "-A",
         "maschina",
         "worker",
-        "-c",
-        str(concurrency),
+        *(["-c", str(concurrency)] if concurrency is not None else []),
         "-Q",
         queues,
         "-n",

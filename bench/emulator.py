@@ -7,17 +7,20 @@ sendall, a thread per connection, takes a fraction of that. It serves POST /v1/m
 keep-alive connections, a request's body read by its content-length (the SDK and LiteLLM always
 send one), and answers anything else 404. A chunked body or an `Expect` it does not read: it answers
 501 and closes the connection, rather than answer out of step.
-Prints its URL on the first line of stdout, then serves until terminated.
+With BENCH_EMULATOR_DELAY_SECS set it answers each request that much later, as a real model takes
+seconds to answer. Prints its URL on the first line of stdout, then serves until terminated.
 
     python bench/emulator.py [PORT]
 """
 
 import json
+import os
 import signal
 import socket
 import socketserver
 import sys
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.emulators import anthropic_message
 
 PATH = b"/v1/messages"
+DELAY_SECS = float(os.environ.get("BENCH_EMULATOR_DELAY_SECS") or 0)
 
 
 def response(status: int, body: dict) -> bytes:
@@ -73,6 +77,8 @@ class Connection(socketserver.BaseRequestHandler):
                     return
                 buffer += data
             body, buffer = buffer[end_of_head + 4 : end], buffer[end:]
+            if DELAY_SECS:
+                time.sleep(DELAY_SECS)
             sock.sendall(answer(head[0], body))
             if headers.get(b"connection") == b"close":
                 return
@@ -81,7 +87,7 @@ class Connection(socketserver.BaseRequestHandler):
 class Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 256  # the default backlog of 5 drops connections under load
+    request_queue_size = 4096  # the default backlog of 5 drops connections under load
 
 
 def main():

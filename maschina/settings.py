@@ -2,6 +2,7 @@
 (CONTRACT section 8); nothing here has a production secret."""
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,18 @@ TEMPLATES = [
     },
 ]
 
+# Celery's pool for the worker: threads, one run each (see CELERY_WORKER_POOL below); `-P` or
+# MASCHINA_WORKER_POOL picks another. A worker on threads pools its database connections; one that forks
+# must not (a fork copies no pool thread), and holds one connection per process anyway.
+WORKER_POOL = os.environ.get("MASCHINA_WORKER_POOL", "threads")
+IS_WORKER = "celery" in sys.argv[0] and "worker" in sys.argv[1:]
+if IS_WORKER:
+    for index, arg in enumerate(sys.argv[:-1]):
+        if arg in ("-P", "--pool"):
+            WORKER_POOL = sys.argv[index + 1]
+    WORKER_POOL = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--pool=")), WORKER_POOL)
+DB_POOL_SIZE = int(os.environ.get("MASCHINA_DB_POOL_SIZE", "16"))
+
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'maschina.sqlite3'}",
@@ -103,7 +116,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the worker share the file: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-elif env_bool("DATABASE_PREPARED_STATEMENTS", True):
+if (
+    IS_WORKER
+    and WORKER_POOL == "threads"
+    and DATABASES["default"]["ENGINE"] == "maschina.db.postgresql"
+    and DB_POOL_SIZE
+):
+    # A worker holds up to a thousand runs on threads, and each gives its connection back while it
+    # waits on its provider (runs.execution): a pool of a few connections serves them all, so the
+    # worker's connections stay bounded whatever its concurrency. No check on each checkout (a round
+    # trip every time): a broken connection fails its statement, which the run's task retries.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DB_POOL_SIZE,
+        "timeout": 10,
+    }
+if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3" and env_bool(
+    "DATABASE_PREPARED_STATEMENTS", True
+):
     # Server-side parameters, and psycopg prepares a statement from its fifth run on a connection:
     # PostgreSQL then skips parsing and planning the statements every run repeats. Off
     # (DATABASE_PREPARED_STATEMENTS=0) behind a pooler in transaction mode, which cannot keep them.
@@ -198,6 +230,14 @@ CELERY_TASK_PUBLISH_RETRY = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A run is a provider call that waits on the network for seconds, so a worker holds many on threads
+# (docs/operations.md has the measurements behind the choice). SQLite serialises writes, so the
+# embedded default runs a handful.
+CELERY_WORKER_POOL = WORKER_POOL
+CELERY_WORKER_CONCURRENCY = int(
+    os.environ.get("MASCHINA_WORKER_CONCURRENCY")
+    or (8 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 1000)
+)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

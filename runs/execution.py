@@ -1,6 +1,7 @@
 """Executing one run: claim it, call its provider with our retries and the model's fallbacks, store
 what the provider reported, finish and settle. The provider call runs on a helper thread so this
-one can heartbeat, and notice a cancel or the deadline, while it is in flight (CONTRACT section 7)."""
+one can notice a cancel, a takeover or the deadline while it is in flight (CONTRACT section 7); the
+heartbeats and the checks for all the runs of a process are rounds of runs.inflight."""
 
 import logging
 import queue
@@ -8,17 +9,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
+from maschina.db.rows import release_connection
 from providers import RUNNERS, Completion, CompletionRequest, ProviderError, provider_model_id
 from routing.access import usable_fallback
 from routing.snapshot import get_rules
 
+from . import inflight
 from .models import Run, RunStatus
 from .services import (
     is_stale,
@@ -51,7 +53,7 @@ _free_threads: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
 
 
 def _start_call(runner: _Runner, request: CompletionRequest) -> Future:
-    """Run the provider call on a thread of its own, so this one can heartbeat while it waits."""
+    """Run the provider call on a thread of its own, so this one can notice a cancel while it waits."""
     future: Future[Completion] = Future()
     try:
         inbox = _free_threads.get_nowait()
@@ -102,39 +104,39 @@ class Execution:
         self.call_counted = call_counted  # the claim already counted the next provider call
         self.deadline = run_deadline(run)
         self.completion: Completion | None = None  # the provider's answer, once there is one
+        self.held = inflight.hold(run.pk, token)  # released when execute() ends
 
     def seconds_left(self) -> float:
         return (self.deadline - timezone.now()).total_seconds()
 
-    def heartbeat(self):
-        try:
-            state = run_heartbeat(self.run.pk, self.token)
-        except DATABASE_DOWN:
-            connection.close()
-            return  # cannot tell; keep waiting for the provider, the answer is what matters
-        if state != "ok":
-            raise _Stop(state)
+    def check(self):
+        """Raise _Stop if the last round found the run canceled or taken over, or it is past its
+        deadline (with a second of slack, so the provider client reports its own timeout first)."""
+        if self.held.state != "ok":
+            raise _Stop(self.held.state)
+        if self.seconds_left() < -1:
+            raise _Stop("timeout")
 
-    def wait(self, future=None, delay=None):
-        """Wait for `future` (or `delay` seconds), heartbeating and checking the deadline as we go."""
+    def wait(self, future: Future | None = None, delay: float | None = None):
+        """Wait for `future` (or `delay` seconds) without a database connection, woken by the answer or
+        by a round of runs.inflight that found the run canceled or taken over; take a round when one
+        is due."""
+        release_connection()
         until = time.monotonic() + delay if delay is not None else None
+        if future is not None:
+            future.add_done_callback(lambda _: self.held.changed.set())
         while True:
+            if future is not None and future.done():
+                return future.result()
+            self.check()
             step = settings.CANCEL_POLL_SECS
             if until is not None:
                 step = min(step, until - time.monotonic())
                 if step <= 0:
                     return None
-            if future is not None:
-                try:
-                    return future.result(timeout=step)
-                except FutureTimeout:
-                    pass
-            else:
-                time.sleep(step)
-            self.heartbeat()
-            # One second of slack lets the provider client report its own timeout first.
-            if self.seconds_left() < -1:
-                raise _Stop("timeout")
+            self.held.changed.wait(step)
+            self.held.changed.clear()
+            inflight.watch_if_due()
 
     def call_once(self, provider: str, model_id: str) -> Completion:
         remaining = self.seconds_left()
@@ -204,8 +206,8 @@ class Execution:
                 # (and reserved) at, should an operator have raised the fallback's since.
                 multiplier = min(fallback.multiplier, self.run.multiplier)
                 if not run_switch_model(self.run.pk, self.token, fallback.id, fallback, multiplier):
-                    self.heartbeat()  # canceled or taken over meanwhile: raises _Stop with the reason
-                    raise _Stop("lost")
+                    state = run_heartbeat(self.run.pk, self.token)  # canceled or taken over meanwhile
+                    raise _Stop(state if state != "ok" else "lost")
                 self.run.model, self.run.catalog_model, self.run.provider, self.run.multiplier = (
                     fallback.id,
                     fallback.id,
@@ -257,6 +259,8 @@ def execute(run_id, timeout_secs=None) -> None:
         logger.exception("run %s failed unexpectedly", run_id)
         execution.finish(RunStatus.FAILED, {"code": "internal", "message": "An internal error occurred."})
         raise
+    finally:
+        inflight.release(execution.run.pk)
 
 
 def resume(run_id) -> None:

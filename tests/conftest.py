@@ -1,4 +1,5 @@
 import importlib
+import tempfile
 
 import pytest
 from django.apps import apps
@@ -12,6 +13,7 @@ from routing import snapshot
 from routing.models import Tier
 
 from .emulators import AnthropicEmulator, OllamaEmulator
+from .processes import RedisServer, stack_env
 
 _seed = importlib.import_module("routing.migrations.0002_seed_catalog").seed
 
@@ -95,3 +97,33 @@ def make_agent():
         return agent_create(owner=user, name=fields.pop("name", "agent"), **fields)
 
     return make
+
+
+STALE_SECS = 3  # the clusters' heartbeat staleness: a dead worker's runs are taken over after it
+
+
+@pytest.fixture
+def cluster(django_db_setup, anthropic_emulator, ollama_emulator):
+    """Env for worker and beat processes on the test database and a Redis of their own."""
+    anthropic_emulator.reset()
+    ollama_emulator.reset()
+    broker = RedisServer()
+    env = stack_env(
+        broker_url=broker.url,
+        anthropic=anthropic_emulator,
+        ollama=ollama_emulator,
+        MASCHINA_HEARTBEAT_STALE_SECS=str(STALE_SECS),
+        MASCHINA_SWEEP_INTERVAL_SECS="1",
+        MASCHINA_SWEEP_REDISPATCH_AFTER_SECS="3",
+    )
+    processes = []
+    state = {
+        "env": env,
+        "log_dir": tempfile.mkdtemp(prefix="maschina-faults-logs-"),
+        "broker": broker,
+        "processes": processes,
+    }
+    yield state
+    for process in processes:
+        process.stop()
+    broker.stop()

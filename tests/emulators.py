@@ -21,6 +21,10 @@ class Reply:
     usage: dict | None = None  # overrides the default usage of a success body
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # hundreds of runs connect at once in the in-flight tests
+
+
 class Emulator:
     def __init__(self, name):
         self.name = name
@@ -32,7 +36,9 @@ class Emulator:
         self.delay = 0.0  # delay of unscripted successful calls
         self._rng = random.Random(31)
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.in_flight = 0  # requests being answered now, and the most at once since reset()
+        self.peak_in_flight = 0
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -43,6 +49,7 @@ class Emulator:
             self.script.clear()
             self.default_usage = {}
             self.fail_rate, self.fail_reply, self.delay = 0.0, None, 0.0
+            self.peak_in_flight = self.in_flight
             self._rng = random.Random(31)
 
     def queue(self, model, *replies):
@@ -87,10 +94,17 @@ class Emulator:
                 if self.path != emulator.path:
                     return self._send(404, {"error": f"no route {self.path}"})
                 reply = emulator._next_reply(payload.get("model"))
-                if reply.delay:
-                    time.sleep(reply.delay)
-                body = reply.body if reply.body is not None else emulator.success(payload, reply.usage)
-                self._send(reply.status, body, reply.headers)
+                with emulator._lock:
+                    emulator.in_flight += 1
+                    emulator.peak_in_flight = max(emulator.peak_in_flight, emulator.in_flight)
+                try:
+                    if reply.delay:
+                        time.sleep(reply.delay)
+                    body = reply.body if reply.body is not None else emulator.success(payload, reply.usage)
+                    self._send(reply.status, body, reply.headers)
+                finally:
+                    with emulator._lock:
+                        emulator.in_flight -= 1
 
             def _send(self, status, body, headers=None):
                 data = json.dumps(body).encode()

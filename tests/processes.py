@@ -115,18 +115,22 @@ def start_gunicorn(env, log_dir, workers=2) -> tuple[Process, str]:
     return Process("web", argv, env, log_dir), f"http://127.0.0.1:{port}"
 
 
-def start_worker(env, log_dir, name="worker", concurrency=2, beat=False) -> Process:
+def start_worker(
+    env, log_dir, name="worker", concurrency: int | None = 2, beat=False, pool: str | None = None
+) -> Process:
     argv = [
         str(BIN / "celery"),
         "-A",
         "maschina",
         "worker",
         "--loglevel=INFO",
-        "-c",
-        str(concurrency),
         "-n",
         f"{name}@%h",
     ]
+    if concurrency is not None:  # None: the project's own default, as `celery -A maschina worker` runs
+        argv += ["-c", str(concurrency)]
+    if pool is not None:  # None: the project's own (threads)
+        argv += ["-P", pool]
     if beat:
         argv.append("-B")
     return Process(name, argv, env, log_dir)
@@ -342,3 +346,46 @@ def start_beat(env, log_dir) -> Process:
 def children(pid) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
+
+
+# --- the runs of a test cluster (conftest.cluster) ----------------------------------------------
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def publish(cluster, run):
+    """Publish the run's task to the cluster's broker (the test process is configured for another)."""
+    from maschina.celery import app
+    from runs.dispatch import task_time_limits
+    from runs.tasks import execute_run
+
+    soft, hard = task_time_limits(run.timeout_secs)
+    with app.connection_for_write(cluster["broker"].url) as conn:
+        execute_run.apply_async(
+            args=[str(run.pk)], task_id=str(run.pk), soft_time_limit=soft, time_limit=hard, connection=conn
+        )
+
+
+def publish_many(cluster, runs):
+    """publish() for many runs over one broker connection."""
+    from maschina.celery import app
+    from runs.dispatch import task_time_limits
+    from runs.tasks import execute_run
+
+    with app.connection_for_write(cluster["broker"].url) as conn:
+        for run in runs:
+            soft, hard = task_time_limits(run.timeout_secs)
+            execute_run.apply_async(
+                args=[str(run.pk)],
+                task_id=str(run.pk),
+                soft_time_limit=soft,
+                time_limit=hard,
+                connection=conn,
+            )

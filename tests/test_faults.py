@@ -14,7 +14,6 @@ from billing.models import LedgerEntry
 from billing.selectors import plan_for
 from runs.admission import run_create
 from runs.audit import audit
-from runs.dispatch import task_time_limits
 from runs.models import Run, RunStatus
 from runs.tasks import execute_run
 
@@ -26,64 +25,18 @@ from .processes import (
     RedisServer,
     children,
     manage,
+    publish,
     stack_env,
     start_beat,
     start_gunicorn,
     start_worker,
+    wait_for,
     wait_http,
     wait_terminal,
     wait_worker_ready,
 )
 
 pytestmark = pytest.mark.slow
-STALE_SECS = 3
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def cluster(django_db_setup, anthropic_emulator, ollama_emulator):
-    """Env for worker and beat processes on the test database and a Redis of their own."""
-    anthropic_emulator.reset()
-    ollama_emulator.reset()
-    broker = RedisServer()
-    env = stack_env(
-        broker_url=broker.url,
-        anthropic=anthropic_emulator,
-        ollama=ollama_emulator,
-        MASCHINA_HEARTBEAT_STALE_SECS=str(STALE_SECS),
-        MASCHINA_SWEEP_INTERVAL_SECS="1",
-        MASCHINA_SWEEP_REDISPATCH_AFTER_SECS="3",
-    )
-    processes = []
-    state = {
-        "env": env,
-        "log_dir": tempfile.mkdtemp(prefix="maschina-faults-logs-"),
-        "broker": broker,
-        "processes": processes,
-    }
-    yield state
-    for process in processes:
-        process.stop()
-    broker.stop()
-
-
-def publish(cluster, run):
-    """Publish the run's task to the cluster's broker (the test process is configured for another)."""
-    from maschina.celery import app
-
-    soft, hard = task_time_limits(run.timeout_secs)
-    with app.connection_for_write(cluster["broker"].url) as conn:
-        execute_run.apply_async(
-            args=[str(run.pk)], task_id=str(run.pk), soft_time_limit=soft, time_limit=hard, connection=conn
-        )
 
 
 def new_run(make_user, make_agent, model="claude-haiku-4-5", tier="m10", timeout_secs=60):
@@ -112,7 +65,9 @@ def assert_billed_once(run, billed):
 @pytest.mark.parametrize("victim", ["pool process", "main process"])
 def test_worker_killed_inside_the_provider_call(cluster, make_user, make_agent, anthropic_emulator, victim):
     env, log_dir = cluster["env"], cluster["log_dir"]
-    worker = start_worker(env, log_dir, name="doomed", concurrency=1)
+    # A pool process exists only in the prefork pool, which stays supported (MASCHINA_WORKER_POOL).
+    pool = "prefork" if victim == "pool process" else None
+    worker = start_worker(env, log_dir, name="doomed", concurrency=1, pool=pool)
     beat = start_beat(env, log_dir)
     cluster["processes"] += [worker, beat]
     wait_worker_ready(worker)

@@ -1,0 +1,202 @@
+"""Benchmark 7: runs completed per second at a realistic provider latency, ours vs the LiteLLM proxy.
+
+The benchmark emulator answers every call after BENCH_EMULATOR_DELAY_SECS (2 s). Ours: gunicorn (2
+workers) and one `celery -A maschina worker` with no option (the project's threads pool and
+concurrency); wrk admits runs from 400 concurrent clients until 4 000 are admitted, and the clock
+stops when the last of them is settled: completed runs / (first admission -> last settlement).
+Sampled meanwhile: runs executing at once, the worker's PostgreSQL connections, and the worker's
+RSS, whose growth over its idle size divided by the runs in flight is the memory per run.
+Peer: the LiteLLM proxy of benchmark 6, the same emulator and delay, wrk at 400 clients; each 200 is a
+call that went through the provider, so its calls/s is completions per second.
+
+    python bench/in_flight.py [--quick]
+"""
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+from gateways import PEER_BODY, PEER_KEY, RUN_BODY, LiteLLM
+
+WORKER_APP = "maschina-bench-node"  # the worker's application_name in pg_stat_activity
+
+
+def rss_kib(pids) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Sampler:
+    """Every 0.2 s: runs executing, the worker's connections, the worker's RSS; the peaks."""
+
+    def __init__(self, worker_pids):
+        from django.db import connections
+
+        self.worker_pids, self.connections = worker_pids, connections
+        self.peak = {"executing": 0, "connections": 0, "rss_kib": 0}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        from runs.models import Run
+
+        with self.connections["default"].cursor() as cursor:
+            while not self.done.wait(0.2):
+                executing = Run.objects.filter(status="executing").count()
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [WORKER_APP]
+                )
+                (conns,) = cursor.fetchone()
+                figures = {
+                    "executing": executing,
+                    "connections": conns,
+                    "rss_kib": rss_kib(self.worker_pids()),
+                }
+                for name, value in figures.items():
+                    self.peak[name] = max(self.peak[name], value)
+        self.connections["default"].close()
+
+    def stop(self) -> dict:
+        self.done.set()
+        self.thread.join(5)
+        return self.peak
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--delay", type=float, default=2.0)
+    parser.add_argument("--clients", type=int, default=400)
+    args = parser.parse_args()
+    runs_wanted, peer_secs = (400, 6) if args.quick else (4000, 20)
+
+    logs = common.log_dir("in-flight")
+    redis = common.Redis()
+    emulator = common.Emulator(logs, delay_secs=args.delay)
+    web = worker = peer = None
+    try:
+        common.recreate_database()
+        common.django_setup(redis.url(0))
+        made = common.migrate_and_seed()
+        _, key, agent = made["bench"]
+        from django.db.models import Max, Min
+
+        from runs.models import Run
+
+        env = common.stack_env(broker_url=redis.url(0), anthropic_url=emulator.url)
+        web, url = common.start_web(env, logs, workers=2)
+        worker = common.start_worker({**env, "PGAPPNAME": WORKER_APP}, logs, concurrency=None)
+        common.wait_worker_ready(worker)
+        time.sleep(1)
+        worker_pids = lambda: common.descendants(worker.proc.pid)  # noqa: E731
+        idle_rss = rss_kib(worker_pids())
+
+        # Ours: admit until `runs_wanted` are admitted, then wait for the last settlement.
+        meter = common.CpuMeter(
+            {
+                "web": lambda: common.descendants(web.proc.pid),
+                "worker": worker_pids,
+                "postgres (our backends)": common.pg_backend_pids,
+                "redis": lambda: [redis.pid],
+            }
+        )
+        sampler = Sampler(worker_pids)
+        meter.start()
+        admitted_load = []
+        while Run.objects.count() < runs_wanted:
+            admitted_load.append(
+                common.wrk(
+                    f"{url}/api/v1/agents/{agent.pk}/run", key=key, body=RUN_BODY,
+                    connections=args.clients, seconds=2, timeout="30s",
+                )
+            )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while Run.objects.filter(settled_at__isnull=True).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("runs not settled in time")
+            time.sleep(0.1)
+        cpu = meter.stop()
+        peak = sampler.stop()
+        span = Run.objects.aggregate(first=Min("created_at"), last=Max("settled_at"))
+        n = Run.objects.count()
+        completed = Run.objects.filter(status="completed").count()
+        wall = (span["last"] - span["first"]).total_seconds()
+        ours = {
+            "admitted": n,
+            "completed": completed,
+            "seconds": round(wall, 2),
+            "per_second": round(completed / wall, 1),
+            "admission_statuses": [load["statuses"] for load in admitted_load],
+            "peak_in_flight": peak["executing"],
+            "peak_db_connections": peak["connections"],
+            "idle_rss_mib": round(idle_rss / 1024, 1),
+            "peak_rss_mib": round(peak["rss_kib"] / 1024, 1),
+            "rss_kib_per_in_flight_run": round((peak["rss_kib"] - idle_rss) / max(peak["executing"], 1), 1),
+            "cpu_ms_per_run": common.per_op_ms(cpu, completed),
+        }
+        print(f"  maschina: {ours}")
+        worker.stop()
+        web.stop()
+        worker = web = None
+
+        peer = LiteLLM(logs, emulator.url, redis.url(13))
+        common.wrk(peer.url + "/v1/chat/completions", key=PEER_KEY, body=PEER_BODY, connections=8, seconds=2)
+        meter = common.CpuMeter({"litellm": lambda: common.descendants(peer.proc.pid)})
+        meter.start()
+        load = common.wrk(
+            peer.url + "/v1/chat/completions", key=PEER_KEY, body=PEER_BODY,
+            connections=args.clients, seconds=peer_secs, timeout="60s",
+        )  # fmt: skip
+        cpu = meter.stop()
+        theirs = {
+            "calls": load["ok"],
+            "seconds": load["seconds"],
+            "per_second": load["rps"],
+            "p50_ms": load["p50_ms"],
+            "p99_ms": load["p99_ms"],
+            "statuses": load["statuses"],
+            "cpu_ms_per_call": common.per_op_ms(cpu, load["ok"]),
+        }
+        print(f"  litellm: {theirs}")
+        ratio = round(ours["per_second"] / theirs["per_second"], 2)
+        result = {
+            "what": f"completed runs per second at a provider latency of {args.delay} s, "
+            f"{args.clients} concurrent clients, one worker node",
+            "baseline": f"LiteLLM proxy {peer.version()} (2 workers), same emulator, delay and clients",
+            "delay_secs": args.delay,
+            "clients": args.clients,
+            "maschina": ours,
+            "litellm": theirs,
+            "ratio": ratio,
+            "target": "ratio >= 2.5, >= 1000 in flight, <= 20 connections, <= 64 KiB per in-flight run",
+            "target_met": ratio >= 2.5
+            and ours["peak_in_flight"] >= 1000
+            and ours["peak_db_connections"] <= 20
+            and ours["rss_kib_per_in_flight_run"] <= 64,
+        }
+        print(
+            f"in flight: maschina {ours['per_second']}/s vs litellm {theirs['per_second']}/s, ratio {ratio}"
+        )
+        common.save_result("in_flight", result)
+    finally:
+        for process in (peer, worker, web):
+            if process:
+                process.stop()
+        emulator.stop()
+        redis.stop()
+
+
+if __name__ == "__main__":
+    main()

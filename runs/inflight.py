@@ -1,0 +1,105 @@
+"""The runs this worker process holds, watched together.
+
+A run waiting on its provider needs a heartbeat (so the sweeper does not take it for dead) and must
+notice a cancel or a takeover. Rather than each run writing its own heartbeat, one round per
+CANCEL_POLL_SECS does it for all the runs of the process: one read finds the runs that were canceled
+or taken over, one UPDATE heartbeats the rest. The database's load then grows with worker processes,
+not with the runs they hold, and a waiting run holds no database connection.
+
+The round is taken by whichever waiting thread finds it due (watch_if_due), on that thread's own
+connection, so there is no thread to keep alive and a run executed in-process sees what its caller's
+transaction sees."""
+
+import logging
+import threading
+import time
+import uuid
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
+from django.utils import timezone
+
+from maschina.db.rows import release_connection
+
+from .models import Run, RunStatus
+
+logger = logging.getLogger(__name__)
+
+
+class Held:
+    """One run this process holds: its claim, and what the watcher last found (ok, canceled, lost).
+    `changed` is set when that changes, or when whoever waits on the run should look again."""
+
+    __slots__ = ("changed", "state", "token")
+
+    def __init__(self, token: uuid.UUID):
+        self.token = token
+        self.state = "ok"
+        self.changed = threading.Event()
+
+
+_held: dict[uuid.UUID, Held] = {}
+_lock = threading.Lock()
+_round = threading.Lock()
+_last_round = 0.0  # time.monotonic() of the last round
+
+
+def hold(run_id: uuid.UUID, token: uuid.UUID) -> Held:
+    """Watch this run while this process holds it with `token`; release() it when done."""
+    held = Held(token)
+    with _lock:
+        _held[run_id] = held
+    return held
+
+
+def release(run_id: uuid.UUID) -> None:
+    with _lock:
+        _held.pop(run_id, None)
+
+
+def held_count() -> int:
+    return len(_held)
+
+
+def watch_once() -> None:
+    """One round: find the held runs no longer ours, heartbeat the others."""
+    with _lock:
+        items = list(_held.items())
+    if not items:
+        return
+    found = {
+        run_id: (status, claim)
+        for run_id, status, claim in Run.objects.filter(pk__in=[run_id for run_id, _ in items]).values_list(
+            "id", "status", "claim"
+        )
+    }
+    ours = []
+    for run_id, held in items:
+        status, claim = found.get(run_id, (None, None))
+        if status == RunStatus.EXECUTING and claim == held.token:
+            ours.append(run_id)
+        elif held.state == "ok":
+            # "canceled" only to the claim that holds the run: a stale worker must not settle it.
+            held.state = "canceled" if (status == RunStatus.CANCELED and claim == held.token) else "lost"
+            held.changed.set()
+    if ours:
+        Run.objects.filter(pk__in=ours, status=RunStatus.EXECUTING).update(heartbeat_at=timezone.now())
+
+
+def watch_if_due() -> None:
+    """Take the round if it is due and no other thread is taking it."""
+    global _last_round
+    if time.monotonic() - _last_round < settings.CANCEL_POLL_SECS or not _round.acquire(blocking=False):
+        return
+    try:
+        if time.monotonic() - _last_round < settings.CANCEL_POLL_SECS:
+            return
+        _last_round = time.monotonic()
+        watch_once()
+    except (OperationalError, InterfaceError) as exc:
+        # Cannot tell: the runs keep waiting on their providers, whose answers matter most.
+        logger.warning("runs watch: database unavailable (%s)", exc.__class__.__name__)
+        connection.close()
+    finally:
+        _round.release()
+        release_connection()

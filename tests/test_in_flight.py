@@ -1,0 +1,153 @@
+"""One worker node holds hundreds of provider calls at once: `celery -A maschina worker` with no option
+(the threads pool, its default concurrency, a bounded database pool), against the emulator answering
+after a delay. Every run completes billed once; the node's PostgreSQL connections stay under the
+bound; cancels stop the runs at once; a node killed with hundreds in flight loses none of them."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from billing.models import LedgerEntry, UsagePeriod
+from billing.selectors import plan_for
+from runs.admission import run_create
+from runs.audit import audit
+from runs.models import TERMINAL_STATUSES, Run, RunStatus
+from runs.services import run_cancel
+
+from .processes import publish_many, start_beat, start_worker, wait_for, wait_worker_ready
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+NODE = "maschina-node-under-test"  # the node's application_name in pg_stat_activity
+CONNECTION_BOUND = 20
+
+
+class ConnectionSampler:
+    """Counts the node's PostgreSQL connections every 0.1 s, from a connection of its own."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        import psycopg
+
+        settings = connection.settings_dict
+        with psycopg.connect(
+            host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"]
+        ) as conn:
+            conn.autocommit = True
+            while not self._stop.is_set():
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [NODE]
+                ).fetchone()
+                self.peak = max(self.peak, count)
+                time.sleep(0.1)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak
+
+
+def admit(make_user, make_agent, n, timeout_secs=120):
+    user = make_user("enterprise")
+    agent = make_agent(user)
+    plan = plan_for(user)
+    return [
+        run_create(
+            user=user, plan=plan, agent=agent, input={"message": "hi"}, model="claude-haiku-4-5",
+            timeout_secs=timeout_secs, max_tokens=64,
+        )
+        for _ in range(n)
+    ]  # fmt: skip
+
+
+def start_node(cluster, name="node", **env):
+    worker = start_worker(
+        {**cluster["env"], "PGAPPNAME": NODE, **env}, cluster["log_dir"], name=name, concurrency=None
+    )
+    cluster["processes"].append(worker)
+    wait_worker_ready(worker)
+    return worker
+
+
+def test_one_node_holds_500_runs_in_flight(cluster, make_user, make_agent, anthropic_emulator):
+    runs = admit(make_user, make_agent, 500)
+    anthropic_emulator.delay = 8.0
+    node = start_node(cluster)
+    banner = node.log_path.read_text()
+    assert "concurrency: 1000 (thread)" in banner, banner  # the plain command's pool, from our configuration
+    sampler = ConnectionSampler()
+    try:
+        publish_many(cluster, runs)
+        wait_for(lambda: anthropic_emulator.in_flight >= 500, 30, "500 provider calls at once")
+        ids = [run.pk for run in runs]
+        wait_for(
+            lambda: Run.objects.filter(pk__in=ids, status=RunStatus.COMPLETED).count() == 500,
+            60,
+            "completion",
+        )
+    finally:
+        peak_connections = sampler.stop()
+    print(f"\npeak in flight {anthropic_emulator.peak_in_flight}, peak connections {peak_connections}")
+    assert anthropic_emulator.peak_in_flight >= 500
+    assert 0 < peak_connections <= CONNECTION_BOUND
+    assert LedgerEntry.objects.filter(run__in=ids).count() == 500
+    assert set(LedgerEntry.objects.filter(run__in=ids).values_list("billed_tokens", flat=True)) == {62}
+    assert audit()[1] == []
+
+
+def test_50_in_flight_runs_canceled_stop_at_once(cluster, make_user, make_agent, anthropic_emulator):
+    runs = admit(make_user, make_agent, 50)
+    anthropic_emulator.delay = 20.0
+    start_node(cluster)
+    publish_many(cluster, runs)
+    ids = [run.pk for run in runs]
+    wait_for(lambda: anthropic_emulator.in_flight >= 50, 30, "50 provider calls at once")
+    canceled_at = time.monotonic()
+    for run in runs:
+        assert run_cancel(run=Run.objects.get(pk=run.pk)).status == RunStatus.CANCELED
+    settled = wait_for(
+        lambda: Run.objects.filter(pk__in=ids, settled_at__isnull=False).count() == 50, 10, "settlement"
+    )
+    print(f"\n50 cancels settled {settled - canceled_at:.2f} s after the first")
+    assert (
+        settled - canceled_at < 1 + 1.5
+    )  # within a second of the last cancel, which came 1.5 s at most after
+    for run in Run.objects.filter(pk__in=ids):
+        assert (run.status, run.billed_tokens) == (RunStatus.CANCELED, None)  # the provider reported nothing
+    assert not LedgerEntry.objects.filter(run__in=ids).exists()
+    assert UsagePeriod.objects.get(user=runs[0].user).tokens_reserved == 0
+    assert audit()[1] == []
+
+
+def test_a_node_killed_with_300_in_flight_loses_none(cluster, make_user, make_agent, anthropic_emulator):
+    runs = admit(make_user, make_agent, 300, timeout_secs=60)
+    anthropic_emulator.delay = 5.0
+    doomed = start_node(cluster, name="doomed")
+    publish_many(cluster, runs)
+    wait_for(lambda: anthropic_emulator.in_flight >= 300, 30, "300 provider calls at once")
+    os.killpg(doomed.proc.pid, signal.SIGKILL)  # its messages stay unacked in Redis
+    doomed.proc.wait(5)
+    killed_at = time.monotonic()
+    fresh = start_node(cluster, name="fresh")
+    cluster["processes"].append(start_beat(cluster["env"], cluster["log_dir"]))
+    ids = [run.pk for run in runs]
+    done = wait_for(
+        lambda: (
+            Run.objects.filter(pk__in=ids, status__in=TERMINAL_STATUSES, settled_at__isnull=False).count()
+            == 300
+        ),
+        60 + 60,
+        "every run terminal",
+    )
+    print(f"\n300 runs terminal {done - killed_at:.1f} s after the kill")
+    assert fresh.proc.poll() is None
+    assert Run.objects.filter(pk__in=ids, status=RunStatus.COMPLETED).count() == 300
+    assert LedgerEntry.objects.filter(run__in=ids).count() == 300
+    assert audit()[1] == []

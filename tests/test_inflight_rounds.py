@@ -1,0 +1,58 @@
+"""runs.inflight: one round heartbeats every run the process holds and finds the canceled and the
+taken-over ones in two statements, however many runs it holds."""
+
+import datetime as dt
+import uuid
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from runs import inflight
+from runs.models import Run, RunStatus
+from runs.services import run_cancel
+
+from .test_execution import start_run  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def held_runs(start_run):  # noqa: F811
+    runs, tokens = [], []
+    long_ago = timezone.now() - dt.timedelta(minutes=5)
+    for _ in range(30):
+        run = start_run(model="claude-haiku-4-5")
+        token = uuid.uuid4()
+        Run.objects.filter(pk=run.pk).update(status=RunStatus.EXECUTING, claim=token, heartbeat_at=long_ago)
+        inflight.hold(run.pk, token)
+        runs.append(run)
+        tokens.append(token)
+    yield runs, tokens
+    for run in runs:
+        inflight.release(run.pk)
+
+
+@pytest.mark.django_db
+def test_one_round_is_two_statements_for_all_held_runs(held_runs):
+    runs, tokens = held_runs
+    run_cancel(run=Run.objects.get(pk=runs[0].pk))
+    Run.objects.filter(pk=runs[1].pk).update(claim=uuid.uuid4())  # taken over by another worker
+    with CaptureQueriesContext(connection) as queries:
+        inflight.watch_once()
+    assert len(queries) == 2
+    states = {run.pk: inflight._held[run.pk].state for run in runs}
+    assert states[runs[0].pk] == "canceled" and inflight._held[runs[0].pk].changed.is_set()
+    assert states[runs[1].pk] == "lost"
+    assert {states[run.pk] for run in runs[2:]} == {"ok"}
+    fresh = timezone.now() - dt.timedelta(seconds=5)
+    heartbeats = dict(Run.objects.filter(pk__in=[r.pk for r in runs]).values_list("id", "heartbeat_at"))
+    assert all(heartbeats[run.pk] > fresh for run in runs[2:])  # the ones still ours
+    assert heartbeats[runs[1].pk] < fresh  # not another worker's
+
+
+@pytest.mark.django_db
+def test_a_stale_claim_is_never_told_canceled(held_runs):
+    runs, _ = held_runs
+    Run.objects.filter(pk=runs[0].pk).update(status=RunStatus.CANCELED, claim=uuid.uuid4())
+    inflight.watch_once()
+    assert inflight._held[runs[0].pk].state == "lost"  # only the holding claim settles a cancel
