@@ -113,6 +113,7 @@ def main():
             }
         )
         sampler = Sampler(worker_pids)
+        profiler = common.Profiler("worker-in-flight", worker_pids())  # with BENCH_PROFILE only
         meter.start()
         admission = common.wrk(
             f"{url}/api/v1/agents/{agent.pk}/run", key=key, body=RUN_BODY,
@@ -124,6 +125,7 @@ def main():
                 raise RuntimeError("runs not settled in time")
             time.sleep(0.1)
         cpu = meter.stop()
+        profiler.stop()
         peak = sampler.stop()
         span = Run.objects.aggregate(first=Min("created_at"), last=Max("settled_at"))
         n = Run.objects.count()
