@@ -2,6 +2,8 @@
 
 from django.db import connection
 
+from maschina.db.rows import fetch_one
+
 from . import statements
 from .models import ApiKey
 
@@ -10,9 +12,7 @@ def active_key(lookup: str) -> tuple[ApiKey | None, int]:
     """The active key of an active user with this lookup, its .user and .user.plan loaded as
     select_related would (or None); and the committed rules revision (0 before the first edit)."""
     sql, keys, users, plans = statements.active_key(connection.vendor)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [lookup])
-        row = cursor.fetchone()
+    row = fetch_one(sql, [lookup])
     if row is None:
         return None, 0
     key = keys.load(row[: len(keys)])

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from maschina.db.rows import release_connection
+from maschina.db import release_connection
 from providers import RUNNERS, Completion, CompletionRequest, ProviderError, provider_model_id
 from routing.access import usable_fallback
 from routing.snapshot import get_rules
@@ -29,7 +29,7 @@ from .services import (
     run_count_call,
     run_deadline,
     run_finish,
-    run_heartbeat,
+    run_holder_state,
     run_record_completion,
     run_settle,
     run_switch_model,
@@ -47,8 +47,8 @@ _Inbox = queue.SimpleQueue[tuple[_Runner, CompletionRequest, Future[Completion]]
 # Inboxes of the provider-call threads that are free. A thread serves one call at a time and frees
 # itself when the call returns; a call abandoned on a cancel or the deadline keeps its thread until
 # its own timeout (the run's deadline), so it never holds up the next run's call, which takes another
-# free thread or starts one. Kept threads save starting one per call, which
-# showed in the worker's CPU profile; there are never more than the calls once in flight at the same time.
+# free thread or starts one. Kept threads save starting one per call, which showed in the worker's
+# CPU profile; there are never more than the calls once in flight at the same time.
 _free_threads: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
 
 
@@ -206,7 +206,7 @@ class Execution:
                 # (and reserved) at, should an operator have raised the fallback's since.
                 multiplier = min(fallback.multiplier, self.run.multiplier)
                 if not run_switch_model(self.run.pk, self.token, fallback.id, fallback, multiplier):
-                    state = run_heartbeat(self.run.pk, self.token)  # canceled or taken over meanwhile
+                    state = run_holder_state(self.run.pk, self.token)  # canceled or taken over meanwhile
                     raise _Stop(state if state != "ok" else "lost")
                 self.run.model, self.run.catalog_model, self.run.provider, self.run.multiplier = (
                     fallback.id,

@@ -17,11 +17,10 @@ import uuid
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
-from django.utils import timezone
 
-from maschina.db.rows import release_connection
+from maschina.db import release_connection
 
-from .models import Run, RunStatus
+from .services import claim_state, runs_claims, runs_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -67,23 +66,18 @@ def watch_once() -> None:
         items = list(_held.items())
     if not items:
         return
-    found = {
-        run_id: (status, claim)
-        for run_id, status, claim in Run.objects.filter(pk__in=[run_id for run_id, _ in items]).values_list(
-            "id", "status", "claim"
-        )
-    }
+    found = runs_claims([run_id for run_id, _ in items])
     ours = []
     for run_id, held in items:
         status, claim = found.get(run_id, (None, None))
-        if status == RunStatus.EXECUTING and claim == held.token:
+        state = claim_state(status, claim, held.token)
+        if state == "ok":
             ours.append(run_id)
         elif held.state == "ok":
-            # "canceled" only to the claim that holds the run: a stale worker must not settle it.
-            held.state = "canceled" if (status == RunStatus.CANCELED and claim == held.token) else "lost"
+            held.state = state
             held.changed.set()
     if ours:
-        Run.objects.filter(pk__in=ours, status=RunStatus.EXECUTING).update(heartbeat_at=timezone.now())
+        runs_heartbeat(ours)
 
 
 def watch_if_due() -> None:

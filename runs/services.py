@@ -109,16 +109,30 @@ def run_claim(run_id, timeout_secs: int | None = None) -> tuple[Run, uuid.UUID, 
     return run, token, fresh
 
 
-def run_heartbeat(run_id, token) -> str:
-    """Say this worker is alive. "ok", or why it must stop: "canceled", or "lost" (the run was
-    taken over or ended by someone else)."""
-    if Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING, claim=token).update(
-        heartbeat_at=timezone.now()
-    ):
+def claim_state(status: str | None, claim, token) -> str:
+    """What a run's status and claim mean to the worker holding `token`: "ok" (still its own),
+    "canceled", or "lost" (taken over or ended by someone else). "canceled" only to the claim that
+    holds the run: a stale worker must not settle it."""
+    if claim == token and status == RunStatus.EXECUTING:
         return "ok"
-    # "canceled" only to the claim that holds the run: a stale worker must not settle it.
-    holder = Run.objects.filter(pk=run_id).values_list("status", "claim").first()
-    return "canceled" if holder == (RunStatus.CANCELED, token) else "lost"
+    return "canceled" if claim == token and status == RunStatus.CANCELED else "lost"
+
+
+def run_holder_state(run_id, token) -> str:
+    """claim_state() of one run, read now."""
+    status, claim = Run.objects.filter(pk=run_id).values_list("status", "claim").first() or (None, None)
+    return claim_state(status, claim, token)
+
+
+def runs_claims(run_ids) -> dict:
+    """{run id: (status, claim)} of these runs, in one read (runs.inflight's round)."""
+    rows = Run.objects.filter(pk__in=run_ids).values_list("id", "status", "claim")
+    return {run_id: (status, claim) for run_id, status, claim in rows}
+
+
+def runs_heartbeat(run_ids) -> None:
+    """Say the worker holding these runs is alive, in one UPDATE (runs.inflight's round)."""
+    Run.objects.filter(pk__in=run_ids, status=RunStatus.EXECUTING).update(heartbeat_at=timezone.now())
 
 
 def run_deadline(run: Run) -> dt.datetime:
@@ -168,31 +182,25 @@ def run_complete(run: Run, token, completion: Completion) -> Counters | None:
     transaction, so the one statement stays one round trip); or None, having written nothing, if
     the run is no longer this claim's to complete (canceled meanwhile, or taken over): the caller
     then records the usage and settles the general way."""
-    billed = billed_tokens(completion.input_tokens, completion.output_tokens, run.multiplier)
-    values = {
-        "output": {"text": completion.text},
+    usage = {
         "input_tokens": completion.input_tokens,
         "output_tokens": completion.output_tokens,
-        "billed_tokens": billed,
+        "billed_tokens": billed_tokens(completion.input_tokens, completion.output_tokens, run.multiplier),
     }
+    values = {"output": {"text": completion.text}, **usage}
     where = {"id": run.pk, "claim": token, "model": run.model, "multiplier": run.multiplier}
     now = timezone.now()
+    counters = None
     if connection.vendor == "postgresql":
         counters = fetch_one(statements.COMPLETE, {**prepared(Run, **values, **where), "now": now})
     else:
         with transaction.atomic():
             ours = Run.objects.filter(status=RunStatus.EXECUTING, input_tokens__isnull=True, **where)
             if ours.update(status=RunStatus.COMPLETED, finished_at=now, settled_at=now, **values):
-                settled = {"input_tokens": completion.input_tokens, "output_tokens": completion.output_tokens}
-                counters = usage_record(_settled(run, billed_tokens=billed, **settled))
-            else:
-                counters = None
+                counters = usage_record(_settled(run, **usage))
     if counters is not None:
-        run.input_tokens, run.output_tokens, run.billed_tokens = (
-            completion.input_tokens,
-            completion.output_tokens,
-            billed,
-        )
+        for name, value in usage.items():
+            setattr(run, name, value)
     return counters
 
 

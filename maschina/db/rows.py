@@ -62,9 +62,7 @@ class ModelRows:
             self.model._meta.get_field(name).get_db_prep_value(value, connection)
             for name, value in equal.items()
         ]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
+        row = fetch_one(sql, params)
         return None if row is None else self.load(row)
 
     def insert_sql(self, instance, source: str) -> tuple[str, dict]:
@@ -116,11 +114,3 @@ def fetch_one(sql: str, params) -> tuple | None:
 def rows_of(model) -> ModelRows:
     """The process's ModelRows of `model` (unaliased), so each statement is compiled once."""
     return ModelRows(model)
-
-
-def release_connection() -> None:
-    """Give this thread's database connection back while it waits on something else (a provider,
-    a backoff): to the pool where there is one. Without a pool it is kept, since opening a new one
-    costs more than keeping it."""
-    if connection.settings_dict.get("OPTIONS", {}).get("pool") and not connection.in_atomic_block:
-        connection.close()
