@@ -3,6 +3,7 @@ fast hash is enough), found by a short public prefix and compared in constant ti
 
 import hashlib
 import secrets
+import uuid
 
 from django.conf import settings
 from django.db import models
@@ -25,6 +26,7 @@ def generate_key() -> str:
 class ApiKey(AuditedModel):
     audit_masked_fields = ("key_hash",)
 
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True)
     lookup = models.CharField(max_length=LOOKUP_LEN, unique=True, editable=False)

@@ -41,7 +41,9 @@ class ModelDenied(Exception):
         self.denial, self.rules = denial, rules
 
 
-def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: int, max_tokens: int) -> Run:
+def run_create(
+    *, user, plan, agent: Agent, key=None, input: dict, model, timeout_secs: int, max_tokens: int
+) -> Run:
     message = input["message"]
     if len(message) > MAX_MESSAGE_CHARS:
         raise InputTooLong()
@@ -65,6 +67,7 @@ def run_create(*, user, plan, agent: Agent, input: dict, model, timeout_secs: in
     run = Run(
         user=user,
         agent=agent,
+        key=key,
         tier=tier.slug,
         requested_model=decision.requested,
         model=decision.model_id,

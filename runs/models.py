@@ -35,6 +35,16 @@ class Run(models.Model):
     agent = models.ForeignKey(
         Agent, on_delete=models.SET_NULL, null=True, related_name="runs", db_index=False
     )
+    # The API key that admitted the run (CONTRACT section 10); a key is revoked, not deleted, so this
+    # only goes null when its user is removed.
+    key = models.ForeignKey(
+        "accounts.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="runs",
+        db_index=False,
+    )
     tier = models.CharField(max_length=32)  # the caller's tier at admission, for fallback decisions
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     requested_model = models.CharField(max_length=200, null=True, blank=True)
@@ -76,6 +86,7 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["user", "-created_at"]),
             models.Index(fields=["agent", "-created_at"]),
+            models.Index(fields=["key", "-created_at"]),
             models.Index(
                 fields=["status", "created_at"],
                 name="run_active_idx",

@@ -128,6 +128,7 @@ _DATETIME = serializers.DateTimeField()
 
 class RunSerializer(serializers.ModelSerializer):
     agent = serializers.UUIDField(source="agent_id", allow_null=True)
+    key = serializers.UUIDField(source="key_id", allow_null=True)
     usage = serializers.SerializerMethodField()
     output = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
@@ -135,7 +136,7 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = Run
         fields = [
-            "id", "agent", "status", "requested_model", "model", "provider", "input", "output", "usage",
+            "id", "agent", "key", "status", "requested_model", "model", "provider", "input", "output", "usage",
             "error", "timeout_secs", "max_tokens", "created_at", "started_at", "finished_at",
         ]  # fmt: skip
 
@@ -146,6 +147,7 @@ class RunSerializer(serializers.ModelSerializer):
         return {
             "id": str(run.id),
             "agent": None if run.agent_id is None else str(run.agent_id),
+            "key": None if run.key_id is None else str(run.key_id),
             "status": run.status,
             "requested_model": run.requested_model,
             "model": run.model,

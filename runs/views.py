@@ -40,7 +40,7 @@ class RunCreateApi(GenericAPIView):
         tier = get_rules().tiers[plan.tier_id]
         body = _valid(RunCreateSerializer, request.data, tier=tier)
         try:
-            run = admission.run_create(user=request.user, plan=plan, agent=agent, **body)
+            run = admission.run_create(user=request.user, plan=plan, key=request.auth, agent=agent, **body)
         except admission.InputTooLong:
             raise ApiError("input_too_long", "input.message is longer than 100,000 characters.")
         except admission.RiskBlocked as blocked:

@@ -82,10 +82,10 @@ def make_user(catalog):
 def make_client(make_user):
     def make(tier="m1", user=None, **quotas):
         user = user or make_user(tier, **quotas)
-        _, raw = api_key_create(user=user)
+        key, raw = api_key_create(user=user)
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-        client.user = user
+        client.user, client.key = user, key
         return client
 
     return make

@@ -38,6 +38,7 @@ MODEL_FIELDS = {
 RUN_FIELDS = {
     "id",
     "agent",
+    "key",
     "status",
     "requested_model",
     "model",
@@ -177,6 +178,7 @@ def test_run_create_shape_and_resolution_order(make_client, make_agent, django_c
     assert len(callbacks) == 1  # exactly one dispatch, after commit
     run = response.json()
     assert set(run) == RUN_FIELDS
+    assert run["key"] == str(client.key.id)  # the run names the key that admitted it
     assert (run["status"], run["requested_model"], run["model"], run["provider"]) == (
         "queued",
         "claude-sonnet-4-6",
