@@ -136,8 +136,8 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = Run
         fields = [
-            "id", "agent", "key", "status", "requested_model", "model", "provider", "input", "output", "usage",
-            "error", "timeout_secs", "max_tokens", "created_at", "started_at", "finished_at",
+            "id", "agent", "key", "status", "requested_model", "model", "provider", "input", "output",
+            "usage", "error", "timeout_secs", "max_tokens", "created_at", "started_at", "finished_at",
         ]  # fmt: skip
 
     def to_representation(self, run):
