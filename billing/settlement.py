@@ -5,6 +5,7 @@ billing.statements.settlement instead. Billing never writes the run table."""
 
 import datetime as dt
 import decimal
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ from django.db.models import F
 from .alerts import alerts_record
 from .models import LedgerEntry, ModelUsage, UsagePeriod
 from .plans import token_limit
+
+logger = logging.getLogger(__name__)
 
 Counters = tuple  # (tokens used, plan tier id, plan token override) of the user's period, as settled
 
@@ -80,3 +83,15 @@ def token_alerts_record(
     if billed_tokens and used is not None:
         limit = token_limit(tier_id, token_quota_override)
         alerts_record(user_id=user_id, period=period, quota="tokens", used=used, limit=limit)
+
+
+def over_reservation_note(*, run_id, billed_tokens: int | None, reserved_tokens: int) -> bool:
+    """Log a settled run billed above its reservation. The reservation is the bound that keeps a
+    user under the limit (CONTRACT section 6), so a provider reporting more than it is a fault an
+    operator must see; `manage.py billing_audit` lists such runs too. True when it was one."""
+    if billed_tokens is None or billed_tokens <= reserved_tokens:
+        return False
+    logger.warning(
+        "run %s billed %d tokens above its reservation of %d", run_id, billed_tokens, reserved_tokens
+    )
+    return True

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Sum
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from billing.models import LedgerEntry, ModelUsage, UsagePeriod
@@ -63,7 +63,16 @@ def _audit(period):
     if billed_without_entry:
         problems.append(f"{billed_without_entry} run(s) have billed_tokens but no ledger row")
 
-    # 2. Nothing stays reserved by a terminal run (beyond the moment between finishing and settling).
+    # 2. No run is billed above its reservation: that bound is what keeps concurrent runs under
+    # the limit (CONTRACT sections 6 and 14), so a provider that reported more breaks the promise.
+    for run_id, billed, reserved in (
+        runs.filter(billed_tokens__gt=F("reserved_tokens"))
+        .order_by("created_at")
+        .values_list("id", "billed_tokens", "reserved_tokens")
+    ):
+        problems.append(f"run {run_id} billed {billed} tokens above its reservation of {reserved}")
+
+    # 3. Nothing stays reserved by a terminal run (beyond the moment between finishing and settling).
     grace = timezone.now() - dt.timedelta(seconds=settings.SWEEP_REAP_GRACE_SECS)
     unsettled = runs.filter(
         status__in=TERMINAL_STATUSES, settled_at__isnull=True, finished_at__lt=grace
@@ -71,7 +80,7 @@ def _audit(period):
     if unsettled:
         problems.append(f"{unsettled} terminal run(s) still hold a reservation")
 
-    # 3. Per user and period, the counters equal the sums of the ledger and of the runs.
+    # 4. Per user and period, the counters equal the sums of the ledger and of the runs.
     ledger_sums = {
         (r["user_id"], r["period"]): r["billed"]
         for r in ledger.values("user_id", "period").annotate(billed=Sum("billed_tokens"))
@@ -99,7 +108,7 @@ def _audit(period):
     for key in (set(ledger_sums) | set(run_counts)) - seen:
         problems.append(f"user {key[0]} {key[1]:%Y-%m}: runs or ledger rows without a counter row")
 
-    # 4. The by_model counters equal the ledger grouped by model.
+    # 5. The by_model counters equal the ledger grouped by model.
     by_model: defaultdict[tuple[int, dt.date, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for e in entries.values():
         line = by_model[(e.user_id, e.period, e.model)]

@@ -17,7 +17,14 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.pricing import billed_tokens
-from billing.settlement import Counters, SettledRun, counters_of, token_alerts_record, usage_record
+from billing.settlement import (
+    Counters,
+    SettledRun,
+    counters_of,
+    over_reservation_note,
+    token_alerts_record,
+    usage_record,
+)
 from maschina.db.rows import fetch_one, prepared, rows_of
 from providers import Completion
 from routing.access import ModelInfo
@@ -201,6 +208,9 @@ def run_complete(run: Run, token, completion: Completion) -> Counters | None:
     if counters is not None:
         for name, value in usage.items():
             setattr(run, name, value)
+        over_reservation_note(
+            run_id=run.pk, billed_tokens=run.billed_tokens, reserved_tokens=run.reserved_tokens
+        )
     return counters
 
 
@@ -234,6 +244,7 @@ def run_settle(run_id) -> bool:
         Run.objects.filter(pk=run_id).update(settled_at=run.settled_at, billed_tokens=run.billed_tokens)
         counters = usage_record(_settled(run))
         run_token_alerts_record(run, counters)
+    over_reservation_note(run_id=run.pk, billed_tokens=run.billed_tokens, reserved_tokens=run.reserved_tokens)
     return True
 
 

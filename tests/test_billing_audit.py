@@ -1,5 +1,6 @@
 import datetime as dt
 import io
+import logging
 
 import pytest
 from django.core.management import call_command
@@ -7,7 +8,10 @@ from django.utils import timezone
 
 from billing.models import ModelUsage, UsagePeriod
 from runs.models import Run
+from runs.services import run_settle
 from runs.tasks import execute_run
+
+from .emulators import Reply
 
 pytestmark = pytest.mark.django_db
 
@@ -123,3 +127,47 @@ def test_audit_reads_one_snapshot_while_settlements_commit(make_client, make_age
     assert summary["ledger_rows"] == 0  # the snapshot from before the settlement, consistently
     monkeypatch.undo()
     assert audit_module.audit()[0]["ledger_rows"] == 1
+
+
+def test_over_reservation_is_listed_by_the_audit_and_logged_at_settlement(
+    make_client, make_agent, providers, anthropic_emulator, caplog
+):
+    """A provider reporting far more input than the reservation's bound: the run is billed what was
+    reported, a WARNING names it at settlement, and billing_audit lists it and fails."""
+    client = make_client("m1")
+    agent = make_agent(client.user)
+    anthropic_emulator.queue("claude-haiku-4-5", Reply(usage={"input_tokens": 50_000}))
+    run_id = client.post(
+        f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json"
+    ).json()["id"]
+    with caplog.at_level(logging.WARNING, logger="billing.settlement"):
+        execute_run(run_id)
+    run = Run.objects.get(pk=run_id)
+    assert run.status == "completed" and run.billed_tokens > run.reserved_tokens
+    warnings = [r for r in caplog.records if r.name == "billing.settlement"]
+    assert [r.levelno for r in warnings] == [logging.WARNING]
+    assert f"run {run_id} billed {run.billed_tokens} tokens above its reservation" in warnings[0].getMessage()
+
+    code, out = run_audit()
+    assert code == 1, out
+    assert (
+        f"MISMATCH run {run_id} billed {run.billed_tokens} tokens above its reservation "
+        f"of {run.reserved_tokens}"
+    ) in out
+
+
+def test_over_reservation_on_the_general_settlement_path(make_client, make_agent, providers, caplog):
+    """The same warning where a run is settled by run_settle (a cancel, the sweeper)."""
+    client = make_client("m1")
+    agent = make_agent(client.user)
+    run_id = client.post(
+        f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json"
+    ).json()["id"]
+    run = Run.objects.get(pk=run_id)
+    Run.objects.filter(pk=run_id).update(
+        status="failed", finished_at=timezone.now(), input_tokens=run.reserved_tokens, output_tokens=1
+    )
+    with caplog.at_level(logging.WARNING, logger="billing.settlement"):
+        assert run_settle(run_id)
+    assert [r.levelno for r in caplog.records if r.name == "billing.settlement"] == [logging.WARNING]
+    assert run_audit()[0] == 1
