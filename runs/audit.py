@@ -65,12 +65,12 @@ def _audit(period):
 
     # 2. No run is billed above its reservation: that bound is what keeps concurrent runs under
     # the limit (CONTRACT sections 6 and 14), so a provider that reported more breaks the promise.
-    for run_id, billed, reserved in (
+    for run_id, billed, reservation in (
         runs.filter(billed_tokens__gt=F("reserved_tokens"))
         .order_by("created_at")
         .values_list("id", "billed_tokens", "reserved_tokens")
     ):
-        problems.append(f"run {run_id} billed {billed} tokens above its reservation of {reserved}")
+        problems.append(f"run {run_id} billed {billed} tokens above its reservation of {reservation}")
 
     # 3. Nothing stays reserved by a terminal run (beyond the moment between finishing and settling).
     grace = timezone.now() - dt.timedelta(seconds=settings.SWEEP_REAP_GRACE_SECS)
