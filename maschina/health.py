@@ -3,10 +3,11 @@
 from django.db import connection
 from django.db.utils import Error as DatabaseError
 from django.http import JsonResponse
-from kombu.exceptions import KombuError
 
-from .celery import app
+from .broker_circuit import broker_circuit, broker_reachable
 from .errors import error_response
+
+HEALTH_BROKER_TIMEOUT_SECS = 0.3  # /healthz answers well within 0.5 s
 
 
 def _database_ok() -> bool:
@@ -19,12 +20,14 @@ def _database_ok() -> bool:
 
 
 def _broker_ok() -> bool:
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        return True
-    except (KombuError, OSError):
+    """Down at once while the broker's circuit is open; else one quick connection attempt, whose
+    failure opens the circuit (so admissions stop trying the broker too)."""
+    if broker_circuit.is_open:
         return False
+    if broker_reachable(timeout=HEALTH_BROKER_TIMEOUT_SECS):
+        return True
+    broker_circuit.failed()
+    return False
 
 
 def healthz(request):

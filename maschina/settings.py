@@ -243,6 +243,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "maschina"
+# After a failed publish, how often a process probes the broker before publishing again
+# (maschina.broker_circuit); meanwhile admissions leave their runs to the sweeper.
+BROKER_PROBE_SECS = env_float("MASCHINA_BROKER_PROBE_SECS", 1.0)
 
 # Periodic work: re-dispatch runs left queued, reap runs stuck executing (runs.sweeper).
 SWEEP_INTERVAL_SECS = env_float("MASCHINA_SWEEP_INTERVAL_SECS", 10.0)

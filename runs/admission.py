@@ -100,5 +100,6 @@ def run_create(
             quota_reserve(**quota)
     # Only once the run is committed (at once, outside a transaction): a worker must never look
     # for a row that is not there yet.
-    transaction.on_commit(lambda: publish_admitted(run.pk, run.timeout_secs), robust=True)
+    if run.dispatches:  # else the broker's circuit is open: the sweeper publishes it
+        transaction.on_commit(lambda: publish_admitted(run.pk, run.timeout_secs), robust=True)
     return run

@@ -1,5 +1,7 @@
 """Publishing a run's execution. A publish that fails is logged and left to the sweeper: the run is
-already committed as queued, so it is never lost (CONTRACT section 5: 202 even with the broker down)."""
+already committed as queued, so it is never lost (CONTRACT section 5: 202 even with the broker down).
+After one failure, admissions skip publishing until the broker answers a probe again
+(maschina.broker_circuit), so they do not wait on a broker that is down."""
 
 import datetime as dt
 import logging
@@ -10,6 +12,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 
 from maschina.broker import RedisError
+from maschina.broker_circuit import broker_circuit
 
 from .models import Run, RunStatus
 
@@ -33,12 +36,15 @@ def admission_dispatch(now: dt.datetime) -> dict:
     that fails undoes them (publish_admitted), and the sweeper publishes the run 2 s after its
     creation. A web process that dies between the commit and the publish leaves a run that looks
     published: the sweeper publishes it at redispatch_at, as it does a message Redis lost."""
+    if broker_circuit.is_open:  # no publish will be tried: the sweeper dispatches it
+        return {"dispatched_at": None, "dispatches": 0, "redispatch_at": None}
     return {"dispatched_at": now, "dispatches": 1, "redispatch_at": now + redispatch_delay(1)}
 
 
 def publish_admitted(run_id, timeout_secs: int) -> bool:
-    """Publish a run admitted with admission_dispatch(); on failure, mark it never published."""
-    if _publish(run_id, timeout_secs, queued=True):
+    """Publish a run admitted with admission_dispatch(); on failure, or with the broker's circuit
+    open, mark it never published."""
+    if not broker_circuit.is_open and _publish(run_id, timeout_secs, queued=True):
         return True
     Run.objects.filter(pk=run_id, status=RunStatus.QUEUED, dispatches=1).update(
         dispatched_at=None, dispatches=0, redispatch_at=None
@@ -77,5 +83,7 @@ def _publish(run_id, timeout_secs: int, *, queued: bool = False) -> bool:
         )
     except (KombuError, RedisError, OSError) as exc:
         logger.warning("run %s not dispatched (%s); the sweeper will retry", run_id, exc)
+        broker_circuit.failed()
         return False
+    broker_circuit.succeeded()
     return True
