@@ -25,7 +25,7 @@ def broker_reachable(timeout: float) -> bool:
 
     try:
         with app.connection_for_write(connect_timeout=timeout) as conn:
-            conn.ensure_connection(max_retries=0, timeout=timeout)
+            conn.ensure_connection(max_retries=0, timeout=timeout)  # type: ignore[arg-type]  # kombu takes seconds as a float
         return True
     except (KombuError, RedisError, OSError):
         return False
