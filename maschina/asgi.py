@@ -3,4 +3,11 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "maschina.settings")
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+# Imported once the settings are loaded, as they read them.
+from django.conf import settings  # noqa: E402
+
+from .request_bodies import capped_asgi_body  # noqa: E402
+
+application = capped_asgi_body(django_application, settings.MAX_REQUEST_BODY_BYTES + 1)

@@ -115,6 +115,24 @@ def start_gunicorn(env, log_dir, workers=2) -> tuple[Process, str]:
     return Process("web", argv, env, log_dir), f"http://127.0.0.1:{port}"
 
 
+def start_uvicorn(env, log_dir, workers=1) -> tuple[Process, str]:
+    """The web app as the recommended deployment serves it: the ASGI app under uvicorn with httptools."""
+    port = free_port()
+    argv = [
+        str(BIN / "uvicorn"),
+        "maschina.asgi:application",
+        "--http",
+        "httptools",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    return Process("web", argv, env, log_dir), f"http://127.0.0.1:{port}"
+
+
 def start_worker(
     env, log_dir, name="worker", concurrency: int | None = 2, beat=False, pool: str | None = None
 ) -> Process:
