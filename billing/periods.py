@@ -26,7 +26,7 @@ def parse_period(text: str) -> dt.date:
     if (
         len(year) != 4
         or len(month) != 2
-        or not (year.isdigit() and month.isdigit())
+        or not (text.isascii() and year.isdigit() and month.isdigit())
         or not 1970 <= int(year) <= 9998
     ):
         raise ValueError(text)

@@ -23,7 +23,7 @@ class UsageApi(APIView):
     def get(self, request):
         raw = request.query_params.get("period")
         try:
-            period = parse_period(raw) if raw else period_of(timezone.now())
+            period = parse_period(raw) if raw is not None else period_of(timezone.now())
         except ValueError:
             raise ApiError(
                 "invalid",

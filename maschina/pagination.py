@@ -1,6 +1,7 @@
 from rest_framework import pagination
 
 from .errors import ApiError
+from .query_params import ascii_int
 
 
 class LimitOffsetPagination(pagination.LimitOffsetPagination):
@@ -18,12 +19,9 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
     @staticmethod
     def _bounded_int(request, name, low, high, default):
         raw = request.query_params.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = None
+        value = ascii_int(raw)
         if value is None or value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ApiError(

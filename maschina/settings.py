@@ -191,6 +191,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Ids in paths are UUIDs in any letter case (maschina.converters); the schema says uuid.
+    "PATH_CONVERTER_OVERRIDES": {"anyuuid": {"type": "string", "format": "uuid"}},
 }
 
 # --- Celery --------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path, re_path
+from django.urls import include, path, re_path, register_converter
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -8,19 +8,22 @@ from billing import views as billing
 from routing import views as routing
 from runs import views as runs
 
+from .converters import AnyCaseUUIDConverter
 from .errors import handler404 as handler404_view
 from .health import healthz
+
+register_converter(AnyCaseUUIDConverter, "anyuuid")
 
 api = [
     path("tiers", routing.TierListApi.as_view()),
     path("models", routing.ModelListApi.as_view()),
     path("agents", agents.AgentListCreateApi.as_view()),
-    path("agents/<uuid:agent_id>", agents.AgentDetailApi.as_view()),
-    path("agents/<uuid:agent_id>/run", runs.RunCreateApi.as_view()),
-    path("agents/<uuid:agent_id>/runs", runs.AgentRunListApi.as_view()),
+    path("agents/<anyuuid:agent_id>", agents.AgentDetailApi.as_view()),
+    path("agents/<anyuuid:agent_id>/run", runs.RunCreateApi.as_view()),
+    path("agents/<anyuuid:agent_id>/runs", runs.AgentRunListApi.as_view()),
     path("runs", runs.RunListApi.as_view()),
-    path("runs/<uuid:run_id>", runs.RunDetailApi.as_view()),
-    path("runs/<uuid:run_id>/cancel", runs.RunCancelApi.as_view()),
+    path("runs/<anyuuid:run_id>", runs.RunDetailApi.as_view()),
+    path("runs/<anyuuid:run_id>/cancel", runs.RunCancelApi.as_view()),
     path("usage", billing.UsageApi.as_view()),
     path("alerts", billing.AlertListApi.as_view()),
 ]

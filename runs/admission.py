@@ -16,6 +16,7 @@ from routing.access import Allowed, Denied, decide
 from routing.snapshot import get_rules
 
 from .dispatch import admission_dispatch, publish_admitted
+from .input_limits import input_extras_too_long
 from .models import Run
 from .risk import MAX_MESSAGE_CHARS, risk_flags
 from .serializers import storable_json_problem
@@ -46,7 +47,9 @@ def run_create(
 ) -> Run:
     message = input["message"]
     if len(message) > MAX_MESSAGE_CHARS:
-        raise InputTooLong()
+        raise InputTooLong("input.message is longer than 100,000 characters.")
+    if input_extras_too_long(input):
+        raise InputTooLong("input other than message is longer than 16 KiB as JSON.")
     flags = risk_flags(message)
     if flags:
         raise RiskBlocked(flags)

@@ -41,8 +41,8 @@ class RunCreateApi(GenericAPIView):
         body = _valid(RunCreateSerializer, request.data, tier=tier)
         try:
             run = admission.run_create(user=request.user, plan=plan, key=request.auth, agent=agent, **body)
-        except admission.InputTooLong:
-            raise ApiError("input_too_long", "input.message is longer than 100,000 characters.")
+        except admission.InputTooLong as too_long:
+            raise ApiError("input_too_long", str(too_long))
         except admission.RiskBlocked as blocked:
             raise ApiError("risk_blocked", "The input was blocked by a risk check.", flags=blocked.flags)
         except admission.ModelNotAString:
