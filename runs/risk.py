@@ -8,6 +8,7 @@ every run of white space, hyphens and underscores read as one space."""
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 MAX_MESSAGE_CHARS = 100_000
 
@@ -82,7 +83,7 @@ def _destructive_command(text: str) -> bool:
     return False
 
 
-RISK_CHECKS = {
+RISK_CHECKS: dict[str, Callable[[str], object]] = {
     "ignore_previous_instructions": _PATTERNS["ignore_previous_instructions"].search,
     "disregard_previous_instructions": _PATTERNS["disregard_previous_instructions"].search,
     "jailbreak_dan": _PATTERNS["jailbreak_dan"].search,
