@@ -1,15 +1,38 @@
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from maschina.admin import ReadOnlyAdmin
 
 from .admin_filters import PeriodFilter, model_filter, tier_filter
 from .models import Alert, LedgerEntry, ModelUsage, Plan, UsagePeriod
+from .webhook_targets import TargetRefused, url_validate
 from .webhooks import webhook_enqueue, webhook_set
+
+
+class PlanForm(forms.ModelForm):
+    alert_webhook_url = forms.URLField(
+        required=False, assume_scheme="https", help_text=Plan._meta.get_field("alert_webhook_url").help_text
+    )
+
+    class Meta:
+        model = Plan
+        fields = "__all__"
+
+    def clean_alert_webhook_url(self):  # where a webhook may go: billing.webhook_targets
+        url = self.cleaned_data["alert_webhook_url"]
+        if url and "alert_webhook_url" in self.changed_data:
+            try:
+                url_validate(url)
+            except TargetRefused as refused:
+                raise ValidationError(str(refused))
+        return url
 
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
+    form = PlanForm
     list_display = ["user", "tier", "token_quota_override", "run_quota_override", "updated_at"]
     list_filter = ["tier"]
     list_select_related = ["user", "tier"]

@@ -1,5 +1,6 @@
 """Alert webhooks: a JSON POST signed with HMAC-SHA256 over "<timestamp>.<body>" with the user's
-secret, sent by a Celery task that retries with capped backoff and records every attempt."""
+secret, sent by a Celery task that retries with capped backoff and records every attempt. Where it
+may go, and how it is sent there, is billing.webhook_targets."""
 
 import datetime as dt
 import hashlib
@@ -9,8 +10,9 @@ import logging
 import secrets
 import time
 
-import requests
+import urllib3
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import KombuError
@@ -18,6 +20,7 @@ from kombu.exceptions import KombuError
 from maschina.broker import RedisError
 
 from .models import Alert, Plan
+from .webhook_targets import TargetRefused, url_validate, webhook_post
 
 logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Maschina-Signature"
@@ -27,7 +30,13 @@ TIMESTAMP_HEADER = "X-Maschina-Timestamp"
 
 
 def webhook_set(*, plan: Plan, url: str) -> str:
-    """Set (or, with "", remove) a user's alert webhook; returns the signing secret."""
+    """Set (or, with "", remove) a user's alert webhook; returns the signing secret. ValidationError
+    for a URL that may not be a webhook (billing.webhook_targets)."""
+    if url:
+        try:
+            url_validate(url)
+        except TargetRefused as refused:
+            raise ValidationError({"alert_webhook_url": [str(refused)]})
     plan.alert_webhook_url = url
     if url and not plan.alert_webhook_secret:
         plan.alert_webhook_secret = secrets.token_hex(32)
@@ -79,11 +88,13 @@ def alert_deliver(alert_id) -> bool:
         SIGNATURE_HEADER: sign(plan.alert_webhook_secret, timestamp, body),
     }
     try:
-        response = requests.post(
-            plan.alert_webhook_url, data=body, headers=headers, timeout=settings.ALERT_WEBHOOK_TIMEOUT_SECS
+        status = webhook_post(
+            plan.alert_webhook_url, body, headers, timeout=settings.ALERT_WEBHOOK_TIMEOUT_SECS
         )
-        outcome, delivered = f"HTTP {response.status_code}", 200 <= response.status_code < 300
-    except requests.RequestException as exc:
+        outcome, delivered = f"HTTP {status}", 200 <= status < 300  # a 3xx is not followed: failed
+    except TargetRefused as refused:
+        outcome, delivered = f"refused: {refused}", False
+    except urllib3.exceptions.HTTPError as exc:
         outcome, delivered = exc.__class__.__name__, False
     now = timezone.now()
     Alert.objects.filter(pk=alert.pk).update(

@@ -289,6 +289,9 @@ DB_RETRY_BACKOFF_CAP_SECS = 2.0
 
 # Alert webhooks: per-attempt timeout, and retry backoff (capped far below the visibility timeout).
 ALERT_WEBHOOK_TIMEOUT_SECS = 5
+# Webhooks to loopback or private addresses (a receiver on the operator's own network); link-local
+# ones are refused whatever this says (billing.webhook_targets).
+WEBHOOK_ALLOW_PRIVATE = os.environ.get("MASCHINA_WEBHOOK_ALLOW_PRIVATE") == "1"
 ALERT_WEBHOOK_BACKOFF_BASE_SECS = env_float("MASCHINA_ALERT_WEBHOOK_BACKOFF_BASE_SECS", 5.0)
 ALERT_WEBHOOK_BACKOFF_CAP_SECS = 300.0
 

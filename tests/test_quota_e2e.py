@@ -34,7 +34,10 @@ def test_200_concurrent_admissions_near_the_limit(catalog, anthropic_emulator):
     receiver = Receiver(failures=1)  # the first delivery fails: the task retries it
     broker = RedisServer()
     env = stack_env(
-        broker_url=broker.url, anthropic=anthropic_emulator, MASCHINA_ALERT_WEBHOOK_BACKOFF_BASE_SECS="0.2"
+        broker_url=broker.url,
+        anthropic=anthropic_emulator,
+        MASCHINA_ALERT_WEBHOOK_BACKOFF_BASE_SECS="0.2",
+        MASCHINA_WEBHOOK_ALLOW_PRIVATE="1",  # the receiver is on 127.0.0.1
     )
     log_dir = tempfile.mkdtemp(prefix="maschina-quota-logs-")
     per_run = reservation(
