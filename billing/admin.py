@@ -18,7 +18,7 @@ class PlanForm(forms.ModelForm):
 
     class Meta:
         model = Plan
-        fields = "__all__"
+        fields = ["alert_webhook_url"]  # the admin adds the rest of its own
 
     def clean_alert_webhook_url(self):  # where a webhook may go: billing.webhook_targets
         url = self.cleaned_data["alert_webhook_url"]
