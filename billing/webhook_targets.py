@@ -122,7 +122,7 @@ def webhook_post(url: str, body: bytes, headers: dict, timeout: float) -> int:
             server_hostname=target.host,
             assert_hostname=target.host,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=requests.certs.where(),
+            ca_certs=requests.certs.where(),  # type: ignore[attr-defined]  # requests re-exports certifi
         )
     else:
         pool = urllib3.HTTPConnectionPool(address, target.port)
