@@ -50,7 +50,7 @@ class ModelUsageAdmin(ReadOnlyAdmin):
 
 @admin.register(Throttle)
 class ThrottleAdmin(ReadOnlyAdmin):
-    list_display = ["user", "active_runs", "bucket_tokens", "bucket_at"]
+    list_display = ["user", "active_runs", "bucket_used", "bucket_at"]
     list_select_related = ["user"]
     search_fields = ["user__username"]
 

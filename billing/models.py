@@ -85,7 +85,8 @@ class Throttle(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
     )
     active_runs = models.IntegerField(default=0)  # queued or executing: admitted, not settled
-    bucket_tokens = models.FloatField(default=0)  # runs the minute bucket still admits, as of bucket_at
+    # The minute bucket (billing.throttle): runs drawn and not yet refilled, as of bucket_at.
+    bucket_used = models.FloatField(default=0)
     bucket_at = models.DateTimeField(null=True, blank=True)  # None: never drawn from, so full
 
     class Meta:

@@ -89,8 +89,10 @@ def quota_reserve_inserting(
         return False, None
     if row is None:
         return False, None
-    _runs_used, bucket_tokens = row
-    return True, window_of(limits.per_minute, bucket_tokens) if limits.per_minute is not None else None
+    _runs_used, used = row
+    return True, window_of(
+        limits.per_minute, limits.per_minute - used
+    ) if limits.per_minute is not None else None
 
 
 def _over(counter, tokens: int, limit: int | None) -> bool:
@@ -135,7 +137,7 @@ def quota_reserve(
 
     level = window = None
     if limits.per_minute is not None:
-        level = bucket_level(limits.per_minute, throttle.bucket_tokens, throttle.bucket_at, now)
+        level = bucket_level(limits.per_minute, throttle.bucket_used, throttle.bucket_at, now)
         window = window_of(limits.per_minute, level)
     if limits.concurrent is not None and throttle.active_runs + 1 > limits.concurrent:
         # No one can say when a run will end: try again in a second.
@@ -160,9 +162,9 @@ def quota_reserve(
 
     counter.update(tokens_reserved=F("tokens_reserved") + tokens, runs_used=F("runs_used") + 1)
     taken: dict = {"active_runs": F("active_runs") + 1}
-    if level is not None:
-        taken.update(bucket_tokens=level - 1, bucket_at=max(now, throttle.bucket_at or now))
-        window = window_of(limits.per_minute, level - 1)  # type: ignore[arg-type]
+    if limits.per_minute is not None and level is not None:
+        taken.update(bucket_used=limits.per_minute - level + 1, bucket_at=max(now, throttle.bucket_at or now))
+        window = window_of(limits.per_minute, level - 1)
     throttles.update(**taken)
     if key_usage is not None:
         key_rows.update(tokens_reserved=F("tokens_reserved") + tokens, runs=F("runs") + 1)

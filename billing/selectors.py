@@ -21,7 +21,7 @@ def minute_window(*, user_id: int, per_minute: int | None, now: dt.datetime) -> 
     if per_minute is None:
         return None
     throttle = Throttle.objects.filter(user_id=user_id).first() or Throttle(user_id=user_id)
-    return window_of(per_minute, bucket_level(per_minute, throttle.bucket_tokens, throttle.bucket_at, now))
+    return window_of(per_minute, bucket_level(per_minute, throttle.bucket_used, throttle.bucket_at, now))
 
 
 def _remaining(limit, used):

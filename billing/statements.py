@@ -26,14 +26,12 @@ RETURNING runs_used
 """
 
 
-# The minute bucket's level at %(now)s (billing.throttle.bucket_level, in SQL): full when never
-# drawn from, else what it held plus limit/60 a second since, capped at the limit.
-_BUCKET_LEVEL = """LEAST(%(per_minute)s::float8, CASE
-        WHEN throttle.bucket_at IS NULL THEN %(per_minute)s::float8
-        ELSE throttle.bucket_tokens
-             + GREATEST(0, EXTRACT(EPOCH FROM %(now)s::timestamptz - throttle.bucket_at))::float8
-               * %(per_minute)s::float8 / 60
-        END)"""
+# What the minute bucket has drawn at %(now)s (billing.throttle.bucket_used, in SQL): what it had
+# drawn, less limit/60 a second since, between 0 and the limit.
+_BUCKET_USED = """LEAST(%(per_minute)s::float8, GREATEST(0, throttle.bucket_used
+        - GREATEST(0, EXTRACT(EPOCH FROM
+            %(now)s::timestamptz - COALESCE(throttle.bucket_at, %(now)s::timestamptz)))::float8
+          * %(per_minute)s::float8 / 60))"""
 
 # After QUOTA_RESERVE took the run (`reserved` has its row): one more run in flight and one run
 # from the minute bucket, on the user's Throttle row, created on the user's first run. A limit
@@ -41,23 +39,23 @@ _BUCKET_LEVEL = """LEAST(%(per_minute)s::float8, CASE
 # before it is undone with it, so a refusal leaves nothing, and admission then goes the general
 # way (billing.quota.quota_reserve), which tells which limit refused. A NULL limit is off.
 ADMIT_THROTTLE = f"""
-INSERT INTO billing_throttle AS throttle (user_id, active_runs, bucket_tokens, bucket_at)
+INSERT INTO billing_throttle AS throttle (user_id, active_runs, bucket_used, bucket_at)
 SELECT %(user_id)s,
        CASE WHEN %(concurrent)s::integer IS NULL OR %(concurrent)s::integer >= 1 THEN 1 END,
        CASE WHEN %(per_minute)s::integer IS NULL THEN 0
-            WHEN %(per_minute)s::integer >= 1 THEN %(per_minute)s::integer - 1 END,
+            WHEN %(per_minute)s::integer >= 1 THEN 1 END,
        CASE WHEN %(per_minute)s::integer IS NOT NULL THEN %(now)s::timestamptz END
   FROM reserved
     ON CONFLICT (user_id) DO UPDATE
    SET active_runs = CASE WHEN %(concurrent)s::integer IS NULL
                             OR throttle.active_runs < %(concurrent)s::integer
                           THEN throttle.active_runs + 1 END,
-       bucket_tokens = CASE WHEN %(per_minute)s::integer IS NULL THEN throttle.bucket_tokens
-                            WHEN {_BUCKET_LEVEL} >= 1 - {EPSILON}
-                            THEN {_BUCKET_LEVEL} - 1 END,
+       bucket_used = CASE WHEN %(per_minute)s::integer IS NULL THEN throttle.bucket_used
+                          WHEN {_BUCKET_USED} + 1 <= %(per_minute)s::integer + {EPSILON}
+                          THEN {_BUCKET_USED} + 1 END,
        bucket_at = CASE WHEN %(per_minute)s::integer IS NULL THEN throttle.bucket_at
                         ELSE GREATEST(%(now)s::timestamptz, throttle.bucket_at) END
-RETURNING throttle.bucket_tokens
+RETURNING throttle.bucket_used
 """
 
 # After ADMIT_THROTTLE (it always yields the one row, or fails): the run counted on its key's
@@ -82,12 +80,12 @@ def quota_reserve_inserting(insert_run: str) -> str:
     INSERT, which selects from the reservation, so the run is written only if everything was
     taken. The rows are locked in the order every settlement takes them too (the user's counters,
     the throttle, the key's counters), so the two cannot deadlock. `insert_run` is the run table's
-    INSERT ... SELECT ... FROM reserved, which the runs app owns. It yields the runs used and the
-    bucket's level, or no row when QUOTA_RESERVE refused."""
+    INSERT ... SELECT ... FROM reserved, which the runs app owns. It yields the runs used and what
+    the bucket has drawn, or no row when QUOTA_RESERVE refused."""
     return (
         f"WITH reserved AS ({QUOTA_RESERVE}), throttled AS ({ADMIT_THROTTLE}),"
         f" key_reserved AS ({ADMIT_KEY}), inserted AS ({insert_run})"
-        " SELECT reserved.runs_used, throttled.bucket_tokens FROM reserved, throttled"
+        " SELECT reserved.runs_used, throttled.bucket_used FROM reserved, throttled"
     )
 
 
@@ -133,7 +131,7 @@ counters AS (
 slots AS (
     -- The run no longer counts against max_concurrent_runs. After `counters` (the join reads it
     -- first), so the rows are locked in admission's order.
-    INSERT INTO billing_throttle AS throttle (user_id, active_runs, bucket_tokens)
+    INSERT INTO billing_throttle AS throttle (user_id, active_runs, bucket_used)
     SELECT done.user_id, 0, 0
       FROM done LEFT JOIN counters ON true
         ON CONFLICT (user_id) DO UPDATE

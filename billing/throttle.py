@@ -2,8 +2,10 @@
 bucket whose burst is the limit. Both live on the user's Throttle row and change only inside the
 admission that takes the run (billing.quota), so a refused run moves neither.
 
-The bucket holds up to `limit` runs and refills at limit/60 runs a second; a run takes one. The
-arithmetic is here once for the ORM's way; billing.statements.ADMIT_THROTTLE spells the same in SQL."""
+The bucket holds up to `limit` runs and refills at limit/60 runs a second; a run takes one. It is
+stored as what was drawn and not yet refilled (`used`, as of `at`) rather than as what is left, so
+an operator who raises a limit gives the user the difference at once. The arithmetic is here once
+for the ORM's way; billing.statements.ADMIT_THROTTLE spells the same in SQL."""
 
 import datetime as dt
 import math
@@ -29,12 +31,18 @@ class MinuteWindow:
     reset: int
 
 
-def bucket_level(limit: int, tokens: float, at: dt.datetime | None, now: dt.datetime) -> float:
-    """The bucket's level at `now`, from the level `tokens` it had at `at` (None: never drawn, full)."""
+def bucket_used(limit: int, used: float, at: dt.datetime | None, now: dt.datetime) -> float:
+    """What is drawn from the bucket at `now`, from `used` at `at` (None: never drawn); at most the
+    limit, so a lowered limit waits for one refill, not for what the old one allowed."""
     if at is None:
-        return float(limit)
+        return 0.0
     elapsed = max(0.0, (now - at).total_seconds())
-    return min(float(limit), tokens + elapsed * limit / 60)
+    return min(float(limit), max(0.0, used - elapsed * limit / 60))
+
+
+def bucket_level(limit: int, used: float, at: dt.datetime | None, now: dt.datetime) -> float:
+    """The runs the bucket holds at `now`."""
+    return limit - bucket_used(limit, used, at, now)
 
 
 def seconds_to_next(limit: int, level: float) -> int:

@@ -44,7 +44,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("active_runs", models.IntegerField(default=0)),
-                ("bucket_tokens", models.FloatField(default=0)),
+                ("bucket_used", models.FloatField(default=0)),
                 ("bucket_at", models.DateTimeField(blank=True, null=True)),
             ],
         ),

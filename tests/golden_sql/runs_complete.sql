@@ -50,7 +50,7 @@ counters AS (
 slots AS (
     -- The run no longer counts against max_concurrent_runs. After `counters` (the join reads it
     -- first), so the rows are locked in admission's order.
-    INSERT INTO billing_throttle AS throttle (user_id, active_runs, bucket_tokens)
+    INSERT INTO billing_throttle AS throttle (user_id, active_runs, bucket_used)
     SELECT done.user_id, 0, 0
       FROM done LEFT JOIN counters ON true
         ON CONFLICT (user_id) DO UPDATE
