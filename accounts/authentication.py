@@ -1,8 +1,10 @@
 import hmac
 import re
 
-from rest_framework import authentication, exceptions
+from django.utils import timezone
+from rest_framework import authentication, exceptions, status
 
+from maschina.errors import ApiError
 from routing import snapshot
 
 from .key_lookup import active_key
@@ -28,6 +30,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         key, rules_revision = active_key(raw[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_LEN])
         if key is None or not hmac.compare_digest(key.key_hash, hash_key(raw)):
             raise exceptions.AuthenticationFailed("The API key is invalid.")
+        if key.expires_at is not None and key.expires_at <= timezone.now():
+            raise ApiError("api_key_expired", "The API key has expired.", status.HTTP_401_UNAUTHORIZED)
         snapshot.observe_revision(rules_revision)
         return key.user, key
 

@@ -6,7 +6,7 @@ from django.db import models
 from maschina.admin import ReadOnlyAdmin
 
 from .admin_filters import PeriodFilter, model_filter, tier_filter
-from .models import Alert, LedgerEntry, ModelUsage, Plan, UsagePeriod
+from .models import Alert, KeyUsage, LedgerEntry, ModelUsage, Plan, Throttle, UsagePeriod
 from .webhook_targets import TargetRefused, url_validate
 from .webhooks import webhook_enqueue, webhook_set
 
@@ -33,7 +33,15 @@ class PlanForm(forms.ModelForm):
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
     form = PlanForm
-    list_display = ["user", "tier", "token_quota_override", "run_quota_override", "updated_at"]
+    list_display = [
+        "user",
+        "tier",
+        "token_quota_override",
+        "run_quota_override",
+        "requests_per_minute_override",
+        "max_concurrent_runs_override",
+        "updated_at",
+    ]
     list_filter = ["tier"]
     list_select_related = ["user", "tier"]
     search_fields = ["user__username", "user__email"]
@@ -61,6 +69,21 @@ class ModelUsageAdmin(ReadOnlyAdmin):
     list_filter = [PeriodFilter]
     list_select_related = ["user"]
     search_fields = ["user__username", "model"]
+
+
+@admin.register(Throttle)
+class ThrottleAdmin(ReadOnlyAdmin):
+    list_display = ["user", "active_runs", "bucket_used", "bucket_at"]
+    list_select_related = ["user"]
+    search_fields = ["user__username"]
+
+
+@admin.register(KeyUsage)
+class KeyUsageAdmin(ReadOnlyAdmin):
+    list_display = ["key", "user", "period", "runs", "tokens_used", "tokens_reserved"]
+    list_filter = [PeriodFilter]
+    list_select_related = ["user", "key"]
+    search_fields = ["user__username", "key__name"]
 
 
 @admin.register(LedgerEntry)

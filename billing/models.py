@@ -23,6 +23,19 @@ class Plan(AuditedModel):
     run_quota_override = models.IntegerField(
         null=True, blank=True, help_text="Replaces the tier's monthly run quota."
     )
+    # CONTRACT section 11: a number replaces the tier's figure; `..._unlimited` lifts the limit.
+    requests_per_minute_override = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Replaces the tier's requests per minute."
+    )
+    requests_per_minute_unlimited = models.BooleanField(
+        default=False, help_text="No requests-per-minute limit, whatever the tier's."
+    )
+    max_concurrent_runs_override = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Replaces the tier's max concurrent runs."
+    )
+    max_concurrent_runs_unlimited = models.BooleanField(
+        default=False, help_text="No concurrency limit, whatever the tier's."
+    )
     alert_webhook_url = models.URLField(
         blank=True, default="", help_text="Quota alerts are POSTed here, signed."
     )
@@ -39,10 +52,76 @@ class Plan(AuditedModel):
                 name="plan_run_override_gte_0",
                 condition=Q(run_quota_override__gte=0) | Q(run_quota_override__isnull=True),
             ),
+            models.CheckConstraint(
+                name="plan_rpm_override_xor_unlimited",
+                condition=Q(requests_per_minute_override__isnull=True)
+                | Q(requests_per_minute_unlimited=False),
+            ),
+            models.CheckConstraint(
+                name="plan_concurrency_override_xor_unlimited",
+                condition=Q(max_concurrent_runs_override__isnull=True)
+                | Q(max_concurrent_runs_unlimited=False),
+            ),
         ]
 
     def __str__(self):
         return f"{self.user} on {self.tier_id}"
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        for limit in ("requests_per_minute", "max_concurrent_runs"):
+            if getattr(self, f"{limit}_unlimited") and getattr(self, f"{limit}_override") is not None:
+                raise ValidationError({f"{limit}_override": "Leave it empty when the limit is lifted."})
+
+
+class Throttle(models.Model):
+    """A user's live admission counters (CONTRACT section 11): the runs admitted and not yet settled,
+    and the minute limit's token bucket. One row per user, not per period: a run may outlive its
+    month. Written only by statements that add in the database (billing.statements), never by a
+    form, so it is a row of its own rather than columns of the audited, admin-edited Plan."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    active_runs = models.IntegerField(default=0)  # queued or executing: admitted, not settled
+    # The minute bucket (billing.throttle): runs drawn and not yet refilled, as of bucket_at.
+    bucket_used = models.FloatField(default=0)
+    bucket_at = models.DateTimeField(null=True, blank=True)  # None: never drawn from, so full
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(name="throttle_active_runs_gte_0", condition=Q(active_runs__gte=0)),
+        ]
+
+    def __str__(self):
+        return f"{self.user_id}: {self.active_runs} active"
+
+
+class KeyUsage(models.Model):
+    """An API key's counters for one UTC month: its runs, billed and reserved tokens (the key's
+    monthly_token_limit, CONTRACT section 10, and the `by_key` lines of GET /usage)."""
+
+    key = models.ForeignKey("accounts.ApiKey", on_delete=models.CASCADE, related_name="+", db_index=False)
+    period = models.DateField()
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    runs = models.IntegerField(default=0)
+    tokens_used = models.BigIntegerField(default=0)
+    tokens_reserved = models.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "period"])]
+        constraints = [
+            models.UniqueConstraint(fields=["key", "period"], name="one_key_usage_row_per_period"),
+            models.CheckConstraint(
+                name="key_usage_gte_0", condition=Q(runs__gte=0, tokens_used__gte=0, tokens_reserved__gte=0)
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.key_id} {self.period:%Y-%m}"
 
 
 class UsagePeriod(models.Model):

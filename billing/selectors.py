@@ -2,9 +2,10 @@ import datetime as dt
 
 from routing.selectors import DEFAULT_TIER
 
-from .models import ModelUsage, Plan, UsagePeriod
+from .models import KeyUsage, ModelUsage, Plan, Throttle, UsagePeriod
 from .periods import period_end, period_start
 from .plans import Limits
+from .throttle import MinuteWindow, bucket_level, window_of
 
 
 def plan_for(user) -> Plan:
@@ -15,16 +16,29 @@ def plan_for(user) -> Plan:
         return Plan(user=user, tier_id=DEFAULT_TIER)
 
 
+def minute_window(*, user_id: int, per_minute: int | None, now: dt.datetime) -> MinuteWindow | None:
+    """The user's minute window as it stands, without drawing from it (None without a limit)."""
+    if per_minute is None:
+        return None
+    throttle = Throttle.objects.filter(user_id=user_id).first() or Throttle(user_id=user_id)
+    return window_of(per_minute, bucket_level(per_minute, throttle.bucket_used, throttle.bucket_at, now))
+
+
 def _remaining(limit, used):
     return None if limit is None else max(limit - used, 0)
 
 
 def usage_report(*, user, tier_slug: str, limits: Limits, period: dt.date) -> dict:
-    """GET /usage: two indexed reads of counter rows, never a sum over the ledger."""
+    """GET /usage: three indexed reads of counter rows, never a sum over the ledger."""
     row = UsagePeriod.objects.filter(user=user, period=period).first() or UsagePeriod(
         user=user, period=period
     )
     by_model = ModelUsage.objects.filter(user=user, period=period).order_by("model")
+    by_key = (
+        KeyUsage.objects.filter(user=user, period=period)
+        .order_by("key__created_at", "key_id")
+        .values_list("key_id", "key__name", "runs", "tokens_used")
+    )
     return {
         "tier": tier_slug,
         "period": {"start": period_start(period), "end": period_end(period)},
@@ -48,5 +62,9 @@ def usage_report(*, user, tier_slug: str, limits: Limits, period: dt.date) -> di
                 "billed_tokens": m.billed_tokens,
             }
             for m in by_model
+        ],
+        "by_key": [
+            {"key": key_id, "name": name, "runs": runs, "billed_tokens": billed}
+            for key_id, name, runs, billed in by_key
         ],
     }

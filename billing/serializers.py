@@ -27,12 +27,20 @@ class ModelUsageSerializer(serializers.Serializer):
     billed_tokens = serializers.IntegerField()
 
 
+class KeyUsageSerializer(serializers.Serializer):
+    key = serializers.UUIDField()
+    name = serializers.CharField()
+    runs = serializers.IntegerField()
+    billed_tokens = serializers.IntegerField()
+
+
 class UsageSerializer(serializers.Serializer):
     tier = serializers.CharField()
     period = PeriodSerializer()
     tokens = TokenUsageSerializer()
     runs = RunCountSerializer()
     by_model = ModelUsageSerializer(many=True)
+    by_key = KeyUsageSerializer(many=True)
 
 
 class AlertSerializer(serializers.Serializer):

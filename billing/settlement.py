@@ -1,7 +1,8 @@
 """Settling a run's bill (CONTRACT section 6): its ledger row, its per-model counters and the user's
-counters, its reservation released. The runs app calls this with the figures of a run it has just
-marked settled, in the same transaction; on PostgreSQL it writes all of it in the one statement of
-billing.statements.settlement instead. Billing never writes the run table."""
+counters, its reservation released, its concurrency slot freed and its key's month settled. The
+runs app calls this with the figures of a run it has just marked settled, in the same transaction;
+on PostgreSQL it writes all of it in the one statement of billing.statements.settlement instead.
+Billing never writes the run table."""
 
 import datetime as dt
 import decimal
@@ -10,9 +11,10 @@ import uuid
 from dataclasses import dataclass
 
 from django.db.models import F
+from django.db.models.functions import Greatest
 
 from .alerts import alerts_record
-from .models import LedgerEntry, ModelUsage, UsagePeriod
+from .models import KeyUsage, LedgerEntry, ModelUsage, Throttle, UsagePeriod
 from .plans import token_limit
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ class SettledRun:
 
     run_id: uuid.UUID
     user_id: int
+    key_id: uuid.UUID | None
     period: dt.date
     model: str
     input_tokens: int | None
@@ -63,6 +66,13 @@ def usage_record(run: SettledRun) -> Counters:
         tokens_used=F("tokens_used") + (run.billed_tokens or 0),
         tokens_reserved=F("tokens_reserved") - run.reserved_tokens,
     )
+    # Its concurrency slot back, then the key's month (the lock order of admission).
+    Throttle.objects.filter(user_id=run.user_id).update(active_runs=Greatest(F("active_runs") - 1, 0))
+    if run.key_id is not None:
+        KeyUsage.objects.filter(key_id=run.key_id, period=run.period).update(
+            tokens_used=F("tokens_used") + (run.billed_tokens or 0),
+            tokens_reserved=F("tokens_reserved") - run.reserved_tokens,
+        )
     return counters_of(run.user_id, run.period) or (None, None, None)
 
 

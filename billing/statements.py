@@ -7,6 +7,8 @@ in the database, never by writing back a value read before: PostgreSQL re-checks
 clause after waiting for the row lock, which is what keeps two concurrent admissions from both
 taking the last tokens."""
 
+from .throttle import EPSILON
+
 # Count one run and reserve its tokens on the user's counter row for the period, only if it fits.
 # A NULL room or run limit means that check is off (an unlimited quota, or a 0-token reservation,
 # which CONTRACT section 6 admits even at a token limit of 0). The same text serves every case, so
@@ -24,15 +26,71 @@ RETURNING runs_used
 """
 
 
+# What the minute bucket has drawn at %(now)s (billing.throttle.bucket_used, in SQL): what it had
+# drawn, less limit/60 a second since, between 0 and the limit.
+_BUCKET_USED = """LEAST(%(per_minute)s::float8, GREATEST(0, throttle.bucket_used
+        - GREATEST(0, EXTRACT(EPOCH FROM
+            %(now)s::timestamptz - COALESCE(throttle.bucket_at, %(now)s::timestamptz)))::float8
+          * %(per_minute)s::float8 / 60))"""
+
+# After QUOTA_RESERVE took the run (`reserved` has its row): one more run in flight and one run
+# from the minute bucket, on the user's Throttle row, created on the user's first run. A limit
+# that refuses sets a NOT NULL column to NULL, which fails the whole statement: the quota taken
+# before it is undone with it, so a refusal leaves nothing, and admission then goes the general
+# way (billing.quota.quota_reserve), which tells which limit refused. A NULL limit is off.
+ADMIT_THROTTLE = f"""
+INSERT INTO billing_throttle AS throttle (user_id, active_runs, bucket_used, bucket_at)
+SELECT %(user_id)s,
+       CASE WHEN %(concurrent)s::integer IS NULL OR %(concurrent)s::integer >= 1 THEN 1 END,
+       CASE WHEN %(per_minute)s::integer IS NULL THEN 0
+            WHEN %(per_minute)s::integer >= 1 THEN 1 END,
+       CASE WHEN %(per_minute)s::integer IS NOT NULL THEN %(now)s::timestamptz END
+  FROM reserved
+    ON CONFLICT (user_id) DO UPDATE
+   SET active_runs = CASE WHEN %(concurrent)s::integer IS NULL
+                            OR throttle.active_runs < %(concurrent)s::integer
+                          THEN throttle.active_runs + 1 END,
+       bucket_used = CASE WHEN %(per_minute)s::integer IS NULL THEN throttle.bucket_used
+                          WHEN {_BUCKET_USED} + 1 <= %(per_minute)s::integer + {EPSILON}
+                          THEN {_BUCKET_USED} + 1 END,
+       bucket_at = CASE WHEN %(per_minute)s::integer IS NULL THEN throttle.bucket_at
+                        ELSE GREATEST(%(now)s::timestamptz, throttle.bucket_at) END
+RETURNING throttle.bucket_used
+"""
+
+# After ADMIT_THROTTLE (it always yields the one row, or fails): the run counted on its key's
+# row for the period, and its tokens reserved there if they fit the key's monthly_token_limit
+# (a NULL room: no limit, or a 0-token reservation); refused the same way as ADMIT_THROTTLE.
+ADMIT_KEY = """
+INSERT INTO billing_keyusage AS key_usage (key_id, period, user_id, runs, tokens_used, tokens_reserved)
+SELECT %(key_id)s::uuid, %(period)s, %(user_id)s, 1, 0,
+       CASE WHEN %(key_room)s::bigint IS NULL OR %(key_room)s::bigint >= 0 THEN %(tokens)s END
+  FROM throttled
+ WHERE %(key_id)s::uuid IS NOT NULL
+    ON CONFLICT (key_id, period) DO UPDATE
+   SET runs = key_usage.runs + 1,
+       tokens_reserved = CASE WHEN %(key_room)s::bigint IS NULL
+                                OR key_usage.tokens_used <= %(key_room)s::bigint - key_usage.tokens_reserved
+                              THEN key_usage.tokens_reserved + %(tokens)s END
+"""
+
+
 def quota_reserve_inserting(insert_run: str) -> str:
-    """QUOTA_RESERVE and the run's INSERT in one statement: the INSERT selects from the
-    reservation, so the run is written only if the reservation was taken. `insert_run` is the run
-    table's INSERT ... SELECT ... FROM reserved, which the runs app owns."""
-    return f"WITH reserved AS ({QUOTA_RESERVE}), inserted AS ({insert_run}) SELECT runs_used FROM reserved"
+    """The whole admission in one statement: QUOTA_RESERVE, ADMIT_THROTTLE, ADMIT_KEY and the run's
+    INSERT, which selects from the reservation, so the run is written only if everything was
+    taken. The rows are locked in the order every settlement takes them too (the user's counters,
+    the throttle, the key's counters), so the two cannot deadlock. `insert_run` is the run table's
+    INSERT ... SELECT ... FROM reserved, which the runs app owns. It yields the runs used and what
+    the bucket has drawn, or no row when QUOTA_RESERVE refused."""
+    return (
+        f"WITH reserved AS ({QUOTA_RESERVE}), throttled AS ({ADMIT_THROTTLE}),"
+        f" key_reserved AS ({ADMIT_KEY}), inserted AS ({insert_run})"
+        " SELECT reserved.runs_used, throttled.bucket_used FROM reserved, throttled"
+    )
 
 
 # The writes of a settlement, reading the settled run from a relation named `done` with the columns
-# run_id, user_id, period, model, input_tokens, output_tokens, multiplier, billed_tokens,
+# run_id, user_id, key_id, period, model, input_tokens, output_tokens, multiplier, billed_tokens,
 # reserved_tokens and settled_at: the ledger row and the per-model counters of what it billed (none
 # when billed_tokens is NULL: the provider reported nothing), and the user's counters, its
 # reservation released. `counters` returns the tokens used and, riding along, the plan's tier and
@@ -69,6 +127,25 @@ counters AS (
     RETURNING counter.tokens_used,
               (SELECT tier_id FROM billing_plan WHERE user_id = counter.user_id),
               (SELECT token_quota_override FROM billing_plan WHERE user_id = counter.user_id)
+),
+slots AS (
+    -- The run no longer counts against max_concurrent_runs. After `counters` (the join reads it
+    -- first), so the rows are locked in admission's order.
+    INSERT INTO billing_throttle AS throttle (user_id, active_runs, bucket_used)
+    SELECT done.user_id, 0, 0
+      FROM done LEFT JOIN counters ON true
+        ON CONFLICT (user_id) DO UPDATE
+       SET active_runs = GREATEST(throttle.active_runs - 1, 0)
+    RETURNING throttle.user_id
+),
+key_counters AS (
+    -- The key's month: its reservation replaced by the bill, after `slots` for the lock order.
+    UPDATE billing_keyusage AS key_usage
+       SET tokens_used = key_usage.tokens_used + COALESCE(done.billed_tokens, 0),
+           tokens_reserved = key_usage.tokens_reserved - done.reserved_tokens
+      FROM done, slots
+     WHERE key_usage.key_id = done.key_id
+       AND key_usage.period = done.period
 )
 """
 

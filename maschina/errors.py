@@ -14,12 +14,13 @@ logger = logging.getLogger(__name__)
 class ApiError(exceptions.APIException):
     """An error our own code raises on purpose, with its code, status and extra fields."""
 
-    def __init__(self, code, message, status_code=status.HTTP_400_BAD_REQUEST, **extra):
+    def __init__(self, code, message, status_code=status.HTTP_400_BAD_REQUEST, *, headers=None, **extra):
         super().__init__(message)
         self.code = code
         self.message = message
         self.status_code = status_code
         self.extra = extra
+        self.headers = headers or {}  # answer headers (Retry-After, X-RateLimit-*)
 
 
 def error_body(code, message, **extra):
@@ -60,9 +61,10 @@ _SIMPLE = {
 
 
 def exception_handler(exc, context):
-    headers = {}
+    headers: dict[str, str] = {}
     if isinstance(exc, ApiError):
         body, code = error_body(exc.code, exc.message, **exc.extra), exc.status_code
+        headers.update(exc.headers)
     elif isinstance(exc, (Http404, exceptions.NotFound)):
         body, code = error_body("not_found", "Not found."), 404
     elif isinstance(exc, RequestDataTooBig):

@@ -20,3 +20,12 @@ class StrictIntegerField(serializers.IntegerField):
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+def reject_unknown_fields(serializer: serializers.Serializer, data) -> None:
+    """A body field the serializer does not know is refused (400 `invalid`, the field named) rather
+    than dropped: a client that sends `temperature` must not believe it was used."""
+    if isinstance(data, dict):
+        unknown = sorted(str(name) for name in data if name not in serializer.fields)
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})

@@ -20,13 +20,13 @@ _DESCRIPTIONS = {
     400: (
         "Invalid request: malformed JSON, invalid fields or query parameters, or input the risk checks block."
     ),
-    401: "Missing, unknown or revoked API key.",
-    403: "The plan's tier may not use the model.",
+    401: "Missing, unknown, revoked or expired API key.",
+    403: "The plan's tier or the API key may not use the model, or a restricted key may not manage keys.",
     404: "No such object for this key's user.",
-    409: "The run has already finished.",
+    409: "The run has already finished, or the Idempotency-Key was used for another request.",
     413: "Request body larger than 1 MiB.",
     415: "Request body is not application/json.",
-    429: "A monthly quota of the plan is used up.",
+    429: "A monthly quota of the plan or the key is used up, or a rate limit is reached.",
 }
 
 

@@ -3,6 +3,7 @@ from django.urls import include, path, re_path, register_converter
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts import views as accounts
 from agents import views as agents
 from billing import views as billing
 from routing import views as routing
@@ -24,6 +25,8 @@ api = [
     path("runs", runs.RunListApi.as_view()),
     path("runs/<anyuuid:run_id>", runs.RunDetailApi.as_view()),
     path("runs/<anyuuid:run_id>/cancel", runs.RunCancelApi.as_view()),
+    path("keys", accounts.KeyListCreateApi.as_view()),
+    path("keys/<anyuuid:key_id>", accounts.KeyDetailApi.as_view()),
     path("usage", billing.UsageApi.as_view()),
     path("alerts", billing.AlertListApi.as_view()),
 ]

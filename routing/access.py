@@ -40,6 +40,8 @@ class TierInfo:
     default_model: str | None
     max_tokens: int
     max_timeout_secs: int
+    requests_per_minute: int | None = None  # None = unlimited
+    max_concurrent_runs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,12 +140,46 @@ def _decide(rules: Rules, tier: TierInfo, requested: str | None) -> Allowed | De
     return Allowed(model_id, entry, requested or None)
 
 
-def usable_fallback(rules: Rules, tier: TierInfo, entry: ModelInfo) -> ModelInfo | None:
-    """The model a run continues on when `entry` is out of retries: its fallback, if the tier may use it."""
+def model_listed(allowed_models: list[str] | None, model_id: str) -> bool:
+    """Whether a key's model list (CONTRACT section 10) names `model_id`: exactly, or by a pattern
+    ("ollama/*") that the id extends. None lists nothing out: any model the tier allows."""
+    if allowed_models is None:
+        return True
+    return any(
+        model_id == listed
+        or (listed.endswith("*") and len(model_id) >= len(listed) and model_id.startswith(listed[:-1]))
+        for listed in allowed_models
+    )
+
+
+def model_list_problem(rules: Rules, value) -> str | None:
+    """Why `value` is not a key's model list (a non-empty list of catalog ids and patterns; an id a
+    pattern row covers, such as ollama/qwen2, is in the catalog), or None."""
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
+        return "Must be null or a non-empty list of model ids."
+    unknown = [item for item in value if item not in rules.models and rules.lookup(item) is None]
+    return f"Not in the catalog: {', '.join(unknown[:10])}." if unknown else None
+
+
+def usable_fallback(
+    rules: Rules, tier: TierInfo, entry: ModelInfo, allowed_models: list[str] | None = None
+) -> ModelInfo | None:
+    """The model a run continues on when `entry` is out of retries: its fallback, if the tier may use
+    it and the key that admitted the run lists it."""
     fallback = rules.models.get(entry.fallback) if entry.fallback else None
     if fallback is None or not fallback.is_active or not is_allowed(rules, tier, fallback):
         return None
+    if not model_listed(allowed_models, fallback.id):
+        return None
     return fallback
+
+
+def denied_by_rule(rules: Rules, tier: TierInfo, entry: ModelInfo) -> bool:
+    """A per-tier rule denies `entry` although the tier ranks at or above its min tier."""
+    min_tier = rules.tiers.get(entry.min_tier)
+    return rules.overrides.get((tier.slug, entry.id)) is False and (
+        min_tier is not None and tier.rank >= min_tier.rank
+    )
 
 
 def required_tier(rules: Rules, tier: TierInfo, entry: ModelInfo) -> str:

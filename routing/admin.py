@@ -62,6 +62,8 @@ class TierAdmin(RefuseDeletingReferencedRows, admin.ModelAdmin):
         "default_model",
         "max_tokens",
         "max_timeout_secs",
+        "requests_per_minute",
+        "max_concurrent_runs",
         "quota_exempt",
     ]
     list_select_related = ["default_model"]

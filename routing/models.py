@@ -50,6 +50,13 @@ class Tier(AuditedModel):
     max_timeout_secs = models.PositiveIntegerField(
         validators=[MinValueValidator(1), MaxValueValidator(MAX_TIMEOUT_SECS)]
     )
+    # CONTRACT section 11; a plan's overrides take their place.
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Runs admitted per user in any 60 s; empty = unlimited."
+    )
+    max_concurrent_runs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="A user's runs queued or executing at once; empty = unlimited."
+    )
 
     class Meta:
         ordering = ["rank", "slug"]

@@ -16,6 +16,8 @@ class TierSerializer(serializers.Serializer):
     default_model = serializers.CharField(allow_null=True)
     max_tokens = serializers.IntegerField()
     max_timeout_secs = serializers.IntegerField()
+    requests_per_minute = serializers.IntegerField(allow_null=True)
+    max_concurrent_runs = serializers.IntegerField(allow_null=True)
 
 
 class CatalogModelSerializer(serializers.Serializer):

@@ -48,6 +48,8 @@ def build_rules(revision: int = 0, tiers=None, models=None, rules=None) -> Rules
                 default_model=t.default_model_id,
                 max_tokens=t.max_tokens,
                 max_timeout_secs=t.max_timeout_secs,
+                requests_per_minute=t.requests_per_minute,
+                max_concurrent_runs=t.max_concurrent_runs,
             )
             for t in tiers
         },

@@ -1,5 +1,6 @@
 """Admitting a run: run_create is the gate of CONTRACT section 5 after the body is valid:
-risk -> model -> quota, then the run row and its dispatch after commit. Every refusal is raised
+risk -> model (and the key's model list) -> concurrency -> minute -> quota (the user's, then the
+key's), then the run row and its dispatch after commit. Every refusal is raised
 before anything is written, and the reservation shares the run's transaction."""
 
 from django.db import connection, transaction
@@ -9,10 +10,11 @@ from agents.models import Agent
 from agents.services import default_system_prompt
 from billing.periods import period_of
 from billing.plans import limits_for
-from billing.pricing import input_token_bound, reservation
-from billing.quota import quota_reserve, quota_reserve_inserting
+from billing.pricing import input_token_bound, max_tokens_within, reservation
+from billing.quota import QuotaExceeded, quota_reserve, quota_reserve_inserting
+from billing.throttle import MinuteWindow
 from maschina.db.rows import rows_of
-from routing.access import Allowed, Denied, decide
+from routing.access import Allowed, Denied, decide, model_listed
 from routing.snapshot import get_rules
 
 from .dispatch import admission_dispatch, publish_admitted
@@ -42,9 +44,31 @@ class ModelDenied(Exception):
         self.denial, self.rules = denial, rules
 
 
-def run_create(
-    *, user, plan, agent: Agent, key=None, input: dict, model, timeout_secs: int, max_tokens: int
-) -> Run:
+class KeyModelNotAllowed(Exception):
+    def __init__(self, model_id: str, allowed_models: list[str]):
+        super().__init__(model_id)
+        self.model_id, self.allowed_models = model_id, allowed_models
+
+
+def run_create(**kwargs) -> Run:
+    return run_admit(**kwargs)[0]
+
+
+def run_admit(
+    *,
+    user,
+    plan,
+    agent: Agent,
+    key=None,
+    input: dict,
+    model,
+    timeout_secs: int,
+    max_tokens: int,
+    idempotency: tuple[str, str] | None = None,
+) -> tuple[Run, MinuteWindow | None]:
+    """The run admitted, and the user's minute window after it (None without a minute limit).
+    `idempotency` is the request's Idempotency-Key and the digest of its agent and body, stored on
+    the run, whose unique constraint makes a duplicate fail with IntegrityError (runs.idempotency)."""
     message = input["message"]
     if len(message) > MAX_MESSAGE_CHARS:
         raise InputTooLong("input.message is longer than 100,000 characters.")
@@ -61,10 +85,14 @@ def run_create(
     decision = decide(rules, tier, model or agent.model)
     if not isinstance(decision, Allowed):
         raise ModelDenied(decision, rules)
+    key_models = key.allowed_models if key is not None else None
+    if not model_listed(key_models, decision.model_id):
+        raise KeyModelNotAllowed(decision.model_id, key_models or [])
 
     system_prompt = agent.system_prompt or default_system_prompt(agent.name)
     entry = decision.entry
-    reserve = reservation(input_token_bound(system_prompt, message), max_tokens, entry.multiplier)
+    input_bound = input_token_bound(system_prompt, message)
+    reserve = reservation(input_bound, max_tokens, entry.multiplier)
     now = timezone.now()
     period = period_of(now)
     run = Run(
@@ -84,25 +112,42 @@ def run_create(
         period=period,
         reserved_tokens=reserve,
         created_at=now,
+        idempotency_key=idempotency[0] if idempotency else None,
+        request_digest=idempotency[1] if idempotency else "",
         **admission_dispatch(now),
     )
     limits = limits_for(plan, tier)
-    quota = {"user_id": user.pk, "period": period, "tokens": reserve, "limits": limits}
-    # PostgreSQL: the reservation and the run's INSERT in one statement, which skips Run.save()
+    quota = {
+        "user_id": user.pk,
+        "period": period,
+        "tokens": reserve,
+        "limits": limits,
+        "now": now,
+        "key_id": key.pk if key is not None else None,
+        "key_limit": key.monthly_token_limit if key is not None else None,
+    }
+    # PostgreSQL: the limits and the run's INSERT in one statement, which skips Run.save()
     # (Run has neither a save() nor signals of its own; tests/test_statements.py holds it to that).
-    if connection.vendor == "postgresql" and quota_reserve_inserting(
-        rows_of(Run).insert_sql(run, source="reserved"), **quota
-    ):
+    admitted, window = False, None
+    if connection.vendor == "postgresql":
+        admitted, window = quota_reserve_inserting(rows_of(Run).insert_sql(run, source="reserved"), **quota)
+    if admitted:
         run._state.adding, run._state.db = False, connection.alias
     else:
-        # The general way, and SQLite's: the run row first and the quota last, so the user's counter
-        # row, which every admission and settlement of the user updates, stays locked only until
-        # the commit. A refusal rolls the run back with the rest.
-        with transaction.atomic():
-            run.save(force_insert=True)
-            quota_reserve(**quota)
+        # The general way, and SQLite's: the run row first and the limits last, so the user's
+        # counter rows, which every admission and settlement of the user updates, stay locked only
+        # until the commit. A refusal rolls the run back with the rest.
+        try:
+            with transaction.atomic():
+                run.save(force_insert=True)
+                window = quota_reserve(**quota)
+        except QuotaExceeded as exceeded:
+            if exceeded.quota in ("tokens", "key_tokens") and entry.multiplier > 0:
+                room = exceeded.limit - exceeded.used - (exceeded.reserved or 0)
+                exceeded.max_tokens_fit = max_tokens_within(room, input_bound, entry.multiplier)
+            raise
     # Only once the run is committed (at once, outside a transaction): a worker must never look
     # for a row that is not there yet.
     if run.dispatches:  # else the broker's circuit is open: the sweeper publishes it
         transaction.on_commit(lambda: publish_admitted(run.pk, run.timeout_secs), robust=True)
-    return run
+    return run, window

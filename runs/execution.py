@@ -22,6 +22,7 @@ from routing.snapshot import get_rules
 
 from . import inflight
 from .models import Run, RunStatus
+from .selectors import run_key_models
 from .services import (
     is_stale,
     run_claim,
@@ -189,7 +190,9 @@ class Execution:
                 completion = self.call_with_retries(provider, model_id)
             except ProviderError as error:
                 fallback = (
-                    usable_fallback(rules, tier, entry) if (error.retriable and tier and entry) else None
+                    usable_fallback(rules, tier, entry, run_key_models(self.run))
+                    if (error.retriable and tier and entry)
+                    else None
                 )
                 if fallback is None:
                     status = RunStatus.TIMED_OUT if error.code == "timeout" else RunStatus.FAILED

@@ -45,6 +45,10 @@ class Run(models.Model):
         related_name="runs",
         db_index=False,
     )
+    # CONTRACT section 12: the client's Idempotency-Key, unique per user, and a digest of the agent
+    # and body it came with. Cleared after IDEMPOTENCY_SECS so the key may be used again.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_digest = models.CharField(max_length=64, blank=True, default="")
     tier = models.CharField(max_length=32)  # the caller's tier at admission, for fallback decisions
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     requested_model = models.CharField(max_length=200, null=True, blank=True)
@@ -100,6 +104,11 @@ class Run(models.Model):
             ),
         ]
         constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"],
+                name="one_run_per_idempotency_key",
+                condition=Q(idempotency_key__isnull=False),
+            ),
             models.CheckConstraint(name="run_status_known", condition=Q(status__in=RunStatus.values)),
             models.CheckConstraint(name="run_multiplier_gte_0", condition=Q(multiplier__gte=0)),
             models.CheckConstraint(name="run_reserved_gte_0", condition=Q(reserved_tokens__gte=0)),

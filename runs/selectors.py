@@ -1,6 +1,7 @@
 from django.db.models import Q
 from django.http import Http404
 
+from accounts.models import ApiKey
 from agents.models import Agent
 from maschina.db.rows import rows_of
 from maschina.errors import ApiError
@@ -14,6 +15,14 @@ def run_get(*, user, run_id) -> Run:
     if run is None:
         raise Http404
     return run
+
+
+def run_key_models(run: Run) -> list[str] | None:
+    """The model list of the key that admitted `run` (None: any model), read when a fallback is
+    considered, so a fallback the key does not list is not taken (CONTRACT section 10)."""
+    if run.key_id is None:
+        return None
+    return ApiKey.objects.filter(pk=run.key_id).values_list("allowed_models", flat=True).first()
 
 
 def run_list(*, user, status: str | None = None, agent: Agent | None = None):

@@ -3,7 +3,7 @@ import math
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from maschina.fields import StrictCharField, StrictIntegerField
+from maschina.fields import StrictCharField, StrictIntegerField, reject_unknown_fields
 from routing.serializers import normalized_multiplier
 
 from .models import Run
@@ -84,6 +84,10 @@ class RunCreateSerializer(serializers.Serializer):
     model = RawModelField(required=False, allow_null=True)
     timeout_secs = StrictIntegerField(required=False, min_value=1)
     max_tokens = StrictIntegerField(required=False, min_value=1)
+
+    def to_internal_value(self, data):
+        reject_unknown_fields(self, data)  # `temperature`, `messages`: refused, not silently dropped
+        return super().to_internal_value(data)
 
     def validate_timeout_secs(self, value):
         tier = self.context["tier"]

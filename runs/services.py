@@ -253,6 +253,7 @@ def _settled(run: Run, **changes) -> SettledRun:
     fields = {
         "run_id": run.pk,
         "user_id": run.user_id,
+        "key_id": run.key_id,
         "period": run.period,
         "model": run.model,
         "input_tokens": run.input_tokens,
@@ -277,6 +278,11 @@ def run_token_alerts_catch_up(run: Run) -> None:
     counters = counters_of(run.user_id, run.period)
     if counters is not None:
         run_token_alerts_record(run, counters)
+
+
+def run_forget_idempotency_key(run_id, key: str) -> None:
+    """An Idempotency-Key past its 24 hours (runs.idempotency) no longer names this run."""
+    Run.objects.filter(pk=run_id, idempotency_key=key).update(idempotency_key=None)
 
 
 class RunFinished(Exception):

@@ -33,7 +33,7 @@ RETURNING {rows_of(Run).columns()}
 
 
 # What a settling UPDATE returns: the columns billing.statements.SETTLEMENT_WRITES reads as `done`.
-SETTLED_RUN = """id AS run_id, user_id, period, model, input_tokens, output_tokens, multiplier,
+SETTLED_RUN = """id AS run_id, user_id, key_id, period, model, input_tokens, output_tokens, multiplier,
           billed_tokens, reserved_tokens, settled_at"""
 
 # The provider answered: the run ends completed, with its answer and its bill, and is settled, in one

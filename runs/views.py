@@ -1,6 +1,8 @@
 """Thin views: parse, call a service or selector, serialize. The gate's order of checks
-(CONTRACT section 5) is: auth -> agent -> body -> input risk -> model -> quota."""
+(CONTRACT sections 5, 11 and 12) is: auth -> Idempotency-Key (a replay answers here) -> agent ->
+body -> input risk -> model and the key's model list -> concurrency -> minute -> quota."""
 
+from django.db import IntegrityError
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
@@ -9,15 +11,22 @@ from rest_framework.response import Response
 from agents.selectors import agent_get
 from billing.quota import QuotaExceeded
 from billing.selectors import plan_for
+from billing.throttle import RateLimited
 from maschina.errors import ApiError
 from maschina.schema import errors
-from routing.access import required_tier
+from routing.access import denied_by_rule, required_tier
 from routing.snapshot import get_rules
 
-from . import admission, selectors, services
+from . import admission, idempotency, refusals, selectors, services
 from .serializers import RunCreateSerializer, RunSerializer
 
 STATUS_FILTER = OpenApiParameter("status", str, description="Only runs with this status.")
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="1-255 printable ASCII characters: a retry with the same key and body gets the same run.",
+)
 
 
 def _valid(serializer_class, data, **context):
@@ -32,15 +41,41 @@ class RunCreateApi(GenericAPIView):
     @extend_schema(
         operation_id="agents_run",
         request=RunCreateSerializer,
-        responses={202: RunSerializer, **errors(403, 429)},
+        parameters=[IDEMPOTENCY_KEY],
+        responses={200: RunSerializer, 202: RunSerializer, **errors(403, 409, 429)},
     )
     def post(self, request, agent_id):
+        idempotency_key = idempotency.idempotency_key_of(request)
+        digest = idempotency.request_digest(agent_id, request.data) if idempotency_key else ""
+        if idempotency_key:
+            replayed = _replayed(request, idempotency_key, digest)
+            if replayed is not None:
+                return replayed
         agent = agent_get(owner=request.user, agent_id=agent_id)
         plan = plan_for(request.user)
         tier = get_rules().tiers[plan.tier_id]
         body = _valid(RunCreateSerializer, request.data, tier=tier)
         try:
-            run = admission.run_create(user=request.user, plan=plan, key=request.auth, agent=agent, **body)
+            run, window = admission.run_admit(
+                user=request.user,
+                plan=plan,
+                key=request.auth,
+                agent=agent,
+                idempotency=(idempotency_key, digest) if idempotency_key else None,
+                **body,
+            )
+        except IntegrityError:
+            if not idempotency_key:
+                raise
+            # A racing request with the same key admitted its run first; this one left nothing.
+            replayed = _replayed(request, idempotency_key, digest)
+            if replayed is None:
+                raise ApiError(
+                    "idempotency_key_in_progress",
+                    "A request with this Idempotency-Key is still being admitted; retry shortly.",
+                    status.HTTP_409_CONFLICT,
+                )
+            return replayed
         except admission.InputTooLong as too_long:
             raise ApiError("input_too_long", str(too_long))
         except admission.RiskBlocked as blocked:
@@ -53,9 +88,35 @@ class RunCreateApi(GenericAPIView):
             )
         except admission.ModelDenied as denied:
             raise _model_denied(denied, tier)
+        except admission.KeyModelNotAllowed as refused:
+            raise refusals.key_model_not_allowed(refused.model_id, refused.allowed_models)
+        except RateLimited as limited:
+            raise refusals.rate_limited(limited)
         except QuotaExceeded as exceeded:
-            raise _quota_exceeded(exceeded)
-        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+            raise refusals.quota_exceeded(exceeded)
+        return Response(
+            RunSerializer(run).data, status=status.HTTP_202_ACCEPTED, headers=refusals.rate_headers(window)
+        )
+
+
+def _replayed(request, idempotency_key: str, digest: str) -> Response | None:
+    """The answer to a repeated request: the run its key created, or None if there is none."""
+    try:
+        run = idempotency.run_replayed(user=request.user, key=idempotency_key, digest=digest)
+    except idempotency.KeyReused:
+        raise ApiError(
+            "idempotency_key_reused",
+            "This Idempotency-Key was used with another agent or body.",
+            status.HTTP_409_CONFLICT,
+        )
+    if run is None:
+        return None
+    headers = {
+        "Idempotent-Replayed": "true",
+        **refusals.rate_headers(refusals.minute_window_of(request.user)),
+    }
+    code = status.HTTP_200_OK if run.is_terminal else status.HTTP_202_ACCEPTED
+    return Response(RunSerializer(run).data, status=code, headers=headers)
 
 
 def _model_denied(denied, tier) -> ApiError:
@@ -67,30 +128,17 @@ def _model_denied(denied, tier) -> ApiError:
             "model_unavailable", f"Model {denial.model_id} is not available.", model=denial.model_id
         )
     entry = denial.entry
+    if denied_by_rule(rules, tier, entry):  # the tier ranks high enough, but a rule leaves it out
+        message = f"Model {entry.display_name} is not included in the {tier.slug} plan."
+    else:
+        message = f"Model {entry.display_name} requires the {entry.min_tier} plan or higher."
     return ApiError(
         "model_not_allowed",
-        f"Model {entry.display_name} requires the {entry.min_tier} plan or higher.",
+        message,
         status.HTTP_403_FORBIDDEN,
         model=denial.model_id,
         tier=tier.slug,
         required_tier=required_tier(rules, tier, entry),
-    )
-
-
-def _quota_exceeded(exceeded) -> ApiError:
-    extra = {
-        "quota": exceeded.quota,
-        "used": exceeded.used,
-        "limit": exceeded.limit,
-        "resets_at": exceeded.resets_at,
-    }
-    if exceeded.quota == "tokens":
-        extra.update(reserved=exceeded.reserved, requested=exceeded.requested)
-    return ApiError(
-        "quota_exceeded",
-        f"The monthly {exceeded.quota} quota of your plan is used up.",
-        status.HTTP_429_TOO_MANY_REQUESTS,
-        **extra,
     )
 
 

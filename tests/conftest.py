@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
 from agents.services import agent_create
-from billing.plans import plan_set
+from billing.plans import UNLIMITED, plan_set
 from routing import snapshot
 from routing.models import Tier
 
@@ -16,6 +16,7 @@ from .emulators import AnthropicEmulator, OllamaEmulator
 from .processes import RedisServer, stack_env
 
 _seed = importlib.import_module("routing.migrations.0002_seed_catalog").seed
+_seed_limits = importlib.import_module("routing.migrations.0004_tier_rate_limits").seed_limits
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +37,7 @@ def catalog(settings):
     settings.RULES_REFRESH_SECS = 0
     if not Tier.objects.exists():
         _seed(apps, None)
+        _seed_limits(apps, None)
     snapshot.invalidate()
 
 
@@ -72,6 +74,10 @@ def make_user(catalog):
 
     def make(tier="m1", username=None, **quotas):
         user = get_user_model().objects.create(username=username or f"user{next(counter)}-{tier}")
+        # The seeded rate limits (CONTRACT section 11) lifted, unless the test sets them: tests of
+        # other rules admit more runs at once than a tier's handful; tests of the limits set them.
+        quotas.setdefault("requests_per_minute", UNLIMITED)
+        quotas.setdefault("max_concurrent_runs", UNLIMITED)
         plan_set(user=user, tier_slug=tier, **quotas)
         return user
 

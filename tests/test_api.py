@@ -22,6 +22,8 @@ TIER_FIELDS = {
     "default_model",
     "max_tokens",
     "max_timeout_secs",
+    "requests_per_minute",
+    "max_concurrent_runs",
 }
 MODEL_FIELDS = {
     "id",
@@ -69,8 +71,20 @@ def test_tiers_list(make_client):
         "default_model": "claude-sonnet-4-6",
         "max_tokens": 4096,
         "max_timeout_secs": 3600,
+        "requests_per_minute": 120,
+        "max_concurrent_runs": 10,
     }
     assert by_slug["enterprise"]["monthly_token_quota"] is None
+    # CONTRACT section 11's seeded limits
+    assert {slug: (t["requests_per_minute"], t["max_concurrent_runs"]) for slug, t in by_slug.items()} == {
+        "access": (10, 2),
+        "m1": (60, 5),
+        "m5": (120, 10),
+        "m10": (300, 25),
+        "teams": (600, 50),
+        "enterprise": (None, None),
+        "internal": (None, None),
+    }
     assert [t["slug"] for t in body["results"]][:2] == ["access", "m1"]
 
 
@@ -244,7 +258,7 @@ def test_runs_lists_filters_and_cancel(make_client, make_agent):
 def test_usage_shape_and_past_period(make_client):
     client = make_client("m1")
     usage = client.get("/api/v1/usage").json()
-    assert set(usage) == {"tier", "period", "tokens", "runs", "by_model"}
+    assert set(usage) == {"tier", "period", "tokens", "runs", "by_model", "by_key"}
     assert usage["tokens"] == {"used": 0, "reserved": 0, "limit": 500_000, "remaining": 500_000}
     assert usage["runs"] == {"used": 0, "limit": 500, "remaining": 500}
     assert re.fullmatch(r"\d{4}-\d{2}-01T00:00:00Z", usage["period"]["start"])

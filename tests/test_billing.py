@@ -101,7 +101,8 @@ def test_internal_skips_quotas_even_with_overrides_and_unlimited_reports_null(
     assert usage["runs"]["limit"] is None and usage["runs"]["remaining"] is None
 
 
-@pytest.mark.django_db
+# Outside a test transaction, as in production: inside one, the statement takes a savepoint.
+@pytest.mark.django_db(transaction=True)
 def test_an_admission_is_one_statement_once_the_period_has_its_counter_row(make_user, make_agent):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext

@@ -42,6 +42,9 @@ def test_the_key_its_user_and_plan_are_what_the_orm_loads(make_user):
     Tier.objects.filter(slug="m1").update(max_tokens=4096)  # moves the rules revision
 
     found, revision = active_key(lookup_of(raw))
+    assert found.last_used_at is None  # read before this lookup stamped it
+    found.last_used_at = ApiKey.objects.get(pk=key.pk).last_used_at
+    assert found.last_used_at is not None
     expected = orm_key(lookup_of(raw))
 
     assert values(found) == values(expected)

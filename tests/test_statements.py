@@ -93,11 +93,15 @@ def test_statements_are_valid_postgresql(name):
         "billed_tokens": 1,
         "model": "m",
         "multiplier": 1,
+        "concurrent": None,
+        "per_minute": None,
+        "key_id": None,
+        "key_room": None,
     }
     if name == "runs_admit":
         params.update({f"run_{field.attname}": None for field in Run._meta.concrete_fields})
     with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN " + sql, [""] if "%s" in sql else params)
+        cursor.execute("EXPLAIN " + sql, [""] * sql.count("%s") if "%s" in sql else params)
 
 
 @pytest.mark.parametrize("model", INSERTED_BY_HAND)

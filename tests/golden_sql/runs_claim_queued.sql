@@ -9,4 +9,4 @@ UPDATE agents_run
  WHERE id = %(id)s
    AND status = 'queued'
    AND timeout_secs = %(timeout_secs)s
-RETURNING "id", "user_id", "agent_id", "key_id", "tier", "status", "requested_model", "model", "catalog_model", "provider", "multiplier", "system_prompt", "input", "output", "timeout_secs", "max_tokens", "period", "reserved_tokens", "input_tokens", "output_tokens", "billed_tokens", "error", "provider_calls", "claim", "claims", "heartbeat_at", "deadline_at", "dispatches", "redispatch_at", "created_at", "dispatched_at", "started_at", "finished_at", "settled_at"
+RETURNING "id", "user_id", "agent_id", "key_id", "idempotency_key", "request_digest", "tier", "status", "requested_model", "model", "catalog_model", "provider", "multiplier", "system_prompt", "input", "output", "timeout_secs", "max_tokens", "period", "reserved_tokens", "input_tokens", "output_tokens", "billed_tokens", "error", "provider_calls", "claim", "claims", "heartbeat_at", "deadline_at", "dispatches", "redispatch_at", "created_at", "dispatched_at", "started_at", "finished_at", "settled_at"

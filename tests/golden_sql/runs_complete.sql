@@ -13,7 +13,7 @@ UPDATE agents_run
    AND input_tokens IS NULL
    AND model = %(model)s
    AND multiplier = %(multiplier)s
-RETURNING id AS run_id, user_id, period, model, input_tokens, output_tokens, multiplier,
+RETURNING id AS run_id, user_id, key_id, period, model, input_tokens, output_tokens, multiplier,
           billed_tokens, reserved_tokens, settled_at
 ),
 ledger AS (
@@ -46,5 +46,24 @@ counters AS (
     RETURNING counter.tokens_used,
               (SELECT tier_id FROM billing_plan WHERE user_id = counter.user_id),
               (SELECT token_quota_override FROM billing_plan WHERE user_id = counter.user_id)
+),
+slots AS (
+    -- The run no longer counts against max_concurrent_runs. After `counters` (the join reads it
+    -- first), so the rows are locked in admission's order.
+    INSERT INTO billing_throttle AS throttle (user_id, active_runs, bucket_used)
+    SELECT done.user_id, 0, 0
+      FROM done LEFT JOIN counters ON true
+        ON CONFLICT (user_id) DO UPDATE
+       SET active_runs = GREATEST(throttle.active_runs - 1, 0)
+    RETURNING throttle.user_id
+),
+key_counters AS (
+    -- The key's month: its reservation replaced by the bill, after `slots` for the lock order.
+    UPDATE billing_keyusage AS key_usage
+       SET tokens_used = key_usage.tokens_used + COALESCE(done.billed_tokens, 0),
+           tokens_reserved = key_usage.tokens_reserved - done.reserved_tokens
+      FROM done, slots
+     WHERE key_usage.key_id = done.key_id
+       AND key_usage.period = done.period
 )
 SELECT counters.* FROM done LEFT JOIN counters ON true
