@@ -18,7 +18,17 @@ class PlanForm(forms.ModelForm):
 
     class Meta:
         model = Plan
-        fields = ["alert_webhook_url"]  # the admin adds the rest of its own
+        fields = [
+            "user",
+            "tier",
+            "token_quota_override",
+            "run_quota_override",
+            "requests_per_minute_override",
+            "requests_per_minute_unlimited",
+            "max_concurrent_runs_override",
+            "max_concurrent_runs_unlimited",
+            "alert_webhook_url",
+        ]
 
     def clean_alert_webhook_url(self):  # where a webhook may go: billing.webhook_targets
         url = self.cleaned_data["alert_webhook_url"]

@@ -48,7 +48,7 @@ def test_a_refused_admin_edit_records_nothing(admin_client, catalog):
 
 
 def test_code_changes_are_recorded_as_code_and_a_save_that_changes_nothing_is_not(make_user):
-    user = make_user("m1")
+    user = make_user("m1", requests_per_minute=None, max_concurrent_runs=None)  # the tier's limits
     [created] = records_for(user.plan)
     assert (created.source, created.action, created.before) == ("code", "create", None)
     assert created.after["tier_id"] == "m1"
