@@ -10,6 +10,7 @@ from maschina.db.rows import fetch_one
 
 from . import statements
 from .alerts import THRESHOLDS, alerts_record
+from .history import UsageLine, usage_day_add
 from .models import UsagePeriod
 from .periods import period_end
 from .plans import Limits
@@ -35,7 +36,13 @@ def _checked_token_limit(tokens: int, limits: Limits) -> int | None:
 
 
 def quota_reserve_inserting(
-    insert_run: tuple[str, dict], *, user_id: int, period: dt.date, tokens: int, limits: Limits
+    insert_run: tuple[str, dict],
+    *,
+    user_id: int,
+    period: dt.date,
+    tokens: int,
+    limits: Limits,
+    line: UsageLine,
 ) -> bool:
     """PostgreSQL only: count one run, reserve `tokens` and INSERT the run in one statement, one
     round trip where a transaction takes four. `insert_run` is the run's INSERT ... SELECT ...
@@ -55,13 +62,15 @@ def quota_reserve_inserting(
         "runs_before": limits.runs - 1 if limits.runs is not None else None,
         # Only below the first runs alert: the general way records alerts with the run.
         "runs_alert": THRESHOLDS[0] * limits.runs if limits.runs else None,
+        **line.statement_params(),
         **insert_params,
     }
     return fetch_one(statements.quota_reserve_inserting(insert_sql), params) is not None
 
 
-def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits) -> None:
-    """Count one run and reserve `tokens` against the period, or raise QuotaExceeded.
+def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits, line: UsageLine) -> None:
+    """Count one run and reserve `tokens` against the period, or raise QuotaExceeded; count the
+    run on its usage `line` too.
 
     Must run inside a transaction that also records the run, so a failure after it undoes it; the
     caller does this last before committing, so the counter row stays locked only for the commit."""
@@ -76,6 +85,7 @@ def quota_reserve(*, user_id: int, period: dt.date, tokens: int, limits: Limits)
         fits = fits.filter(runs_used__lte=limits.runs - 1)
     for _ in range(4):
         if fits.update(tokens_reserved=F("tokens_reserved") + tokens, runs_used=F("runs_used") + 1):
+            usage_day_add(user_id, line, runs=1)
             if limits.runs:  # the row is ours until the commit: this read is exact
                 used = counter.values_list("runs_used", flat=True).get()
                 alerts_record(user_id=user_id, period=period, quota="runs", used=used, limit=limits.runs)

@@ -24,17 +24,32 @@ RETURNING runs_used
 """
 
 
+# Count the admitted run on its day's usage line (billing.history), only if the reservation was taken.
+USAGE_DAY_COUNT = """
+INSERT INTO billing_usageday AS line
+       (user_id, day, model, agent_id, key_id, runs, input_tokens, output_tokens, billed_tokens)
+SELECT %(user_id)s, %(day)s, %(day_model)s, %(day_agent_id)s, %(day_key_id)s, 1, 0, 0, 0
+  FROM reserved
+    ON CONFLICT (user_id, day, model, agent_id, key_id) DO UPDATE
+   SET runs = line.runs + 1
+"""
+
+
 def quota_reserve_inserting(insert_run: str) -> str:
-    """QUOTA_RESERVE and the run's INSERT in one statement: the INSERT selects from the
-    reservation, so the run is written only if the reservation was taken. `insert_run` is the run
-    table's INSERT ... SELECT ... FROM reserved, which the runs app owns."""
-    return f"WITH reserved AS ({QUOTA_RESERVE}), inserted AS ({insert_run}) SELECT runs_used FROM reserved"
+    """QUOTA_RESERVE, the run's INSERT and its day's usage line in one statement: the INSERTs
+    select from the reservation, so nothing is written unless the reservation was taken.
+    `insert_run` is the run table's INSERT ... SELECT ... FROM reserved, which the runs app owns."""
+    return (
+        f"WITH reserved AS ({QUOTA_RESERVE}), inserted AS ({insert_run}), counted AS ({USAGE_DAY_COUNT})"
+        "SELECT runs_used FROM reserved"
+    )
 
 
 # The writes of a settlement, reading the settled run from a relation named `done` with the columns
-# run_id, user_id, period, model, input_tokens, output_tokens, multiplier, billed_tokens,
-# reserved_tokens and settled_at: the ledger row and the per-model counters of what it billed (none
-# when billed_tokens is NULL: the provider reported nothing), and the user's counters, its
+# run_id, user_id, agent_id, key_id, created_at, period, model, input_tokens, output_tokens,
+# multiplier, billed_tokens, reserved_tokens and settled_at: the ledger row, the per-model counters
+# and the day's usage line of what it billed (none when billed_tokens is NULL: the provider reported
+# nothing), and the user's counters, its
 # reservation released. `counters` returns the tokens used and, riding along, the plan's tier and
 # token override, for the token alerts without a query of their own. The runs app puts its run
 # UPDATE in front as `done`, so the whole settlement is one statement.
@@ -56,6 +71,20 @@ model_usage AS (
         ON CONFLICT (user_id, period, model) DO UPDATE
        SET runs = line.runs + excluded.runs,
            input_tokens = line.input_tokens + excluded.input_tokens,
+           output_tokens = line.output_tokens + excluded.output_tokens,
+           billed_tokens = line.billed_tokens + excluded.billed_tokens
+),
+usage_day AS (
+    INSERT INTO billing_usageday AS line
+           (user_id, day, model, agent_id, key_id, runs, input_tokens, output_tokens, billed_tokens)
+    SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, model,
+           COALESCE(agent_id, '00000000-0000-0000-0000-000000000000'),
+           COALESCE(key_id, '00000000-0000-0000-0000-000000000000'),
+           0, input_tokens, output_tokens, billed_tokens
+      FROM done
+     WHERE billed_tokens IS NOT NULL
+        ON CONFLICT (user_id, day, model, agent_id, key_id) DO UPDATE
+       SET input_tokens = line.input_tokens + excluded.input_tokens,
            output_tokens = line.output_tokens + excluded.output_tokens,
            billed_tokens = line.billed_tokens + excluded.billed_tokens
 ),

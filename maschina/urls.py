@@ -22,6 +22,7 @@ api = [
     path("runs/<uuid:run_id>", runs.RunDetailApi.as_view()),
     path("runs/<uuid:run_id>/cancel", runs.RunCancelApi.as_view()),
     path("usage", billing.UsageApi.as_view()),
+    path("usage/history", billing.UsageHistoryApi.as_view()),
     path("alerts", billing.AlertListApi.as_view()),
 ]
 

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from agents.models import Agent
 from agents.services import default_system_prompt
+from billing.history import UsageLine
 from billing.periods import period_of
 from billing.plans import limits_for
 from billing.pricing import input_token_bound, reservation
@@ -84,7 +85,8 @@ def run_create(
         **admission_dispatch(now),
     )
     limits = limits_for(plan, tier)
-    quota = {"user_id": user.pk, "period": period, "tokens": reserve, "limits": limits}
+    line = UsageLine.of(created_at=now, model=run.model, agent_id=run.agent_id, key_id=run.key_id)
+    quota = {"user_id": user.pk, "period": period, "tokens": reserve, "limits": limits, "line": line}
     # PostgreSQL: the reservation and the run's INSERT in one statement, which skips Run.save()
     # (Run has neither a save() nor signals of its own; tests/test_statements.py holds it to that).
     if connection.vendor == "postgresql" and quota_reserve_inserting(

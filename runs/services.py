@@ -242,6 +242,9 @@ def _settled(run: Run, **changes) -> SettledRun:
     fields = {
         "run_id": run.pk,
         "user_id": run.user_id,
+        "agent_id": run.agent_id,
+        "key_id": run.key_id,
+        "created_at": run.created_at,
         "period": run.period,
         "model": run.model,
         "input_tokens": run.input_tokens,

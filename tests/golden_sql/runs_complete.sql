@@ -13,8 +13,8 @@ UPDATE agents_run
    AND input_tokens IS NULL
    AND model = %(model)s
    AND multiplier = %(multiplier)s
-RETURNING id AS run_id, user_id, period, model, input_tokens, output_tokens, multiplier,
-          billed_tokens, reserved_tokens, settled_at
+RETURNING id AS run_id, user_id, agent_id, key_id, created_at, period, model, input_tokens,
+          output_tokens, multiplier, billed_tokens, reserved_tokens, settled_at
 ),
 ledger AS (
     INSERT INTO billing_ledgerentry
@@ -33,6 +33,20 @@ model_usage AS (
         ON CONFLICT (user_id, period, model) DO UPDATE
        SET runs = line.runs + excluded.runs,
            input_tokens = line.input_tokens + excluded.input_tokens,
+           output_tokens = line.output_tokens + excluded.output_tokens,
+           billed_tokens = line.billed_tokens + excluded.billed_tokens
+),
+usage_day AS (
+    INSERT INTO billing_usageday AS line
+           (user_id, day, model, agent_id, key_id, runs, input_tokens, output_tokens, billed_tokens)
+    SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, model,
+           COALESCE(agent_id, '00000000-0000-0000-0000-000000000000'),
+           COALESCE(key_id, '00000000-0000-0000-0000-000000000000'),
+           0, input_tokens, output_tokens, billed_tokens
+      FROM done
+     WHERE billed_tokens IS NOT NULL
+        ON CONFLICT (user_id, day, model, agent_id, key_id) DO UPDATE
+       SET input_tokens = line.input_tokens + excluded.input_tokens,
            output_tokens = line.output_tokens + excluded.output_tokens,
            billed_tokens = line.billed_tokens + excluded.billed_tokens
 ),
