@@ -8,6 +8,7 @@ from billing import views as billing
 from routing import views as routing
 from runs import views as runs
 
+from . import scrape
 from .errors import handler404 as handler404_view
 from .health import healthz
 
@@ -31,6 +32,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("healthz", csrf_exempt(healthz)),
+    path("metrics", scrape.metrics),
     path("admin/", admin.site.urls),
     # Anything else: the JSON 404 (Django's DEBUG page is HTML).
     re_path(r"^", csrf_exempt(handler404_view)),

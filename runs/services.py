@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from billing.pricing import billed_tokens
 from billing.settlement import Counters, SettledRun, counters_of, token_alerts_record, usage_record
+from maschina import metrics
 from maschina.db.rows import fetch_one, prepared, rows_of
 from providers import Completion
 from routing.access import ModelInfo
@@ -201,6 +202,7 @@ def run_complete(run: Run, token, completion: Completion) -> Counters | None:
     if counters is not None:
         for name, value in usage.items():
             setattr(run, name, value)
+        metrics.run_settled(run, RunStatus.COMPLETED)
     return counters
 
 
@@ -234,6 +236,7 @@ def run_settle(run_id) -> bool:
         Run.objects.filter(pk=run_id).update(settled_at=run.settled_at, billed_tokens=run.billed_tokens)
         counters = usage_record(_settled(run))
         run_token_alerts_record(run, counters)
+        metrics.run_settled(run, run.status)
     return True
 
 

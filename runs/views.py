@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from agents.selectors import agent_get
 from billing.quota import QuotaExceeded
 from billing.selectors import plan_for
+from maschina import metrics
 from maschina.errors import ApiError
 from maschina.schema import errors
 from routing.access import required_tier
@@ -34,6 +35,7 @@ class RunCreateApi(GenericAPIView):
         request=RunCreateSerializer,
         responses={202: RunSerializer, **errors(403, 429)},
     )
+    @metrics.admission_observed
     def post(self, request, agent_id):
         agent = agent_get(owner=request.user, agent_id=agent_id)
         plan = plan_for(request.user)
