@@ -11,10 +11,15 @@ import socket
 import time
 from concurrent.futures import Future
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily
 
 NODE = os.environ.get("MASCHINA_NODE_NAME") or socket.gethostname()
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Sample files are named by process; containers sharing the directory (compose's volume) each
+    # number their processes from 1, so the name holds the node too.
+    values.ValueClass = values.MultiProcessValue(lambda: f"{NODE}-{os.getpid()}")
 
 RUNS_ADMITTED = Counter("maschina_runs_admitted", "Runs admitted by POST /agents/{id}/run.", ["model"])
 RUNS_REFUSED = Counter(
