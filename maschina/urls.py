@@ -11,6 +11,7 @@ from runs import views as runs
 from . import scrape
 from .errors import handler404 as handler404_view
 from .health import healthz
+from .home import home
 
 api = [
     path("tiers", routing.TierListApi.as_view()),
@@ -31,6 +32,7 @@ urlpatterns = [
     path("api/v1/", include(api)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("", home),
     path("healthz", csrf_exempt(healthz)),
     path("metrics", scrape.metrics),
     path("admin/", admin.site.urls),
