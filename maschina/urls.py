@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from agents import views as agents
 from billing import views as billing
 from routing import views as routing
+from runs import admin_views as runs_admin
 from runs import views as runs
 
 from . import scrape
@@ -35,6 +36,8 @@ urlpatterns = [
     path("", home),
     path("healthz", csrf_exempt(healthz)),
     path("metrics", scrape.metrics),
+    path("admin/dashboards/usage/", runs_admin.usage_view, name="admin-dashboard-usage"),
+    path("admin/dashboards/users/<int:user_id>/", runs_admin.user_view, name="admin-dashboard-user"),
     path("admin/", admin.site.urls),
     # Anything else: the JSON 404 (Django's DEBUG page is HTML).
     re_path(r"^", csrf_exempt(handler404_view)),
