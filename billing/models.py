@@ -3,6 +3,8 @@
 Counters are rows updated with conditional F() expressions (billing.services), so admission and
 GET /usage never sum over the ledger. The ledger has exactly one row per billed run."""
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -241,3 +243,43 @@ class Alert(models.Model):
 
     def __str__(self):
         return f"{self.user} {self.period:%Y-%m} {self.quota} {self.threshold}%"
+
+
+# The agent or key column of a UsageDay line that has none (a run by an agent since deleted, or one
+# not admitted by a key): a unique line needs a value, and NULLs are never equal in a unique index.
+NO_ID = uuid.UUID(int=0)
+
+
+class UsageDay(models.Model):
+    """A user's counters for one UTC day, model, agent and key: the rows GET /usage/history sums.
+    `runs` counts runs admitted (at admission, under the model admitted); the token figures are
+    what was billed (at settlement, under the model that ran), both on the run's creation day, so
+    a month's sums equal its UsagePeriod and ModelUsage rows. Agent and key are plain ids, not
+    foreign keys: the history outlives a deleted agent, and billing sits below both apps."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    day = models.DateField()
+    model = models.CharField(max_length=200)
+    agent_id = models.UUIDField(default=NO_ID)
+    key_id = models.UUIDField(default=NO_ID)
+    runs = models.IntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    billed_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            # Leads with (user, day): it also serves the history's range reads.
+            models.UniqueConstraint(
+                fields=["user", "day", "model", "agent_id", "key_id"], name="one_usage_day_line"
+            ),
+            models.CheckConstraint(
+                name="usage_day_gte_0",
+                condition=Q(runs__gte=0, input_tokens__gte=0, output_tokens__gte=0, billed_tokens__gte=0),
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.user_id} {self.day} {self.model}"

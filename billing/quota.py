@@ -15,6 +15,7 @@ from maschina.db.rows import fetch_one
 
 from . import statements
 from .alerts import THRESHOLDS, alerts_record
+from .history import UsageLine, usage_day_add
 from .models import KeyUsage, Throttle, UsagePeriod
 from .periods import period_end
 from .plans import Limits
@@ -50,6 +51,7 @@ def quota_reserve_inserting(
     tokens: int,
     limits: Limits,
     now: dt.datetime,
+    line: UsageLine,
     key_id: uuid.UUID | None = None,
     key_limit: int | None = None,
 ) -> tuple[bool, MinuteWindow | None]:
@@ -78,6 +80,7 @@ def quota_reserve_inserting(
         "now": now,
         "key_id": key_id,
         "key_room": key_token_limit - tokens if key_token_limit is not None else None,
+        **line.statement_params(),
         **insert_params,
     }
     try:
@@ -114,6 +117,7 @@ def quota_reserve(
     period: dt.date,
     tokens: int,
     limits: Limits,
+    line: UsageLine,
     now: dt.datetime | None = None,
     key_id: uuid.UUID | None = None,
     key_limit: int | None = None,
@@ -161,6 +165,7 @@ def quota_reserve(
         raise refusal
 
     counter.update(tokens_reserved=F("tokens_reserved") + tokens, runs_used=F("runs_used") + 1)
+    usage_day_add(user_id, line, runs=1)
     taken: dict = {"active_runs": F("active_runs") + 1}
     if limits.per_minute is not None and level is not None:
         taken.update(bucket_used=limits.per_minute - level + 1, bucket_at=max(now, throttle.bucket_at or now))

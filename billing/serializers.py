@@ -54,3 +54,31 @@ class AlertSerializer(serializers.Serializer):
     delivered_at = serializers.DateTimeField(
         allow_null=True, help_text="When the webhook took it; null without one."
     )
+
+
+class UsageHistoryRowSerializer(serializers.Serializer):
+    day = serializers.DateField(required=False, help_text="With group_by=day.")
+    model = serializers.CharField(required=False, help_text="With group_by=model.")
+    agent = serializers.UUIDField(
+        required=False, allow_null=True, help_text="With group_by=agent; null: a deleted agent."
+    )
+    key = serializers.UUIDField(
+        required=False, allow_null=True, help_text="With group_by=key; null: runs not admitted by a key."
+    )
+    runs = serializers.IntegerField(help_text="Runs admitted.")
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    billed_tokens = serializers.IntegerField()
+
+
+class UsageHistorySerializer(serializers.Serializer):
+    # `from` is a keyword: the field is declared below under its real name.
+    to = serializers.DateField()
+    group_by = serializers.ChoiceField(choices=["day", "model", "agent", "key"])
+    results = UsageHistoryRowSerializer(many=True)
+
+
+UsageHistorySerializer._declared_fields = {
+    "from": serializers.DateField(),
+    **UsageHistorySerializer._declared_fields,
+}

@@ -14,6 +14,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 
 from .alerts import alerts_record
+from .history import UsageLine, usage_day_add
 from .models import KeyUsage, LedgerEntry, ModelUsage, Throttle, UsagePeriod
 from .plans import token_limit
 
@@ -28,7 +29,9 @@ class SettledRun:
 
     run_id: uuid.UUID
     user_id: int
+    agent_id: uuid.UUID | None
     key_id: uuid.UUID | None
+    created_at: dt.datetime
     period: dt.date
     model: str
     input_tokens: int | None
@@ -60,6 +63,16 @@ def usage_record(run: SettledRun) -> Counters:
             input_tokens=F("input_tokens") + run.input_tokens,
             output_tokens=F("output_tokens") + run.output_tokens,
             billed_tokens=F("billed_tokens") + run.billed_tokens,
+        )
+        day = UsageLine.of(
+            created_at=run.created_at, model=run.model, agent_id=run.agent_id, key_id=run.key_id
+        )
+        usage_day_add(
+            run.user_id,
+            day,
+            input_tokens=run.input_tokens,
+            output_tokens=run.output_tokens,
+            billed_tokens=run.billed_tokens,
         )
     counter = UsagePeriod.objects.filter(user_id=run.user_id, period=run.period)
     counter.update(

@@ -74,28 +74,39 @@ SELECT %(key_id)s::uuid, %(period)s, %(user_id)s, 1, 0,
                               THEN key_usage.tokens_reserved + %(tokens)s END
 """
 
+# Count the admitted run on its day's usage line (billing.history), only if the reservation was taken.
+USAGE_DAY_COUNT = """
+INSERT INTO billing_usageday AS line
+       (user_id, day, model, agent_id, key_id, runs, input_tokens, output_tokens, billed_tokens)
+SELECT %(user_id)s, %(day)s, %(day_model)s, %(day_agent_id)s, %(day_key_id)s, 1, 0, 0, 0
+  FROM reserved
+    ON CONFLICT (user_id, day, model, agent_id, key_id) DO UPDATE
+   SET runs = line.runs + 1
+"""
+
 
 def quota_reserve_inserting(insert_run: str) -> str:
-    """The whole admission in one statement: QUOTA_RESERVE, ADMIT_THROTTLE, ADMIT_KEY and the run's
-    INSERT, which selects from the reservation, so the run is written only if everything was
-    taken. The rows are locked in the order every settlement takes them too (the user's counters,
-    the throttle, the key's counters), so the two cannot deadlock. `insert_run` is the run table's
-    INSERT ... SELECT ... FROM reserved, which the runs app owns. It yields the runs used and what
-    the bucket has drawn, or no row when QUOTA_RESERVE refused."""
+    """The whole admission in one statement: QUOTA_RESERVE, ADMIT_THROTTLE, ADMIT_KEY, the run's
+    INSERT and its day's usage line (USAGE_DAY_COUNT), which select from the reservation, so nothing
+    is written unless everything was taken. The rows are locked in the order every settlement takes
+    them too (the user's counters, the throttle, the key's counters), so the two cannot deadlock.
+    `insert_run` is the run table's INSERT ... SELECT ... FROM reserved, which the runs app owns. It
+    yields the runs used and what the bucket has drawn, or no row when QUOTA_RESERVE refused."""
     return (
         f"WITH reserved AS ({QUOTA_RESERVE}), throttled AS ({ADMIT_THROTTLE}),"
-        f" key_reserved AS ({ADMIT_KEY}), inserted AS ({insert_run})"
+        f" key_reserved AS ({ADMIT_KEY}), inserted AS ({insert_run}), counted AS ({USAGE_DAY_COUNT})"
         " SELECT reserved.runs_used, throttled.bucket_used FROM reserved, throttled"
     )
 
 
 # The writes of a settlement, reading the settled run from a relation named `done` with the columns
-# run_id, user_id, key_id, period, model, input_tokens, output_tokens, multiplier, billed_tokens,
-# reserved_tokens and settled_at: the ledger row and the per-model counters of what it billed (none
-# when billed_tokens is NULL: the provider reported nothing), and the user's counters, its
-# reservation released. `counters` returns the tokens used and, riding along, the plan's tier and
-# token override, for the token alerts without a query of their own. The runs app puts its run
-# UPDATE in front as `done`, so the whole settlement is one statement.
+# run_id, user_id, agent_id, key_id, created_at, period, model, input_tokens, output_tokens,
+# multiplier, billed_tokens, reserved_tokens and settled_at: the ledger row, the per-model counters
+# and the day's usage line of what it billed (none when billed_tokens is NULL: the provider reported
+# nothing); the user's counters, its reservation released; its concurrency slot; its key's month.
+# `counters` returns the tokens used and, riding along, the plan's tier and token override, for the
+# token alerts without a query of their own. The runs app puts its run UPDATE in front as `done`, so
+# the whole settlement is one statement.
 SETTLEMENT_WRITES = """
 ledger AS (
     INSERT INTO billing_ledgerentry
@@ -146,6 +157,22 @@ key_counters AS (
       FROM done, slots
      WHERE key_usage.key_id = done.key_id
        AND key_usage.period = done.period
+    RETURNING key_usage.key_id
+),
+usage_day AS (
+    -- After `key_counters` (the join reads it first): admission takes its usage line last too.
+    INSERT INTO billing_usageday AS line
+           (user_id, day, model, agent_id, key_id, runs, input_tokens, output_tokens, billed_tokens)
+    SELECT done.user_id, (done.created_at AT TIME ZONE 'UTC')::date, done.model,
+           COALESCE(done.agent_id, '00000000-0000-0000-0000-000000000000'),
+           COALESCE(done.key_id, '00000000-0000-0000-0000-000000000000'),
+           0, done.input_tokens, done.output_tokens, done.billed_tokens
+      FROM done LEFT JOIN (SELECT count(*) FROM key_counters) AS after_keys ON true
+     WHERE done.billed_tokens IS NOT NULL
+        ON CONFLICT (user_id, day, model, agent_id, key_id) DO UPDATE
+       SET input_tokens = line.input_tokens + excluded.input_tokens,
+           output_tokens = line.output_tokens + excluded.output_tokens,
+           billed_tokens = line.billed_tokens + excluded.billed_tokens
 )
 """
 

@@ -1,17 +1,20 @@
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.generics import GenericAPIView
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from maschina.errors import ApiError
 from routing.snapshot import get_rules
 
+from .history import GROUPS, BadRange, parse_range, usage_history
 from .models import Alert
 from .periods import parse_period, period_of
 from .plans import limits_for
+from .renderers import UsageHistoryCsvRenderer
 from .selectors import plan_for, usage_report
-from .serializers import AlertSerializer, UsageSerializer
+from .serializers import AlertSerializer, UsageHistorySerializer, UsageSerializer
 
 
 class UsageApi(APIView):
@@ -45,3 +48,34 @@ class AlertListApi(GenericAPIView):
     def get(self, request):
         alerts = Alert.objects.filter(user=request.user).order_by("-created_at", "-id")
         return self.get_paginated_response(AlertSerializer(self.paginate_queryset(alerts), many=True).data)
+
+
+class UsageHistoryApi(APIView):
+    """CONTRACT section 13: the caller's usage lines over a date range, as JSON or CSV."""
+
+    renderer_classes = [JSONRenderer, UsageHistoryCsvRenderer]
+
+    @extend_schema(
+        operation_id="usage_history",
+        responses={(200, "application/json"): UsageHistorySerializer, (200, "text/csv"): str},
+        parameters=[
+            OpenApiParameter("from", str, description="YYYY-MM-DD (UTC); default: the first of this month."),
+            OpenApiParameter("to", str, description="YYYY-MM-DD (UTC), inclusive; default: today."),
+            OpenApiParameter("group_by", str, enum=list(GROUPS), description="Default: day."),
+        ],
+    )
+    def get(self, request):
+        query = request.query_params
+        try:
+            start, end, group_by = parse_range(
+                query.get("from"), query.get("to"), query.get("group_by"), timezone.now().date()
+            )
+        except BadRange as bad:
+            raise ApiError("invalid", "The request has invalid fields.", fields=bad.fields)
+        results = usage_history(user_id=request.user.pk, start=start, end=end, group_by=group_by)
+        return Response({"from": start, "to": end, "group_by": group_by, "results": results})
+
+    def handle_exception(self, exc):
+        # Errors are JSON whatever the Accept header asked for (CONTRACT section 1).
+        self.request.accepted_renderer, self.request.accepted_media_type = JSONRenderer(), "application/json"
+        return super().handle_exception(exc)

@@ -17,6 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
+from maschina import metrics
 from maschina.broker import RedisError
 
 from .models import Alert, Plan
@@ -103,6 +104,7 @@ def alert_deliver(alert_id) -> bool:
         last_delivery_status=outcome[:100],
         delivered_at=now if delivered else None,
     )
+    metrics.webhook_delivered("delivered" if delivered else "failed")
     return delivered
 
 

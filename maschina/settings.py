@@ -270,6 +270,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # --- Providers -----------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL") or None
+if ANTHROPIC_BASE_URL is None:  # the SDK reads the variable itself and takes an empty one as its base URL
+    os.environ.pop("ANTHROPIC_BASE_URL", None)
 # The SDK's OpenTelemetry spans of each call: on only where an OpenTelemetry exporter is set up.
 ANTHROPIC_OPEN_TELEMETRY = env_bool("ANTHROPIC_OPEN_TELEMETRY", False)
 OLLAMA_BASE_URL = (os.environ.get("OLLAMA_BASE_URL") or "http://localhost:11434").rstrip("/")
@@ -298,11 +300,29 @@ ALERT_WEBHOOK_BACKOFF_CAP_SECS = 300.0
 # How often a process checks whether an operator changed tiers, models or rules (routing.snapshot).
 RULES_REFRESH_SECS = env_float("MASCHINA_RULES_REFRESH_SECS", 0.5)
 
+# GET /metrics answers only a request with `Authorization: Bearer <this>`; unset, it is off (404).
+METRICS_TOKEN = os.environ.get("MASCHINA_METRICS_TOKEN", "")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s %(run_id)s %(user_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "filters": {"run": {"()": "maschina.logs.RunContext"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            # MASCHINA_LOG_FORMAT=json: one JSON object a line, with the run id and user id.
+            "formatter": "json" if os.environ.get("MASCHINA_LOG_FORMAT") == "json" else "plain",
+            "filters": ["run"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # The anthropic SDK's HTTP client logs every request at INFO: a line per provider call that our
     # own run logs make redundant, at a cost to the worker's CPU on every run.

@@ -7,11 +7,14 @@ from accounts import views as accounts
 from agents import views as agents
 from billing import views as billing
 from routing import views as routing
+from runs import admin_views as runs_admin
 from runs import views as runs
 
+from . import scrape
 from .converters import AnyCaseUUIDConverter
 from .errors import handler404 as handler404_view
 from .health import healthz
+from .home import home
 
 register_converter(AnyCaseUUIDConverter, "anyuuid")
 
@@ -28,6 +31,7 @@ api = [
     path("keys", accounts.KeyListCreateApi.as_view()),
     path("keys/<anyuuid:key_id>", accounts.KeyDetailApi.as_view()),
     path("usage", billing.UsageApi.as_view()),
+    path("usage/history", billing.UsageHistoryApi.as_view()),
     path("alerts", billing.AlertListApi.as_view()),
 ]
 
@@ -35,7 +39,11 @@ urlpatterns = [
     path("api/v1/", include(api)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("", home),
     path("healthz", csrf_exempt(healthz)),
+    path("metrics", scrape.metrics),
+    path("admin/dashboards/usage/", runs_admin.usage_view, name="admin-dashboard-usage"),
+    path("admin/dashboards/users/<int:user_id>/", runs_admin.user_view, name="admin-dashboard-user"),
     path("admin/", admin.site.urls),
     # Anything else: the JSON 404 (Django's DEBUG page is HTML).
     re_path(r"^", csrf_exempt(handler404_view)),

@@ -190,3 +190,37 @@ def required_tier(rules: Rules, tier: TierInfo, entry: ModelInfo) -> str:
         return entry.min_tier
     above = sorted((t for t in rules.tiers.values() if t.rank > tier.rank), key=lambda t: (t.rank, t.slug))
     return next((t.slug for t in above if is_allowed(rules, t, entry)), entry.min_tier)
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the admin shows for a (tier, catalog row): decide()'s verdict and the reason for it."""
+
+    allowed: bool
+    reason: str
+
+
+def access_of(rules: Rules, tier: TierInfo, entry: ModelInfo) -> Access:
+    """Whether `tier` may run `entry`, decided by decide() itself (for a pattern row, on an id only
+    that row matches), and why: an allow or deny rule of the tier, else the model's min tier."""
+    probe = entry.id
+    if entry.is_pattern:
+        probe = entry.id[:-1] + "any-model"
+        if rules.lookup(probe) is not entry:  # an exact row or a longer pattern takes that id
+            probe = entry.id[:-1] + "\x00"
+    allowed = isinstance(decide(rules, tier, probe), Allowed)
+    override = rules.overrides.get((tier.slug, entry.id))
+    min_tier = rules.tiers.get(entry.min_tier)
+    if not entry.is_active:
+        reason = "inactive"
+    elif override is True:
+        reason = f"allowed by a rule of {tier.slug} (min tier {entry.min_tier})"
+    elif override is False:
+        reason = f"denied by a rule of {tier.slug} (min tier {entry.min_tier})"
+    elif min_tier is not None and tier.rank >= min_tier.rank:
+        reason = f"min tier {entry.min_tier}: {tier.slug} ranks at or above it"
+    else:
+        reason = f"min tier {entry.min_tier}: {tier.slug} ranks below it"
+    if entry.is_pattern:
+        reason += f"; pattern row: any id starting with {entry.id[:-1]}"
+    return Access(allowed, reason)

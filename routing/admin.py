@@ -1,10 +1,55 @@
+import threading
+
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
+from .access import Rules, access_of
 from .invariants import validate_tier_rules
 from .models import CatalogModel, Tier, TierModelRule
 from .protection import deletion_refusal
+from .snapshot import build_rules, current_revision
+
+_fresh: dict[str, Rules | None] = {"rules": None}
+_fresh_lock = threading.Lock()
+
+
+def fresh_rules() -> Rules:
+    """The rules as committed now (not this process's snapshot, which may lag behind an edit just
+    saved), rebuilt only when the revision moved."""
+    revision = current_revision()
+    with _fresh_lock:
+        rules = _fresh["rules"]
+        if rules is None or rules.revision != revision:
+            rules = _fresh["rules"] = build_rules(revision)
+        return rules
+
+
+def access_table(heading: str, rows) -> str:
+    """(name, link or None, Access) rows as the admin's table, each row tagged for the browser test."""
+    body = format_html_join(
+        "",
+        '<tr class="access-row" data-name="{}" data-allowed="{}"><td>{}</td><td>{}</td><td>{}</td></tr>',
+        (
+            (
+                name,
+                "yes" if access.allowed else "no",
+                format_html('<a href="{}">{}</a>', link, name) if link else name,
+                "\u2705 may use" if access.allowed else "\u274c may not",
+                access.reason,
+            )
+            for name, link, access in rows
+        ),
+    )
+    return format_html(
+        '<table class="access-table"><thead><tr><th>{}</th><th>access</th><th>why</th></tr></thead>'
+        "<tbody>{}</tbody></table>",
+        heading,
+        body,
+    )
 
 
 class RefuseDeletingReferencedRows:
@@ -72,7 +117,24 @@ class TierAdmin(RefuseDeletingReferencedRows, admin.ModelAdmin):
     inlines = [TierModelRuleInline]
 
     def get_readonly_fields(self, request, obj=None):
-        return ["slug"] if obj else []
+        return ["slug", "model_access"] if obj else []
+
+    @admin.display(description="Models this tier may use")
+    def model_access(self, tier):
+        """Every catalog row, decided for this tier by the gate the API uses (routing.access)."""
+        rules = fresh_rules()
+        info = rules.tiers.get(tier.slug)
+        if info is None:
+            return "-"
+        rows = [
+            (
+                entry.id,
+                reverse("admin:routing_catalogmodel_change", args=[quote(entry.id)]),
+                access_of(rules, info, entry),
+            )
+            for entry in sorted(rules.models.values(), key=lambda m: m.id)
+        ]
+        return access_table("model", rows)
 
 
 @admin.register(CatalogModel)
@@ -82,5 +144,32 @@ class CatalogModelAdmin(RefuseDeletingReferencedRows, admin.ModelAdmin):
     list_select_related = ["min_tier", "fallback"]
     search_fields = ["id", "display_name"]
 
+    def get_list_display(self, request):
+        return [*self.list_display, "tiers_allowed"]
+
     def get_readonly_fields(self, request, obj=None):
-        return ["id"] if obj else []
+        return ["id", "tier_access"] if obj else []
+
+    @admin.display(description="tiers that may use it")
+    def tiers_allowed(self, model):
+        rules = fresh_rules()
+        entry = rules.models.get(model.id)
+        if entry is None:
+            return "-"
+        tiers = sorted(rules.tiers.values(), key=lambda t: (t.rank, t.slug))
+        allowed = [t.slug for t in tiers if access_of(rules, t, entry).allowed]
+        return format_html('<span class="tiers-allowed">{}</span>', ", ".join(allowed) or "none")
+
+    @admin.display(description="Tiers that may use it")
+    def tier_access(self, model):
+        """Every tier, decided for this model by the gate the API uses (routing.access)."""
+        rules = fresh_rules()
+        entry = rules.models.get(model.id)
+        if entry is None:
+            return "-"
+        tiers = sorted(rules.tiers.values(), key=lambda t: (t.rank, t.slug))
+        rows = [
+            (t.slug, reverse("admin:routing_tier_change", args=[quote(t.slug)]), access_of(rules, t, entry))
+            for t in tiers
+        ]
+        return access_table("tier", rows)

@@ -23,3 +23,7 @@ class RunAdmin(ReadOnlyAdmin):
     list_select_related = ["user"]
     search_fields = ["id", "user__username", "model"]
     show_full_result_count = False  # one COUNT(*) over the runs per page is enough
+
+
+# The admin's home page lists the dashboards (runs.admin_views) above the apps.
+admin.site.index_template = "admin/maschina_index.html"

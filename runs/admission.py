@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from agents.models import Agent
 from agents.services import default_system_prompt
+from billing.history import UsageLine
 from billing.periods import period_of
 from billing.plans import limits_for
 from billing.pricing import input_token_bound, max_tokens_within, reservation
@@ -125,6 +126,7 @@ def run_admit(
         "now": now,
         "key_id": key.pk if key is not None else None,
         "key_limit": key.monthly_token_limit if key is not None else None,
+        "line": UsageLine.of(created_at=now, model=run.model, agent_id=run.agent_id, key_id=run.key_id),
     }
     # PostgreSQL: the limits and the run's INSERT in one statement, which skips Run.save()
     # (Run has neither a save() nor signals of its own; tests/test_statements.py holds it to that).

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
+from maschina import logs, metrics
 from maschina.db import release_connection
 from providers import RUNNERS, Completion, CompletionRequest, ProviderError, provider_model_id
 from routing.access import usable_fallback
@@ -157,7 +158,7 @@ class Execution:
             self.call_counted = False
         else:
             run_count_call(self.run.pk)
-        return self.wait(future=_start_call(RUNNERS[provider], request))
+        return self.wait(future=metrics.provider_timed(provider, _start_call(RUNNERS[provider], request)))
 
     def call_with_retries(self, provider: str, model_id: str) -> Completion:
         """Up to PROVIDER_MAX_ATTEMPTS calls with capped exponential backoff; raises the last error."""
@@ -243,6 +244,8 @@ def execute(run_id, timeout_secs=None) -> None:
         resume(run_id)
         return
     execution = Execution(*claimed)
+    metrics.in_flight(+1)
+    logs.bind(execution.run)
     try:
         execution.execute()
     except _Stop as stop:
@@ -264,6 +267,7 @@ def execute(run_id, timeout_secs=None) -> None:
         raise
     finally:
         inflight.release(execution.run.pk)
+        metrics.in_flight(-1)
 
 
 def resume(run_id) -> None:

@@ -47,3 +47,8 @@ def runs_referencing(obj):
     # A run that fell back keeps the model it asked for in requested_model (or, when it used its
     # tier's default, nowhere but its tier), and its catalog_model moves to the fallback's row.
     return Run.objects.filter(Q(catalog_model=obj.id) | Q(requested_model=obj.id) | Q(model=obj.id))
+
+
+def queued_count() -> int:
+    """Runs admitted and not yet claimed: the queue depth /metrics reports."""
+    return Run.objects.filter(status=RunStatus.QUEUED).count()

@@ -25,6 +25,7 @@ from billing.settlement import (
     token_alerts_record,
     usage_record,
 )
+from maschina import metrics
 from maschina.db.rows import fetch_one, prepared, rows_of
 from providers import Completion
 from routing.access import ModelInfo
@@ -211,6 +212,7 @@ def run_complete(run: Run, token, completion: Completion) -> Counters | None:
         over_reservation_note(
             run_id=run.pk, billed_tokens=run.billed_tokens, reserved_tokens=run.reserved_tokens
         )
+        metrics.run_settled(run, RunStatus.COMPLETED)
     return counters
 
 
@@ -244,6 +246,7 @@ def run_settle(run_id) -> bool:
         Run.objects.filter(pk=run_id).update(settled_at=run.settled_at, billed_tokens=run.billed_tokens)
         counters = usage_record(_settled(run))
         run_token_alerts_record(run, counters)
+        metrics.run_settled(run, run.status)
     over_reservation_note(run_id=run.pk, billed_tokens=run.billed_tokens, reserved_tokens=run.reserved_tokens)
     return True
 
@@ -253,7 +256,9 @@ def _settled(run: Run, **changes) -> SettledRun:
     fields = {
         "run_id": run.pk,
         "user_id": run.user_id,
+        "agent_id": run.agent_id,
         "key_id": run.key_id,
+        "created_at": run.created_at,
         "period": run.period,
         "model": run.model,
         "input_tokens": run.input_tokens,

@@ -33,8 +33,8 @@ RETURNING {rows_of(Run).columns()}
 
 
 # What a settling UPDATE returns: the columns billing.statements.SETTLEMENT_WRITES reads as `done`.
-SETTLED_RUN = """id AS run_id, user_id, key_id, period, model, input_tokens, output_tokens, multiplier,
-          billed_tokens, reserved_tokens, settled_at"""
+SETTLED_RUN = """id AS run_id, user_id, agent_id, key_id, created_at, period, model, input_tokens,
+          output_tokens, multiplier, billed_tokens, reserved_tokens, settled_at"""
 
 # The provider answered: the run ends completed, with its answer and its bill, and is settled, in one
 # statement. Only while this claim holds the run and nothing was recorded yet, and only at the model

@@ -3,6 +3,8 @@
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
+from maschina import metrics
+
 from . import execution, sweeper
 
 
@@ -25,4 +27,4 @@ def execute_run(run_id: str, timeout_secs: int | None = None) -> None:
 
 @shared_task(name="runtime.sweep_runs", acks_late=True, soft_time_limit=60, time_limit=90, ignore_result=True)
 def sweep_runs() -> dict:
-    return sweeper.sweep()
+    return metrics.sweeper_actions(sweeper.sweep())

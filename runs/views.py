@@ -12,6 +12,7 @@ from agents.selectors import agent_get
 from billing.quota import QuotaExceeded
 from billing.selectors import plan_for
 from billing.throttle import RateLimited
+from maschina import metrics
 from maschina.errors import ApiError
 from maschina.schema import errors
 from routing.access import denied_by_rule, required_tier
@@ -44,6 +45,7 @@ class RunCreateApi(GenericAPIView):
         parameters=[IDEMPOTENCY_KEY],
         responses={200: RunSerializer, 202: RunSerializer, **errors(403, 409, 429)},
     )
+    @metrics.admission_observed
     def post(self, request, agent_id):
         idempotency_key = idempotency.idempotency_key_of(request)
         digest = idempotency.request_digest(agent_id, request.data) if idempotency_key else ""

@@ -69,3 +69,24 @@ def test_a_live_worker_is_never_taken_for_dead():
     # Many heartbeats fit in the stale window, and so does a database retry.
     assert settings.HEARTBEAT_STALE_SECS >= 10 * settings.CANCEL_POLL_SECS
     assert settings.HEARTBEAT_STALE_SECS > 5 * settings.DB_RETRY_BACKOFF_CAP_SECS
+
+
+def test_an_empty_anthropic_base_url_is_unset():
+    """Compose files and shells pass `ANTHROPIC_BASE_URL=` for "not set"; the SDK would take the empty
+    string as its base URL and every Claude run would fail as provider_unavailable."""
+    script = (
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='maschina.settings'; django.setup()\n"
+        "from django.conf import settings\n"
+        "from providers import anthropic\n"
+        "settings.ANTHROPIC_API_KEY = 'sk-ant-x'\n"
+        "print(settings.ANTHROPIC_BASE_URL, anthropic._client().base_url)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=base_env(ANTHROPIC_BASE_URL="", DEBUG="1"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["None", "https://api.anthropic.com"]

@@ -19,7 +19,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from billing.alerts import alerts_record
-from billing.models import Alert, LedgerEntry, ModelUsage, UsagePeriod
+from billing.history import UsageLine
+from billing.models import Alert, LedgerEntry, ModelUsage, UsageDay, UsagePeriod
 from billing.plans import Limits, plan_set
 from billing.pricing import billed_tokens
 from billing.quota import QuotaExceeded, quota_reserve
@@ -34,6 +35,7 @@ from .concurrency import race
 from .emulators import anthropic_error
 
 PERIOD = dt.date(2026, 11, 1)
+LINE = UsageLine(PERIOD, "m", None, None)
 
 
 # --- the arithmetic, as a property -------------------------------------------------------------------
@@ -62,8 +64,9 @@ def test_reserve_settle_release_arithmetic(make_user, plans, limit, settle_order
         fits = limit is None or reservation == 0 or used + reserved + reservation <= limit
         try:
             with transaction.atomic():
-                quota_reserve(user_id=user.pk, period=PERIOD, tokens=reservation, limits=limits)
+                quota_reserve(user_id=user.pk, period=PERIOD, tokens=reservation, limits=limits, line=LINE)
                 run = Run.objects.create(
+                    created_at=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
                     user=user,
                     tier="m1",
                     model="m",
@@ -102,6 +105,9 @@ def test_reserve_settle_release_arithmetic(make_user, plans, limit, settle_order
     assert reserved == 0
     assert (LedgerEntry.objects.filter(user=user).aggregate(s=Sum("billed_tokens"))["s"] or 0) == used
     assert LedgerEntry.objects.filter(user=user).count() == sum(1 for _, u, _ in admitted if u is not None)
+    # The usage history's lines add up to the same: every admitted run, every billed token.
+    lines = UsageDay.objects.filter(user=user).aggregate(runs=Sum("runs"), billed=Sum("billed_tokens"))
+    assert (lines["runs"] or 0, lines["billed"] or 0) == (len(admitted), used)
 
 
 # --- periods --------------------------------------------------------------------------------------

@@ -97,6 +97,10 @@ def test_statements_are_valid_postgresql(name):
         "per_minute": None,
         "key_id": None,
         "key_room": None,
+        "day": "2026-11-01",
+        "day_model": "m",
+        "day_agent_id": uuid.uuid4(),
+        "day_key_id": uuid.uuid4(),
     }
     if name == "runs_admit":
         params.update({f"run_{field.attname}": None for field in Run._meta.concrete_fields})

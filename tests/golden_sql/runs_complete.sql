@@ -13,8 +13,8 @@ UPDATE agents_run
    AND input_tokens IS NULL
    AND model = %(model)s
    AND multiplier = %(multiplier)s
-RETURNING id AS run_id, user_id, key_id, period, model, input_tokens, output_tokens, multiplier,
-          billed_tokens, reserved_tokens, settled_at
+RETURNING id AS run_id, user_id, agent_id, key_id, created_at, period, model, input_tokens,
+          output_tokens, multiplier, billed_tokens, reserved_tokens, settled_at
 ),
 ledger AS (
     INSERT INTO billing_ledgerentry
@@ -65,5 +65,21 @@ key_counters AS (
       FROM done, slots
      WHERE key_usage.key_id = done.key_id
        AND key_usage.period = done.period
+    RETURNING key_usage.key_id
+),
+usage_day AS (
+    -- After `key_counters` (the join reads it first): admission takes its usage line last too.
+    INSERT INTO billing_usageday AS line
+           (user_id, day, model, agent_id, key_id, runs, input_tokens, output_tokens, billed_tokens)
+    SELECT done.user_id, (done.created_at AT TIME ZONE 'UTC')::date, done.model,
+           COALESCE(done.agent_id, '00000000-0000-0000-0000-000000000000'),
+           COALESCE(done.key_id, '00000000-0000-0000-0000-000000000000'),
+           0, done.input_tokens, done.output_tokens, done.billed_tokens
+      FROM done LEFT JOIN (SELECT count(*) FROM key_counters) AS after_keys ON true
+     WHERE done.billed_tokens IS NOT NULL
+        ON CONFLICT (user_id, day, model, agent_id, key_id) DO UPDATE
+       SET input_tokens = line.input_tokens + excluded.input_tokens,
+           output_tokens = line.output_tokens + excluded.output_tokens,
+           billed_tokens = line.billed_tokens + excluded.billed_tokens
 )
 SELECT counters.* FROM done LEFT JOIN counters ON true
