@@ -84,7 +84,17 @@ def test_broker_outage_admissions_do_not_wait_on_the_broker(catalog, anthropic_e
         MASCHINA_BROKER_PROBE_SECS="0.5",
     )
     log_dir = tempfile.mkdtemp(prefix="maschina-broker-logs-")
-    manage(env, "set_tier", "bob", "m1")
+    # Eleven runs at once: above m1's seeded concurrency limit, which this test is not about.
+    manage(
+        env,
+        "set_tier",
+        "bob",
+        "m1",
+        "--max-concurrent-runs",
+        "unlimited",
+        "--requests-per-minute",
+        "unlimited",
+    )
     manage(env, "set_tier", "eve", "m1")
     bob = manage(env, "create_api_key", "bob").strip().splitlines()[-1]
     eve = manage(env, "create_api_key", "eve").strip().splitlines()[-1]

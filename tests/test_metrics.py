@@ -75,13 +75,14 @@ def test_a_scrape_before_and_after_runs_shows_the_counters_move(
         before = samples(scraper.get("/metrics").text)
 
         completed = api.post(f"/api/v1/agents/{agent}/run", {"input": {"message": "hi"}}).json()
+        # The first run ends before the error is queued, so the error goes to the second one.
+        assert wait_terminal(api, completed["id"])["status"] == "completed"
         anthropic_emulator.queue("claude-haiku-4-5", anthropic_error(401, "authentication_error"))
         failed = api.post(f"/api/v1/agents/{agent}/run", {"input": {"message": "hi"}}).json()
         refused = api.post(
             f"/api/v1/agents/{agent}/run", {"input": {"message": "hi"}, "model": "claude-opus-4-6"}
         )
         assert refused.status_code == 403
-        assert wait_terminal(api, completed["id"])["status"] == "completed"
         failed = wait_terminal(api, failed["id"])
         assert (failed["status"], failed["error"]["code"]) == ("failed", "provider_auth")
         billed = api.get(f"/api/v1/runs/{completed['id']}").json()["usage"]["billed_tokens"]
