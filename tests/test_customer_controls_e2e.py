@@ -13,7 +13,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.services import api_key_create
-from billing.models import Throttle, UsagePeriod
+from billing.models import KeyUsage, Throttle, UsagePeriod
 from billing.selectors import plan_for
 from runs.admission import run_create
 from runs.models import Run
@@ -46,7 +46,7 @@ def test_a_slot_comes_back_however_the_run_ends(stack, make_user, make_agent, an
     url, worker = stack
     user = make_user("m1", max_concurrent_runs=1)
     agent = make_agent(user)
-    _, raw = api_key_create(user=user)
+    key, raw = api_key_create(user=user)
     api = Api(url, raw)
 
     def start(**body):
@@ -96,7 +96,13 @@ def test_a_slot_comes_back_however_the_run_ends(stack, make_user, make_agent, an
     assert sweep()["reaped"] == 1
     ends(stuck.pk, "timed_out")
 
-    assert UsagePeriod.objects.get(user=user).tokens_reserved == 0
+    usage = UsagePeriod.objects.get(user=user)
+    assert usage.tokens_reserved == 0
+    # the key's month was settled with the user's, in the same statements (the sweeper's and the
+    # queued cancel's runs were admitted without a key)
+    key_usage = KeyUsage.objects.get(key=key)
+    assert (key_usage.runs, key_usage.tokens_reserved) == (4, 0)
+    assert key_usage.tokens_used == usage.tokens_used > 0
     assert start()  # and the slot admits the next run
 
 
