@@ -107,7 +107,8 @@ def django_setup(broker_url: str):
 
 def migrate_and_seed(users=("bench",), tier="m1"):
     """Migrate the (fresh) bench database and make users on `tier` with limits no benchmark reaches:
-    quotas stay checked (m1 is not exempt), they just never refuse. Returns {username: (user, key, agent)}."""
+    quotas and rate limits stay checked (m1 is not exempt, the limits are numbers), they just never
+    refuse. Returns {username: (user, key, agent)}."""
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
@@ -119,7 +120,14 @@ def migrate_and_seed(users=("bench",), tier="m1"):
     made = {}
     for name in users:
         user = get_user_model().objects.create(username=name)
-        plan_set(user=user, tier_slug=tier, token_quota=10**15, run_quota=10**9)
+        plan_set(
+            user=user,
+            tier_slug=tier,
+            token_quota=10**15,
+            run_quota=10**9,
+            requests_per_minute=10**9,
+            max_concurrent_runs=10**9,
+        )
         _, key = api_key_create(user=user)
         agent = agent_create(owner=user, name=name)
         made[name] = (user, key, agent)

@@ -132,7 +132,14 @@ def main():
         use_database(name)
         call_command("migrate", verbosity=0)
         user = get_user_model().objects.create(username="bench")
-        plan_set(user=user, tier_slug="m1", token_quota=10**15, run_quota=10**9)
+        plan_set(
+            user=user,
+            tier_slug="m1",
+            token_quota=10**15,
+            run_quota=10**9,
+            requests_per_minute=10**9,
+            max_concurrent_runs=10**9,
+        )
         _, key = api_key_create(user=user)
         agent = agent_create(owner=user, name="bench")
         started = time.monotonic()

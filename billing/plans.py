@@ -62,7 +62,8 @@ def plan_set(
     """Put a user on a tier; `...` leaves an override as it is, None removes it, and for the rate
     limits UNLIMITED lifts the limit."""
     tier = Tier.objects.get(slug=tier_slug)
-    plan, _ = Plan.objects.get_or_create(user=user, defaults={"tier": tier})
+    # One save, so a new plan is recorded by the audit as one creation with its overrides.
+    plan = Plan.objects.filter(user=user).first() or Plan(user=user)
     plan.tier = tier
     if token_quota is not ...:
         plan.token_quota_override = token_quota

@@ -61,7 +61,16 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
     users = {}
     for tier in ["m10", "m10", "teams"]:
         name = f"chaos-{tier}-{len(users)}"
-        manage(env, "set_tier", name, tier)
+        manage(
+            env,
+            "set_tier",
+            name,
+            tier,
+            "--requests-per-minute",
+            "unlimited",
+            "--max-concurrent-runs",
+            "unlimited",
+        )
         users[name] = manage(env, "create_api_key", name).strip().splitlines()[-1]
 
     web, url = start_gunicorn(env, log_dir, workers=2)

@@ -67,6 +67,23 @@ def test_default_configuration_runs_a_model_end_to_end(ollama_emulator, anthropi
             ("claude-haiku-4-5", 1, 62),
             ("ollama/mistral", 1, 0),
         ]
+        # The limits' ORM way: both runs' slots came back and the key's month was settled; the
+        # minute bucket (m1: 60, one back a second) counts this run.
+        (line,) = usage["by_key"]
+        assert (line["runs"], line["billed_tokens"]) == (2, 62)
+        body = {"input": {"message": "again"}, "model": "ollama/mistral"}
+        first = client.post(f"/api/v1/agents/{agent_id}/run", body, headers={"Idempotency-Key": "k1"})
+        assert first.status_code == 202, first.text
+        assert (
+            first.headers["X-RateLimit-Limit"] == "60" and int(first.headers["X-RateLimit-Remaining"]) <= 59
+        )
+        replay = client.post(f"/api/v1/agents/{agent_id}/run", body, headers={"Idempotency-Key": "k1"})
+        assert replay.json()["id"] == first.json()["id"] and replay.headers["Idempotent-Replayed"] == "true"
+        wait_terminal(client, first.json()["id"], timeout=60)
+        manage(env, "set_tier", "dana", "m1", "--max-concurrent-runs", "0")
+        refused = client.post(f"/api/v1/agents/{agent_id}/run", body)
+        assert refused.status_code == 429 and refused.json()["error"]["scope"] == "concurrency"
+        assert client.get("/api/v1/usage").json()["runs"]["used"] == 3
     finally:
         web.stop()
         worker.stop()

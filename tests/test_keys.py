@@ -8,6 +8,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
+from accounts.services import api_key_create
 from audit.models import ChangeRecord
 from billing.models import KeyUsage, Throttle, UsagePeriod
 from runs.models import Run
@@ -236,3 +237,30 @@ def test_usage_lists_runs_and_billed_tokens_by_key(
     assert by_key[str(client.key.pk)]["runs"] == 1
     assert Run.objects.get(pk=ids[1]).key_id == ApiKey.objects.get(pk=created["id"]).pk
     assert run(other, agent).json()["key"] == created["id"]
+
+
+def test_a_fallback_the_key_does_not_list_is_not_taken(make_user, make_agent, providers):
+    from billing.selectors import plan_for
+    from runs.admission import run_create
+    from runs.tasks import execute_run
+
+    from .emulators import anthropic_error
+
+    anthropic = providers[0]
+    user = make_user("m10")
+    agent = make_agent(user)
+    listed, _ = api_key_create(user=user, allowed_models=["claude-opus-4-6", "claude-sonnet-4-6"])
+    opus_only, _ = api_key_create(user=user, allowed_models=["claude-opus-4-6"])
+    outcomes = {}
+    for key in (listed, opus_only):
+        anthropic.reset()
+        anthropic.queue("claude-opus-4-6", *[anthropic_error(529, "overloaded_error")] * 3)
+        run_ = run_create(
+            user=user, plan=plan_for(user), agent=agent, key=key, input={"message": "hi"},
+            model="claude-opus-4-6", timeout_secs=60, max_tokens=100,
+        )  # fmt: skip
+        execute_run(str(run_.pk))
+        run_.refresh_from_db()
+        outcomes[key.pk] = (run_.status, run_.model, [c[1]["model"] for c in anthropic.calls][-1])
+    assert outcomes[listed.pk] == ("completed", "claude-sonnet-4-6", "claude-sonnet-4-6")
+    assert outcomes[opus_only.pk] == ("failed", "claude-opus-4-6", "claude-opus-4-6")

@@ -44,7 +44,10 @@ def test_200_concurrent_admissions_near_the_limit(catalog, anthropic_emulator):
         input_token_bound('You are a Maschina agent named "q". Complete the task provided.', "hi"), 16, 1
     )
     limit = 60 * per_run + per_run // 2
-    manage(env, "set_tier", "quinn", "m1", "--token-quota", str(limit), "--run-quota", "75")
+    manage(
+        env, "set_tier", "quinn", "m1", "--token-quota", str(limit), "--run-quota", "75",
+        "--requests-per-minute", "unlimited", "--max-concurrent-runs", "unlimited",
+    )  # fmt: skip
     key = manage(env, "create_api_key", "quinn").strip().splitlines()[-1]
     secret = manage(env, "set_alert_webhook", "quinn", receiver.url).strip().splitlines()[-1]
     web, url = start_gunicorn(env, log_dir, workers=2)

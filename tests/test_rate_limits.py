@@ -179,9 +179,9 @@ def test_unknown_run_body_fields_are_refused(make_client, make_agent):
     assert not Run.objects.exists() and not UsagePeriod.objects.exists()
 
 
-# --- under concurrency: 200 admissions, 25 database connections ------------------------------------
+# --- under concurrency: 200 admissions, 20 database connections ------------------------------------
 
-ADMISSIONS, CONNECTIONS = 200, 25  # the machine's PostgreSQL is shared: at most 25 connections
+ADMISSIONS, CONNECTIONS = 200, 20  # the machine's PostgreSQL is shared: at most 20 connections
 
 
 def admit_many(target) -> list:
