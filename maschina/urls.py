@@ -1,7 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, re_path, register_converter
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from agents import views as agents
 from billing import views as billing
@@ -11,6 +10,7 @@ from runs import views as runs
 from .converters import AnyCaseUUIDConverter
 from .errors import handler404 as handler404_view
 from .health import healthz
+from .schema_views import DocsView, SchemaView
 
 register_converter(AnyCaseUUIDConverter, "anyuuid")
 
@@ -30,8 +30,8 @@ api = [
 
 urlpatterns = [
     path("api/v1/", include(api)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", DocsView.as_view(url_name="schema"), name="docs"),
     path("healthz", csrf_exempt(healthz)),
     path("admin/", admin.site.urls),
     # Anything else: the JSON 404 (Django's DEBUG page is HTML).
