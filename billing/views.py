@@ -8,7 +8,7 @@ from maschina.errors import ApiError
 from routing.snapshot import get_rules
 
 from .models import Alert
-from .periods import parse_period, period_of
+from .periods import PERIOD_PATTERN, parse_period, period_of
 from .plans import limits_for
 from .selectors import plan_for, usage_report
 from .serializers import AlertSerializer, UsageSerializer
@@ -18,7 +18,7 @@ class UsageApi(APIView):
     @extend_schema(
         operation_id="usage_retrieve",
         responses=UsageSerializer,
-        parameters=[OpenApiParameter("period", str, description="YYYY-MM; default: the current UTC month.")],
+        parameters=[OpenApiParameter("period", str, description="YYYY-MM; default: the current UTC month.", pattern=PERIOD_PATTERN)],
     )
     def get(self, request):
         raw = request.query_params.get("period")

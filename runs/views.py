@@ -15,9 +15,12 @@ from routing.access import required_tier
 from routing.snapshot import get_rules
 
 from . import admission, selectors, services
+from .models import RunStatus
 from .serializers import RunCreateSerializer, RunSerializer
 
-STATUS_FILTER = OpenApiParameter("status", str, description="Only runs with this status.")
+STATUS_FILTER = OpenApiParameter(
+    "status", str, description="Only runs with this status.", enum=RunStatus.values
+)
 
 
 def _valid(serializer_class, data, **context):
