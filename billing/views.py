@@ -18,7 +18,11 @@ class UsageApi(APIView):
     @extend_schema(
         operation_id="usage_retrieve",
         responses=UsageSerializer,
-        parameters=[OpenApiParameter("period", str, description="YYYY-MM; default: the current UTC month.", pattern=PERIOD_PATTERN)],
+        parameters=[
+            OpenApiParameter(
+                "period", str, description="YYYY-MM; default: the current UTC month.", pattern=PERIOD_PATTERN
+            )
+        ],
     )
     def get(self, request):
         raw = request.query_params.get("period")
