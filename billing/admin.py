@@ -18,7 +18,8 @@ class PlanForm(forms.ModelForm):
 
     class Meta:
         model = Plan
-        fields = ["alert_webhook_url"]  # the admin adds the rest of its own
+        # Every field, as the admin's own form has (fields other helpers add to Plan included).
+        fields = "__all__"  # noqa: DJ007
 
     def clean_alert_webhook_url(self):  # where a webhook may go: billing.webhook_targets
         url = self.cleaned_data["alert_webhook_url"]
