@@ -67,7 +67,8 @@ class ApiAutoSchema(AutoSchema):
         for status, response in errors(*statuses).items():
             if str(status) not in bodies:
                 bodies[str(status)] = self._get_response_for_code(response, str(status), direction=direction)
-        # Refused by the HTTP server (gunicorn) before the app sees the request, so not JSON.
+        # Refused by gunicorn's WSGI workers before the app sees the request, so not JSON (uvicorn, the
+        # recommended server, answers a request line it cannot parse with a text/plain 400 instead).
         bodies.setdefault(
             "414",
             {
