@@ -8,6 +8,10 @@ from .models import Agent
 MAX_PROMPT_CHARS = 100_000
 
 
+class AgentModelField(StrictCharField):
+    catalog_model_id = "any"  # its schema: the catalog's ids (routing.schema)
+
+
 class AgentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Agent
@@ -19,7 +23,7 @@ class AgentWriteSerializer(serializers.Serializer):
     name = StrictCharField(max_length=200)
     description = StrictCharField(required=False, allow_blank=True, max_length=10_000)
     system_prompt = StrictCharField(required=False, allow_blank=True, max_length=MAX_PROMPT_CHARS)
-    model = StrictCharField(required=False, allow_null=True, max_length=200)
+    model = AgentModelField(required=False, allow_null=True, max_length=200)
 
     def validate_model(self, value):
         # An agent may name any catalog model; whether its owner may run it is decided at run time.

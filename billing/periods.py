@@ -20,6 +20,10 @@ def period_end(period: dt.date) -> dt.datetime:
     return dt.datetime(year, month, 1, tzinfo=UTC)
 
 
+# What parse_period takes, for the schema: years 1970-9998, months 01-12.
+PERIOD_PATTERN = r"^(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])$"
+
+
 def parse_period(text: str) -> dt.date:
     """'YYYY-MM' -> the period; ValueError otherwise."""
     year, _, month = text.partition("-")

@@ -10,7 +10,7 @@ from routing.snapshot import get_rules
 
 from .history import GROUPS, BadRange, parse_range, usage_history
 from .models import Alert
-from .periods import parse_period, period_of
+from .periods import PERIOD_PATTERN, parse_period, period_of
 from .plans import limits_for
 from .renderers import UsageHistoryCsvRenderer
 from .selectors import plan_for, usage_report
@@ -21,7 +21,11 @@ class UsageApi(APIView):
     @extend_schema(
         operation_id="usage_retrieve",
         responses=UsageSerializer,
-        parameters=[OpenApiParameter("period", str, description="YYYY-MM; default: the current UTC month.")],
+        parameters=[
+            OpenApiParameter(
+                "period", str, description="YYYY-MM; default: the current UTC month.", pattern=PERIOD_PATTERN
+            )
+        ],
     )
     def get(self, request):
         raw = request.query_params.get("period")

@@ -19,6 +19,7 @@ from kombu.exceptions import KombuError
 
 from maschina import metrics
 from maschina.broker import RedisError
+from maschina.broker_circuit import broker_circuit
 
 from .models import Alert, Plan
 from .webhook_targets import TargetRefused, url_validate, webhook_post
@@ -67,10 +68,15 @@ def alert_payload(alert: Alert) -> dict:
 def webhook_enqueue(alert_id) -> None:
     from .tasks import deliver_alert
 
+    # The alert is recorded either way: undelivered_alerts_requeue (the sweeper) enqueues it later.
+    if broker_circuit.is_open:  # the broker failed a moment ago: do not wait on it (admission is here)
+        logger.warning("alert %s delivery not enqueued: the broker is unreachable", alert_id)
+        return
     try:
         deliver_alert.delay(alert_id)
-    except (KombuError, RedisError, OSError) as exc:  # the alert is recorded; the admin can resend it
+    except (KombuError, RedisError, OSError) as exc:
         logger.warning("alert %s delivery not enqueued: %s", alert_id, exc)
+        broker_circuit.failed()
 
 
 def alert_deliver(alert_id) -> bool:

@@ -28,3 +28,14 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
                 "invalid", "The request has invalid fields.", fields={name: [f"Must be an integer {bounds}."]}
             )
         return value
+
+    def get_schema_operation_parameters(self, view):
+        """limit and offset with their bounds, so generated requests know what is valid."""
+        parameters = super().get_schema_operation_parameters(view)
+        bounds = {
+            self.limit_query_param: {"minimum": 1, "maximum": self.max_limit, "default": self.default_limit},
+            self.offset_query_param: {"minimum": 0, "default": 0},
+        }
+        for parameter in parameters:
+            parameter["schema"].update(bounds.get(parameter["name"], {}))
+        return parameters

@@ -37,10 +37,25 @@ def errors(*statuses: int) -> dict:
     }
 
 
+# DRF's CharField refuses NUL characters (PostgreSQL cannot store them): the schema says so.
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+
 class ApiAutoSchema(AutoSchema):
     """Adds the errors every operation of its kind can answer: 400 and 401 everywhere, 404 when the
     path names an object, 413 and 415 when there is a request body. (@extend_schema replaces
     get_response_serializers, so they are added to the response bodies it produced.)"""
+
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if (
+            direction == "request"
+            and isinstance(field, serializers.CharField)
+            and schema.get("type") == "string"
+            and not {"pattern", "enum", "format"} & set(schema)
+        ):
+            schema["pattern"] = NO_NUL_PATTERN
+        return schema
 
     def _get_response_bodies(self, direction="response"):
         bodies = super()._get_response_bodies(direction)
@@ -52,7 +67,8 @@ class ApiAutoSchema(AutoSchema):
         for status, response in errors(*statuses).items():
             if str(status) not in bodies:
                 bodies[str(status)] = self._get_response_for_code(response, str(status), direction=direction)
-        # Refused by the HTTP server (gunicorn) before the app sees the request, so not JSON.
+        # Refused by gunicorn's WSGI workers before the app sees the request, so not JSON (uvicorn, the
+        # recommended server, answers a request line it cannot parse with a text/plain 400 instead).
         bodies.setdefault(
             "414",
             {

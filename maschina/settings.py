@@ -1,6 +1,7 @@
 """The one settings module. Everything that differs between machines comes from the environment
 (CONTRACT section 8); nothing here has a production secret."""
 
+import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,22 @@ ALLOWED_HOSTS = [
     h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h.strip()
 ]
 
+# Deployment behind HTTPS, each from an environment variable of the same name; off by default, so the
+# embedded default and plain-HTTP setups keep working. With them set, `check --deploy` is clean
+# (README, "Deployment hardening").
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT")
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # a load balancer's plain-HTTP health check
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE")
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE")
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS") or 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD")
+# "HEADER,value", e.g. "HTTP_X_FORWARDED_PROTO,https": only behind a proxy that sets that header.
+if os.environ.get("SECURE_PROXY_SSL_HEADER"):
+    _header, _, _value = os.environ["SECURE_PROXY_SSL_HEADER"].partition(",")
+    SECURE_PROXY_SSL_HEADER = (_header.strip(), _value.strip())
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -53,7 +70,19 @@ INSTALLED_APPS = [
     "billing",
     "agents",
     "runs",
+    "axes",
 ]
+
+# Admin login throttling (django-axes): after AXES_FAILURE_LIMIT failed logins for one username from
+# one address, that pair is locked out for AXES_COOLOFF_TIME, the right password included.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("MASCHINA_ADMIN_LOGIN_FAILURE_LIMIT") or 5)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=int(os.environ.get("MASCHINA_ADMIN_LOGIN_COOLOFF_MINUTES") or 30))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -66,6 +95,7 @@ MIDDLEWARE = [
     "audit.middleware.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "maschina.urls"
@@ -326,7 +356,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # The anthropic SDK's HTTP client logs every request at INFO: a line per provider call that our
     # own run logs make redundant, at a cost to the worker's CPU on every run.
-    "loggers": {"httpx2": {"level": os.environ.get("HTTP_CLIENT_LOG_LEVEL", "WARNING")}},
+    "filters": {"one_line_warning": {"()": "maschina.log_filters.OneLineWarning"}},
+    "loggers": {
+        "httpx2": {"level": os.environ.get("HTTP_CLIENT_LOG_LEVEL", "WARNING")},
+        # A bad Host header: one WARNING line, not an ERROR with a traceback.
+        "django.security.DisallowedHost": {"filters": ["one_line_warning"]},
+    },
 }
 
 # Celery's Django fixup closes the database connection before and after every task unless this is set,

@@ -1,7 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, re_path, register_converter
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as accounts
 from agents import views as agents
@@ -15,6 +14,7 @@ from .converters import AnyCaseUUIDConverter
 from .errors import handler404 as handler404_view
 from .health import healthz
 from .home import home
+from .schema_views import DocsView, SchemaView
 
 register_converter(AnyCaseUUIDConverter, "anyuuid")
 
@@ -37,8 +37,8 @@ api = [
 
 urlpatterns = [
     path("api/v1/", include(api)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", DocsView.as_view(url_name="schema"), name="docs"),
     path("", home),
     path("healthz", csrf_exempt(healthz)),
     path("metrics", scrape.metrics),

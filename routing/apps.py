@@ -5,4 +5,4 @@ class RoutingConfig(AppConfig):
     name = "routing"
 
     def ready(self):
-        from . import protection, signals  # noqa: F401
+        from . import protection, schema, signals  # noqa: F401

@@ -47,11 +47,16 @@ def _string_problem(text: str) -> str | None:
     return None
 
 
+@extend_schema_field({"type": "string", "minLength": 1, "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"})
+class MessageField(StrictCharField):
+    """input.message: a string with something other than white space, and no NUL."""
+
+
 class RunInputSerializer(serializers.Serializer):
     """`input` is an object with a non-empty string `message`; other keys are kept as given.
     The message's length is checked by the gate (input_too_long), not here."""
 
-    message = StrictCharField(trim_whitespace=False)
+    message = MessageField(trim_whitespace=False)
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
@@ -65,10 +70,11 @@ class RunInputSerializer(serializers.Serializer):
         return {**data, "message": validated["message"]}
 
 
-@extend_schema_field({"type": "string", "nullable": True, "example": "claude-haiku-4-5"})
 class RawModelField(serializers.Field):
     """The body's `model`, taken as given: its type is checked by the gate after the input's risk
     checks (CONTRACT section 5, step 3), not with the body."""
+
+    catalog_model_id = "active"  # its schema: the active catalog's ids (routing.schema)
 
     def to_internal_value(self, data):
         return data
@@ -79,6 +85,8 @@ class RawModelField(serializers.Field):
 
 class RunCreateSerializer(serializers.Serializer):
     """The run body. The context's `tier` (a TierInfo) caps timeout_secs and max_tokens."""
+
+    tier_caps = {"timeout_secs": "max_timeout_secs", "max_tokens": "max_tokens"}  # for the schema
 
     input = RunInputSerializer()
     model = RawModelField(required=False, allow_null=True)

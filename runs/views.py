@@ -19,9 +19,12 @@ from routing.access import denied_by_rule, required_tier
 from routing.snapshot import get_rules
 
 from . import admission, idempotency, refusals, selectors, services
+from .models import RunStatus
 from .serializers import RunCreateSerializer, RunSerializer
 
-STATUS_FILTER = OpenApiParameter("status", str, description="Only runs with this status.")
+STATUS_FILTER = OpenApiParameter(
+    "status", str, description="Only runs with this status.", enum=RunStatus.values
+)
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
     str,

@@ -1,11 +1,14 @@
 """Chaos: 200 runs over HTTP through gunicorn and two real worker processes, while one worker is
-SIGKILLed (and restarted), Redis is restarted (losing every queued message: it keeps nothing on
-disk), and the provider emulators fail a fifth of their calls. Afterwards every run is terminal,
-billing_audit finds nothing, and no run was billed twice. The figures are printed and written to
-$MASCHINA_VAR_DIR/chaos.json."""
+SIGKILLed (and restarted), Redis is stopped for a while and restarted (a broker outage that loses
+every queued message: it keeps nothing on disk), a fifth of the runs are canceled at random moments,
+and the provider emulators fail a fifth of their calls. Afterwards every run is terminal,
+`manage.py billing_audit` finds nothing, and no run was billed twice. The figures are printed and
+written to $MASCHINA_VAR_DIR/chaos.json. MASCHINA_CHAOS_RUNS runs a smaller (or larger) round, the
+faults at the same shares of it."""
 
 import json
 import os
+import random
 import signal
 import tempfile
 import threading
@@ -36,7 +39,8 @@ from .processes import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-RUNS = 200
+RUNS = int(os.environ.get("MASCHINA_CHAOS_RUNS") or 200)
+CANCEL_SHARE = 0.2
 MODELS = ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6", "ollama/llama3.2"]
 
 
@@ -85,6 +89,8 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
         agents = [c.post("/api/v1/agents", {"name": "chaos"}).json()["id"] for c in clients]
 
         posted, statuses, run_ids, lock = [0], Counter(), [], threading.Lock()
+        cancels, rng = Counter(), random.Random(18)
+        to_cancel = {i: rng.uniform(0, 0.4) for i in rng.sample(range(RUNS), int(RUNS * CANCEL_SHARE))}
 
         def post(i):
             client, agent = clients[i % len(clients)], agents[i % len(agents)]
@@ -98,6 +104,11 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
                 statuses[response.status_code] += 1
                 if response.status_code == 202:
                     run_ids.append(response.json()["id"])
+            if response.status_code == 202 and i in to_cancel:  # queued or executing by then, or done
+                time.sleep(to_cancel[i])
+                canceled = client.post(f"/api/v1/runs/{response.json()['id']}/cancel")
+                with lock:
+                    cancels[canceled.status_code] += 1
 
         events = []
 
@@ -105,19 +116,22 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
             while posted[0] < count:
                 time.sleep(0.01)
 
+        def at(share):  # the moment a share of the runs has been posted
+            when_posted(int(RUNS * share))
+
         def inject_faults():
-            when_posted(40)
+            at(0.2)
             os.killpg(workers["alpha"].proc.pid, signal.SIGKILL)
             events.append(("worker alpha SIGKILLed", posted[0]))
-            when_posted(70)
+            at(0.35)
             workers["alpha"] = start_worker(env, log_dir, name="alpha2", concurrency=2)
             everything.append(workers["alpha"])
             events.append(("worker alpha restarted", posted[0]))
-            when_posted(110)
+            at(0.55)
             broker.stop()
             events.append(("redis stopped", posted[0]))
             time.sleep(2)
-            when_posted(130)
+            at(0.65)
             broker.start()
             events.append(("redis started (empty)", posted[0]))
 
@@ -137,6 +151,7 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
         assert active == [], f"runs not terminal after {drain_secs:.0f}s: {active[:10]}"
 
         assert statuses == {202: RUNS}, statuses  # never a 5xx, even with the broker down
+        assert set(cancels) <= {200, 409} and sum(cancels.values()) == len(to_cancel), cancels
         runs = Run.objects.filter(pk__in=run_ids)
         assert runs.count() == RUNS
         summary, problems = audit()
@@ -149,8 +164,10 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
         )
         outcome = Counter(runs.values_list("status", flat=True))
         errors = Counter(code for code in runs.values_list("error__code", flat=True) if code)
-        assert set(outcome) <= {"completed", "failed"}, outcome
-        assert set(errors) <= {"provider_unavailable"}, errors
+        assert set(outcome) <= {"completed", "failed", "canceled"}, outcome
+        assert outcome["canceled"] == cancels[200], (outcome, cancels)
+        assert set(errors) <= {"provider_unavailable", "canceled"}, errors
+        assert manage(env, "billing_audit").strip().endswith("billing audit OK")
         logs = "".join(process.tail(100_000) for process in everything)
         assert "IntegrityError" not in logs
 
@@ -158,6 +175,7 @@ def test_chaos(catalog, anthropic_emulator, ollama_emulator):
             "runs": RUNS,
             "events": events,
             "statuses": dict(outcome),
+            "cancel_answers": dict(cancels),
             "failed_codes": dict(errors),
             "runs_claimed_more_than_once": runs.filter(claims__gt=1).count(),
             "extra_claims": sum(c - 1 for c in runs.values_list("claims", flat=True) if c > 1),

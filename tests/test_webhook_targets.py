@@ -160,3 +160,15 @@ def test_webhook_redirects_are_not_followed(make_user, settings, status):
     finally:
         redirector.close()
         target.close()
+
+
+def test_the_admin_form_refuses_a_link_local_webhook(make_user, admin_client):
+    user = make_user("m1")
+    form = {"user": user.pk, "tier": "m1", "token_quota_override": "", "run_quota_override": ""}
+    response = admin_client.post(
+        f"/admin/billing/plan/{user.plan.pk}/change/",
+        {**form, "alert_webhook_url": "http://169.254.169.254/latest/"},
+    )
+    assert response.status_code == 200  # the form again, with its error
+    assert b"link-local address" in response.content
+    assert Plan.objects.get(pk=user.plan.pk).alert_webhook_url == ""
