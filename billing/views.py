@@ -56,7 +56,8 @@ class AlertListApi(GenericAPIView):
 class AcceptHeaderOnly(DefaultContentNegotiation):
     """The Accept header picks JSON or CSV; DRF's `?format=` override is no parameter of this API."""
 
-    settings = SimpleNamespace(URL_FORMAT_OVERRIDE=None)
+    # The negotiation reads only URL_FORMAT_OVERRIDE of its settings.
+    settings = SimpleNamespace(URL_FORMAT_OVERRIDE=None)  # type: ignore[assignment]
 
 
 class UsageHistoryApi(APIView):
