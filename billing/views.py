@@ -1,6 +1,9 @@
+from types import SimpleNamespace
+
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.generics import GenericAPIView
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -54,10 +57,18 @@ class AlertListApi(GenericAPIView):
         return self.get_paginated_response(AlertSerializer(self.paginate_queryset(alerts), many=True).data)
 
 
+class AcceptHeaderOnly(DefaultContentNegotiation):
+    """The Accept header picks JSON or CSV; DRF's `?format=` override is no parameter of this API."""
+
+    # The negotiation reads only URL_FORMAT_OVERRIDE of its settings.
+    settings = SimpleNamespace(URL_FORMAT_OVERRIDE=None)  # type: ignore[assignment]
+
+
 class UsageHistoryApi(APIView):
     """CONTRACT section 13: the caller's usage lines over a date range, as JSON or CSV."""
 
     renderer_classes = [JSONRenderer, UsageHistoryCsvRenderer]
+    content_negotiation_class = AcceptHeaderOnly
 
     @extend_schema(
         operation_id="usage_history",
@@ -66,6 +77,7 @@ class UsageHistoryApi(APIView):
             OpenApiParameter("from", str, description="YYYY-MM-DD (UTC); default: the first of this month."),
             OpenApiParameter("to", str, description="YYYY-MM-DD (UTC), inclusive; default: today."),
             OpenApiParameter("group_by", str, enum=list(GROUPS), description="Default: day."),
+            OpenApiParameter("format", exclude=True),
         ],
     )
     def get(self, request):

@@ -2,6 +2,8 @@
 CDN. Each bar carries its label and value as data attributes (and a <title> tooltip), so what a
 chart shows can be read back by a browser test."""
 
+import math
+
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
@@ -17,20 +19,22 @@ def _figure(value: int) -> str:
     return str(value)
 
 
-def bar_chart(name: str, points: list[tuple[str, int]], *, title: str) -> SafeString:
-    """Vertical bars, one per (label, value), in the order given; `name` identifies the chart."""
+def bar_chart(name: str, points: list[tuple[str, int]], *, title: str, tick=str) -> SafeString:
+    """Vertical bars, one per (label, value), in the order given; `name` identifies the chart and
+    `tick` shortens a label for the axis (the data attributes keep it whole)."""
     if not points:
         return format_html('<p class="chart-empty" data-chart="{}">{}: nothing yet.</p>', name, title)
     top = max(value for _, value in points) or 1
     plot_w, plot_h = WIDTH - MARGIN_LEFT - 8, HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
     step = plot_w / len(points)
-    bar_w = max(step * 0.8, 1)
-    every = max(1, len(points) // 12)  # at most a dozen axis labels
+    bar_w = max(min(step * 0.8, 60), 1)
+    widest = max(len(tick(label)) for label, _ in points) * 6 + 8  # pixels of the longest axis label
+    every = math.ceil(widest / step)  # label every bar whose label fits beside the last one shown
     bars = []
     for i, (label, value) in enumerate(points):
         h = plot_h * value / top
         x, y = MARGIN_LEFT + i * step + (step - bar_w) / 2, MARGIN_TOP + plot_h - h
-        shown = label if i % every == 0 else ""
+        shown = tick(label) if i % every == 0 else ""
         bars.append(
             (
                 label,

@@ -32,13 +32,15 @@ def access_table(heading: str, rows) -> str:
     """(name, link or None, Access) rows as the admin's table, each row tagged for the browser test."""
     body = format_html_join(
         "",
-        '<tr class="access-row" data-name="{}" data-allowed="{}"><td>{}</td><td>{}</td><td>{}</td></tr>',
+        '<tr class="access-row" data-name="{}" data-allowed="{}"><td>{}</td>'
+        '<td><strong style="color:{}">{}</strong></td><td>{}</td></tr>',
         (
             (
                 name,
                 "yes" if access.allowed else "no",
                 format_html('<a href="{}">{}</a>', link, name) if link else name,
-                "\u2705 may use" if access.allowed else "\u274c may not",
+                "#2a7d2a" if access.allowed else "#ba2121",
+                "may use" if access.allowed else "may not",
                 access.reason,
             )
             for name, link, access in rows

@@ -21,6 +21,10 @@ def _period(request):
         return period_of(timezone.now())
 
 
+def _day(label: str) -> str:
+    return label[8:]  # YYYY-MM-DD: the day of the month
+
+
 def _context(request, title, period, **extra):
     if not request.user.has_perm("billing.view_usageperiod"):
         raise PermissionDenied
@@ -31,7 +35,7 @@ def usage_dashboard(request):
     period = _period(request)
     data = usage_overview(period)
     charts = [
-        bar_chart("tokens-per-day", data["tokens_per_day"], title="Billed tokens per day"),
+        bar_chart("tokens-per-day", data["tokens_per_day"], title="Billed tokens per day", tick=_day),
         bar_chart("tokens-by-model", data["by_model"], title="Billed tokens by model"),
         bar_chart("top-users", data["top_users"], title="Top users by billed tokens"),
         bar_chart("runs-by-status", data["runs_by_status"], title="Runs by status"),
@@ -45,7 +49,7 @@ def user_dashboard(request, user_id: int):
     get_object_or_404(get_user_model(), pk=user_id)
     period = _period(request)
     data = user_overview(user_id, period)
-    chart = bar_chart("user-tokens-per-day", data["tokens_per_day"], title="Billed tokens per day")
+    chart = bar_chart("user-tokens-per-day", data["tokens_per_day"], title="Billed tokens per day", tick=_day)
     context = _context(request, f"{data['subject'].username}: plan and usage", period, data=data, chart=chart)
     return TemplateResponse(request, "admin/dashboards/user.html", context)
 

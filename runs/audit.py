@@ -8,9 +8,11 @@ from collections import defaultdict
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, F, Sum
+from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
-from billing.models import LedgerEntry, ModelUsage, UsagePeriod
+from billing.models import LedgerEntry, ModelUsage, UsageDay, UsagePeriod
+from billing.periods import period_end
 from billing.pricing import billed_tokens
 
 from .models import TERMINAL_STATUSES, Run
@@ -35,9 +37,11 @@ def _audit(period):
     ledger = LedgerEntry.objects.all()
     usage_rows = UsagePeriod.objects.all()
     model_rows = ModelUsage.objects.all()
+    day_lines = UsageDay.objects.all()
     if period is not None:
         runs, ledger = runs.filter(period=period), ledger.filter(period=period)
         usage_rows, model_rows = usage_rows.filter(period=period), model_rows.filter(period=period)
+        day_lines = day_lines.filter(day__gte=period, day__lt=period_end(period).date())
 
     # 1. One ledger row per billed run, only for settled terminal runs, with the run's own figures.
     entries = {e.run_id: e for e in ledger}
@@ -127,6 +131,24 @@ def _audit(period):
         problems.append(
             f"user {model_key[0]} {model_key[1]:%Y-%m} {model_key[2]}: ledger {figures} has no by_model row"
         )
+
+    # 5. The usage history's daily lines add up, per user and month, to the counters.
+    months = (
+        day_lines.annotate(month=TruncMonth("day"))
+        .values("user_id", "month")
+        .annotate(runs=Sum("runs"), billed=Sum("billed_tokens"))
+    )
+    lines = {(m["user_id"], m["month"]): (m["billed"], m["runs"]) for m in months}
+    for row in usage_rows:
+        summed = lines.pop((row.user_id, row.period), (0, 0))
+        if summed != (row.tokens_used, row.runs_used):
+            problems.append(
+                f"user {row.user_id} {row.period:%Y-%m}: usage lines billed/runs {summed[0]}/{summed[1]}, "
+                f"counters {row.tokens_used}/{row.runs_used}"
+            )
+    for (user_id, month), summed in lines.items():
+        if summed != (0, 0):
+            problems.append(f"user {user_id} {month:%Y-%m}: usage lines {summed} without a counter row")
 
     summary = {
         "runs": runs.count(),

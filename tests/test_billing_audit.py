@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from billing.models import ModelUsage, UsagePeriod
+from billing.models import ModelUsage, UsageDay, UsagePeriod
 from runs.models import Run
 from runs.services import run_settle
 from runs.tasks import execute_run
@@ -74,6 +74,16 @@ def test_audit_passes_on_a_consistent_database(settled_runs):
                 settled_at=None, finished_at=timezone.now() - dt.timedelta(hours=1)
             ),
             "still hold a reservation",
+        ),
+        (
+            lambda user: UsageDay.objects.filter(user=user, model="claude-haiku-4-5").update(runs=5),
+            "usage lines billed/runs",
+        ),
+        (
+            lambda user: UsageDay.objects.filter(user=user, model="claude-sonnet-4-6").update(
+                billed_tokens=0
+            ),
+            "usage lines billed/runs",
         ),
     ],
 )

@@ -150,3 +150,89 @@ def operator_session(stack, page, screenshots):
     page.screenshot(path=screenshots / "5-audit.png", full_page=True)
     actors = set(ChangeRecord.objects.filter(source="admin").values_list("actor", flat=True))
     assert len(actors) == 1 and actors.pop().startswith("operator ")
+
+
+def test_an_operator_reads_the_usage_dashboard_a_users_page_and_what_a_tier_may_run(
+    stack, page, screenshots, anthropic_emulator
+):
+    try:
+        dashboards_session(stack, page, screenshots, anthropic_emulator)
+    finally:
+        connections.close_all()
+
+
+def dashboards_session(stack, page, screenshots, anthropic_emulator):
+    import datetime as dt
+
+    from playwright.sync_api import expect
+
+    from .emulators import anthropic_error
+
+    get_user_model().objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    key, raw = customer("m1")
+    api = Api(stack, raw)
+    agent = api.post("/api/v1/agents", {"name": "charted"}).json()
+    anthropic_emulator.queue("claude-haiku-4-5", anthropic_error(401, "authentication_error"))
+    runs = [
+        api.post(f"/api/v1/agents/{agent['id']}/run", {"input": {"message": "hi"}}).json() for _ in range(3)
+    ]
+    statuses = sorted(wait_terminal(api, run["id"])["status"] for run in runs)
+    assert statuses == ["completed", "completed", "failed"]
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+
+    page.goto(f"{stack}/admin/login/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.click("#dashboards a")  # the admin's home page lists the dashboards
+    expect(page.locator("h1")).to_contain_text("Usage")
+
+    def bars(chart):
+        svg = page.locator(f'svg[data-chart="{chart}"]')
+        expect(svg).to_be_visible()
+        return {
+            g.get_attribute("data-label"): int(g.get_attribute("data-value"))
+            for g in svg.locator("g.bar").all()
+        }
+
+    per_day = bars("tokens-per-day")
+    assert per_day[today] == 124 and sum(per_day.values()) == 124  # two haiku runs, 62 each
+    assert len(per_day) >= 28  # every day of the month, idle ones at 0
+    today_bar = page.locator(f'svg[data-chart="tokens-per-day"] g.bar[data-label="{today}"] rect')
+    assert today_bar.bounding_box()["height"] > 100  # drawn, at the top of the scale
+    assert bars("tokens-by-model") == {"claude-haiku-4-5": 124}
+    username = key.user.username
+    assert bars("top-users") == {username: 124}
+    by_status = bars("runs-by-status")
+    assert (by_status["completed"], by_status["failed"], by_status["queued"]) == (2, 1, 0)
+    assert bars("failures-by-code") == {"provider_auth": 1}
+    share = page.locator(f'tr.quota-share[data-user="{username}"]')
+    assert share.get_attribute("data-token-share") == "0.0"  # 124 of 500,000
+    assert share.get_attribute("data-run-share") == "0.6"  # 3 of 500
+    page.screenshot(path=screenshots / "6-usage-dashboard.png", full_page=True)
+
+    share.locator("a").click()
+    expect(page.locator("h1")).to_contain_text(username)
+    expect(page.locator('#plan td[data-field="tier"]')).to_contain_text("m1")
+    expect(page.locator('#usage [data-field="tokens-used"]')).to_have_text("124")
+    expect(page.locator('#usage [data-field="runs-used"]')).to_have_text("3")
+    expect(page.locator("#keys tr.key")).to_have_count(1)
+    expect(page.locator("#recent-runs tr.run")).to_have_count(3)
+    expect(page.locator('#recent-runs tr.run[data-status="failed"]')).to_contain_text("provider_auth")
+    assert bars("user-tokens-per-day")[today] == 124
+    page.screenshot(path=screenshots / "7-user-page.png", full_page=True)
+
+    page.goto(f"{stack}/admin/routing/tier/m1/change/")
+    table = page.locator(".field-model_access table.access-table")
+    expect(table).to_be_visible()
+    allowed = {
+        row.get_attribute("data-name"): row.get_attribute("data-allowed")
+        for row in table.locator("tr.access-row").all()
+    }
+    from_api = {
+        m["id"]: "yes" if m["allowed"] else "no"
+        for m in api.get("/api/v1/models?limit=100").json()["results"]
+    }
+    assert allowed == from_api and allowed["claude-sonnet-4-6"] == "no"
+    table.scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "8-tier-access.png", full_page=True)

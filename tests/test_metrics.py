@@ -111,3 +111,55 @@ def test_a_scrape_before_and_after_runs_shows_the_counters_move(
     assert value(after, "maschina_runs_in_flight", node="node-a") == 0
     assert value(after, "maschina_runs_queued") == 0
     assert total(again, "maschina_runs_admitted_total") == total(after, "maschina_runs_admitted_total")
+
+
+@pytest.mark.django_db
+def test_sweeper_actions_and_webhook_deliveries_are_counted(make_user, make_agent, settings):
+    """In-process: this process's own registry (no PROMETHEUS_MULTIPROC_DIR in the test run)."""
+    import datetime as dt
+
+    from prometheus_client import REGISTRY
+
+    from billing.models import Alert
+    from billing.webhooks import alert_deliver, webhook_set
+    from runs.models import Run, RunStatus
+    from runs.tasks import sweep_runs
+
+    from .processes import free_port
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    user = make_user("access")
+    agent = make_agent(user)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    run = Run.objects.create(
+        user=user,
+        agent=agent,
+        tier="access",
+        model="ollama/mistral",
+        catalog_model="ollama/mistral",
+        provider="ollama",
+        multiplier=0,
+        system_prompt="",
+        input={"message": "x"},
+        timeout_secs=60,
+        max_tokens=1,
+        period=long_ago.date().replace(day=1),
+        reserved_tokens=0,
+        status=RunStatus.FAILED,
+        finished_at=long_ago,
+    )
+    settled = sample("maschina_sweeper_actions_total", action="settled")
+    failed_runs = sample("maschina_runs_finished_total", status="failed", provider="ollama", error_code="")
+    assert sweep_runs()["settled"] == 1
+    assert sample("maschina_sweeper_actions_total", action="settled") == settled + 1
+    finished = sample("maschina_runs_finished_total", status="failed", provider="ollama", error_code="")
+    assert finished == failed_runs + 1
+
+    settings.ALERT_WEBHOOK_TIMEOUT_SECS = 1
+    webhook_set(plan=user.plan, url=f"http://127.0.0.1:{free_port()}/hook")  # nobody listens there
+    alert = Alert.objects.create(user=user, period=run.period, quota="runs", threshold=80, used=8, limit=10)
+    failed = sample("maschina_webhook_deliveries_total", outcome="failed")
+    assert alert_deliver(alert.pk) is False
+    assert sample("maschina_webhook_deliveries_total", outcome="failed") == failed + 1

@@ -220,3 +220,9 @@ def test_concurrent_admissions_on_one_line_count_every_run(make_user, make_agent
         agent.id,
         Run.objects.filter(user=user).first().created_at.date(),
     )
+
+
+@pytest.mark.django_db
+def test_the_format_override_is_no_parameter(make_client):
+    response = make_client("m1").get("/api/v1/usage/history?format=csv")
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"

@@ -113,6 +113,19 @@ def test_the_readme_walkthrough_works_as_printed(anthropic_emulator, ollama_emul
             time.sleep(0.2)
         assert done["status"] == "completed", (done, output.read_text()[-4000:])
         assert done["usage"]["billed_tokens"] == 62
+        # SQLite's settlement (the ORM's way) kept the day's usage line too.
+        history = requests.get(
+            f"{base}/api/v1/usage/history?group_by=model", headers=headers, timeout=10
+        ).json()
+        assert history["results"] == [
+            {
+                "model": "claude-haiku-4-5",
+                "runs": 1,
+                "input_tokens": 32,
+                "output_tokens": 30,
+                "billed_tokens": 62,
+            }
+        ]
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         try:
