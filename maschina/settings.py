@@ -344,7 +344,10 @@ LOGGING = {
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         },
     },
-    "filters": {"run": {"()": "maschina.logs.RunContext"}},
+    "filters": {
+        "run": {"()": "maschina.logs.RunContext"},
+        "one_line_warning": {"()": "maschina.log_filters.OneLineWarning"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -354,10 +357,9 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    # The anthropic SDK's HTTP client logs every request at INFO: a line per provider call that our
-    # own run logs make redundant, at a cost to the worker's CPU on every run.
-    "filters": {"one_line_warning": {"()": "maschina.log_filters.OneLineWarning"}},
     "loggers": {
+        # The anthropic SDK's HTTP client logs every request at INFO: a line per provider call that
+        # our own run logs make redundant, at a cost to the worker's CPU on every run.
         "httpx2": {"level": os.environ.get("HTTP_CLIENT_LOG_LEVEL", "WARNING")},
         # A bad Host header: one WARNING line, not an ERROR with a traceback.
         "django.security.DisallowedHost": {"filters": ["one_line_warning"]},
