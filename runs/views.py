@@ -14,7 +14,7 @@ from maschina.schema import errors
 from routing.access import required_tier
 from routing.snapshot import get_rules
 
-from . import admission, selectors, services
+from . import admission, events, selectors, services
 from .serializers import RunCreateSerializer, RunSerializer
 
 STATUS_FILTER = OpenApiParameter("status", str, description="Only runs with this status.")
@@ -139,4 +139,5 @@ class RunCancelApi(GenericAPIView):
                 status.HTTP_409_CONFLICT,
                 status=run.status,
             )
+        events.publish_end(run.pk)  # the stream's `done` goes out now; the worker bills the call
         return Response(RunSerializer(run).data)
