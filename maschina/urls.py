@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from agents import views as agents
 from billing import views as billing
 from routing import views as routing
+from runs import async_views as held
 from runs import views as runs
 
 from .errors import handler404 as handler404_view
@@ -16,10 +17,11 @@ api = [
     path("models", routing.ModelListApi.as_view()),
     path("agents", agents.AgentListCreateApi.as_view()),
     path("agents/<uuid:agent_id>", agents.AgentDetailApi.as_view()),
-    path("agents/<uuid:agent_id>/run", runs.RunCreateApi.as_view()),
+    path("agents/<uuid:agent_id>/run", held.run_create),
     path("agents/<uuid:agent_id>/runs", runs.AgentRunListApi.as_view()),
     path("runs", runs.RunListApi.as_view()),
-    path("runs/<uuid:run_id>", runs.RunDetailApi.as_view()),
+    path("runs/<uuid:run_id>", held.run_detail),
+    path("runs/<uuid:run_id>/events", held.run_events),
     path("runs/<uuid:run_id>/cancel", runs.RunCancelApi.as_view()),
     path("usage", billing.UsageApi.as_view()),
     path("alerts", billing.AlertListApi.as_view()),

@@ -18,6 +18,10 @@ from . import admission, events, selectors, services
 from .serializers import RunCreateSerializer, RunSerializer
 
 STATUS_FILTER = OpenApiParameter("status", str, description="Only runs with this status.")
+# Served by runs.async_views, which holds the answer (CONTRACT section 9).
+WAIT = OpenApiParameter(
+    "wait", int, description="Hold the answer until the run is terminal or this many seconds (0-60) pass."
+)
 
 
 def _valid(serializer_class, data, **context):
@@ -32,7 +36,8 @@ class RunCreateApi(GenericAPIView):
     @extend_schema(
         operation_id="agents_run",
         request=RunCreateSerializer,
-        responses={202: RunSerializer, **errors(403, 429)},
+        parameters=[WAIT],
+        responses={200: RunSerializer, 202: RunSerializer, **errors(403, 429)},
     )
     def post(self, request, agent_id):
         agent = agent_get(owner=request.user, agent_id=agent_id)
@@ -118,7 +123,7 @@ class RunListApi(GenericAPIView):
 class RunDetailApi(GenericAPIView):
     serializer_class = RunSerializer
 
-    @extend_schema(operation_id="runs_retrieve")
+    @extend_schema(operation_id="runs_retrieve", parameters=[WAIT])
     def get(self, request, run_id):
         return Response(RunSerializer(selectors.run_get(user=request.user, run_id=run_id)).data)
 
