@@ -116,9 +116,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the worker share the file: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+# The ASGI web app (maschina.asgi) runs each request's sync code on a new thread: a connection kept
+# per thread would be left open by every request, so it takes them from a pool as the worker does.
+IS_ASGI = env_bool("MASCHINA_ASGI")
 if (
-    IS_WORKER
-    and WORKER_POOL == "threads"
+    ((IS_WORKER and WORKER_POOL == "threads") or IS_ASGI)
     and DATABASES["default"]["ENGINE"] == "maschina.db.postgresql"
     and DB_POOL_SIZE
 ):

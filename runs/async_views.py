@@ -6,7 +6,6 @@ OpenAPI schema describes it as before."""
 
 import re
 
-from asgiref.sync import sync_to_async
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
@@ -16,6 +15,7 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.utils.encoders import JSONEncoder
 
 from accounts.authentication import ApiKeyAuthentication
+from maschina.db.in_thread import in_thread
 from maschina.errors import error_response
 from maschina.schema import errors
 
@@ -86,9 +86,9 @@ def _run_json(run) -> dict:
 
 
 async def _held(response, seconds: int, status_when_running: int) -> HttpResponse:
-    run = await sync_to_async(lambda: Run.objects.get(pk=response.data["id"]))()
+    run = await in_thread(lambda: Run.objects.get(pk=response.data["id"]))
     run = await streams.wait_terminal(run, seconds)
-    data = await sync_to_async(_run_json)(run)
+    data = await in_thread(_run_json, run)
     status = 200 if run.is_terminal else status_when_running
     return JsonResponse(data, status=status, encoder=JSONEncoder)
 
@@ -99,8 +99,8 @@ async def run_create(request, agent_id):
     try:
         seconds = _wait_secs(request)
     except _InvalidWait:
-        return await sync_to_async(_invalid_wait)(request)
-    response = await sync_to_async(_drf)(_create, request, agent_id=agent_id)
+        return await in_thread(_invalid_wait, request)
+    response = await in_thread(_drf, _create, request, agent_id=agent_id)
     if seconds == 0 or response.status_code != 202:
         return response
     return await _held(response, seconds, 202)
@@ -112,8 +112,8 @@ async def run_detail(request, run_id):
     try:
         seconds = _wait_secs(request)
     except _InvalidWait:
-        return await sync_to_async(_invalid_wait)(request)
-    response = await sync_to_async(_drf)(_detail, request, run_id=run_id)
+        return await in_thread(_invalid_wait, request)
+    response = await in_thread(_drf, _detail, request, run_id=run_id)
     if seconds == 0 or response.status_code != 200 or response.data["status"] in streams.TERMINAL:
         return response
     return await _held(response, seconds, 200)
@@ -140,7 +140,7 @@ async def run_events(request, run_id):
     """GET /runs/{id}/events: server-sent events (runs.streams.event_stream)."""
     if request.method != "GET":
         return error_response("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
-    found = await sync_to_async(_run_for)(request, run_id)
+    found = await in_thread(_run_for, request, run_id)
     if isinstance(found, HttpResponse):
         return found
     response = StreamingHttpResponse(
@@ -152,12 +152,13 @@ async def run_events(request, run_id):
 
 
 class RunEventsApi(GenericAPIView):
-    """The OpenAPI description of run_events (which serves the requests)."""
+    """Schema only: runs.async_views.run_events serves the requests."""
 
     serializer_class = RunSerializer
 
     @extend_schema(
         operation_id="runs_events",
+        description="Follow a run: its events so far (kept an hour after it ends), then as they happen.",
         parameters=[
             OpenApiParameter(
                 "Last-Event-ID",

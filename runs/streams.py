@@ -15,10 +15,11 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
+
+from maschina.db.in_thread import in_thread
 
 from . import events
 from .models import TERMINAL_STATUSES, Run, RunEvent
@@ -120,7 +121,7 @@ class TableHub(Hub):
 
     async def _started(self, run_id: str) -> None:
         if self.poller is None or self.poller.done():
-            cursor = await sync_to_async(_last_event_pk)()
+            cursor = await in_thread(_last_event_pk)
             self.poller = asyncio.create_task(self._poll(cursor))
 
     async def _stopped(self, run_id: str) -> None:
@@ -131,12 +132,12 @@ class TableHub(Hub):
     async def _poll(self, cursor: int) -> None:
         while True:
             await asyncio.sleep(settings.RUN_EVENTS_POLL_SECS)
-            for run_id, top in await sync_to_async(_runs_with_events_after)(cursor):
+            for run_id, top in await in_thread(_runs_with_events_after, cursor):
                 cursor = max(cursor, top)
                 self._wake(str(run_id))
 
     async def read(self, run_id, after: int) -> list[tuple[int, str, str]]:
-        return await sync_to_async(_events_after)(run_id, after)
+        return await in_thread(_events_after, run_id, after)
 
 
 def _last_event_pk() -> int:
@@ -188,8 +189,8 @@ KEEP_ALIVE = b": keep-alive\n\n"
 
 async def _terminal(run_id, after: int) -> AsyncIterator[bytes]:
     """A terminal run's last events as its row says them, for a log that is gone or lacks them."""
-    run = await sync_to_async(_reload)(run_id)
-    data = await sync_to_async(lambda: events.dumps(events.run_data(run)))()
+    run = await in_thread(_reload, run_id)
+    data = await in_thread(lambda: events.dumps(events.run_data(run)))
     if after < 1:
         yield sse(1, events.STATUS, data)
     yield sse(max(after, 1) + 1, events.DONE, data)
@@ -234,7 +235,7 @@ async def event_stream(run: Run, after: int) -> AsyncIterator[bytes]:
             except TimeoutError:
                 if terminal_since is None:
                     yield KEEP_ALIVE
-                    current = await sync_to_async(_reload)(run.pk)
+                    current = await in_thread(_reload, run.pk)
                     if current.is_terminal:
                         terminal_since = time.monotonic()
     finally:
@@ -250,7 +251,7 @@ async def wait_terminal(run: Run, seconds: int) -> Run:
     watching = hub()
     wake = await watching.watch(run.pk)
     try:
-        run = await sync_to_async(_reload)(run.pk)  # watching now: no end can be missed after this read
+        run = await in_thread(_reload, run.pk)  # watching now: no end can be missed after this read
         after = 0
         while not run.is_terminal:
             remaining = deadline - time.monotonic()
@@ -259,14 +260,14 @@ async def wait_terminal(run: Run, seconds: int) -> Run:
             try:
                 await asyncio.wait_for(wake.wait(), min(remaining, TERMINAL_CHECK_SECS))
             except TimeoutError:
-                run = await sync_to_async(_reload)(run.pk)
+                run = await in_thread(_reload, run.pk)
                 continue
             wake.clear()
             items = await watching.read(run.pk, after)
             if items:
                 after = items[-1][0]
             if any(name == events.DONE for _, name, _ in items):
-                run = await sync_to_async(_reload)(run.pk)
+                run = await in_thread(_reload, run.pk)
         return run
     finally:
         await watching.unwatch(run.pk, wake)
