@@ -1,11 +1,13 @@
-"""Database work of an async view (runs.async_views, runs.streams), on the event loop's shared
-thread pool rather than the request's own thread: under ASGI that thread lives as long as the
-request, so a held request or an open stream would keep it, and its connection, all along. Each
-call gives its connection back when done (to the pool, where there is one)."""
+"""Database work of an async view (runs.async_views, runs.streams). Under ASGI on the event loop's
+shared thread pool rather than the request's own thread: that thread lives as long as the request,
+so a held request or an open stream would keep it, and its connection, all along. Under WSGI on the
+request's thread, whose connection (and transaction, in a test) it is. Each call gives its
+connection back when done (to the pool, where there is one)."""
 
 import functools
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import close_old_connections
 
 from . import release_connection
@@ -20,4 +22,6 @@ def _run(fn, args, kwargs):
 
 
 async def in_thread(fn, *args, **kwargs):
-    return await sync_to_async(functools.partial(_run, fn, args, kwargs), thread_sensitive=False)()
+    if settings.IS_ASGI:
+        return await sync_to_async(functools.partial(_run, fn, args, kwargs), thread_sensitive=False)()
+    return await sync_to_async(functools.partial(fn, *args, **kwargs))()
