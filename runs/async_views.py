@@ -4,8 +4,10 @@ task, not a thread; the work before the hold is the DRF view's (its auth, checks
 in the thread Django gives sync code. Each view carries the DRF view it wraps as `cls`, so the
 OpenAPI schema describes it as before."""
 
+import asyncio
 import re
 
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
@@ -143,12 +145,29 @@ async def run_events(request, run_id):
     found = await in_thread(_run_for, request, run_id)
     if isinstance(found, HttpResponse):
         return found
+    events = streams.event_stream(found, _last_event_id(request))
     response = StreamingHttpResponse(
-        streams.event_stream(found, _last_event_id(request)), content_type="text/event-stream"
+        events if settings.IS_ASGI else _one_by_one(events), content_type="text/event-stream"
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # a proxy in front must pass events on as they come
     return response
+
+
+def _one_by_one(events):
+    """The stream for a WSGI server, which iterates it synchronously (Django would otherwise read an
+    async iterator to its end before sending any of it): each event as it comes, on a loop of this
+    request's own, so the request holds its worker while it streams."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(events.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(events.aclose())
+        loop.close()
 
 
 class RunEventsApi(GenericAPIView):

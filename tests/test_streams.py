@@ -15,6 +15,7 @@ from .processes import (
     RedisServer,
     manage,
     stack_env,
+    start_gunicorn,
     start_uvicorn,
     start_worker,
     wait_http,
@@ -254,3 +255,23 @@ def test_many_clients_follow_one_run(client, anthropic_emulator):
     assert all(result == results[0] for result in results)
     assert results[0][-1][1] == "done"
     assert wait_terminal(api, run_id)["output"]["text"] == "".join(f"{i} " for i in range(20))
+
+
+def test_under_a_wsgi_server_both_work_holding_a_worker_each(client, anthropic_emulator, stack, tmp_path):
+    web, url = start_gunicorn(stack["env"], tmp_path, workers=3)
+    try:
+        wait_http(url + "/healthz", [web])
+        api = client()
+        wsgi = Api(url, api.session.headers["Authorization"].removeprefix("Bearer "))
+        wsgi.agent_id = api.agent_id
+        anthropic_emulator.queue(MODEL, Reply(delay=0.5))
+        waited = start(wsgi, wait=30)
+        assert (waited.status_code, waited.json()["status"]) == (200, "completed")
+        anthropic_emulator.queue(MODEL, Reply(chunks=[f"{i} " for i in range(8)], delta_delay=0.2))
+        run_id = start(wsgi).json()["id"]
+        got = list(EventStream(wsgi, run_id))
+        deltas = [at for at, _, name, _ in got if name == "delta"]
+        assert got[-1][2] == "done" and got[-1][3]["output"]["text"] == "".join(f"{i} " for i in range(8))
+        assert got[-1][0] - deltas[0] > 0.8  # sent as they came, not all at the end
+    finally:
+        web.stop()
