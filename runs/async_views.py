@@ -89,7 +89,11 @@ def _run_json(run) -> dict:
 
 async def _held(response, seconds: int, status_when_running: int) -> HttpResponse:
     run = await in_thread(lambda: Run.objects.get(pk=response.data["id"]))
-    run = await streams.wait_terminal(run, seconds)
+    try:
+        run = await streams.wait_terminal(run, seconds)
+    finally:
+        if not settings.IS_ASGI:
+            await streams.close_hub()
     data = await in_thread(_run_json, run)
     status = 200 if run.is_terminal else status_when_running
     return JsonResponse(data, status=status, encoder=JSONEncoder)
@@ -167,6 +171,7 @@ def _one_by_one(events):
                 return
     finally:
         loop.run_until_complete(events.aclose())
+        loop.run_until_complete(streams.close_hub())
         loop.close()
 
 

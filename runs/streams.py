@@ -166,6 +166,13 @@ def hub() -> Hub:
     return found
 
 
+async def close_hub() -> None:
+    """Close this loop's hub: a WSGI request's loop ends with the request (under ASGI the hub stays)."""
+    found = _hubs.pop(asyncio.get_running_loop(), None)
+    if isinstance(found, RedisHub):
+        await found.client.aclose()
+
+
 def _reload(run_id) -> Run:
     return Run.objects.get(pk=run_id)
 
