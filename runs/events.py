@@ -21,7 +21,7 @@ from collections.abc import Callable
 from functools import cache
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
@@ -71,9 +71,17 @@ class RedisLog:
 
 class TableLog:
     def append(self, run_id, items: list[tuple[str, str]], ttl: float) -> int:
+        """Numbered after the run's last event. On PostgreSQL writers of one run take turns (a
+        transaction-scoped advisory lock on the run); SQLite runs one write at a time anyway, and
+        the unique (run, seq) constraint catches any two that read the same last id."""
         for attempt in range(5):
             try:
                 with transaction.atomic():
+                    if connection.vendor == "postgresql":
+                        with connection.cursor() as cursor:
+                            cursor.execute(
+                                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [str(run_id)]
+                            )
                     last = RunEvent.objects.filter(run_id=run_id).aggregate(last=Max("seq"))["last"] or 0
                     now = timezone.now()
                     RunEvent.objects.bulk_create(
