@@ -310,12 +310,17 @@ class Emulator:
     """The zero-latency Anthropic emulator of tests/emulators.py, in a process of its own
     (bench/emulator.py)."""
 
-    def __init__(self, log_dir, delay_secs: float = 0):
+    def __init__(self, log_dir, delay_secs: float = 0, fragments: int = 0, fragment_delay_secs: float = 0):
         self.log = open(Path(log_dir) / "emulator.log", "wb")
         self.proc = subprocess.Popen(
             [PYTHON, str(ROOT / "bench" / "emulator.py")],
             cwd=ROOT,
-            env={**os.environ, "BENCH_EMULATOR_DELAY_SECS": str(delay_secs)},
+            env={
+                **os.environ,
+                "BENCH_EMULATOR_DELAY_SECS": str(delay_secs),
+                "BENCH_EMULATOR_FRAGMENTS": str(fragments),
+                "BENCH_EMULATOR_FRAGMENT_DELAY_SECS": str(fragment_delay_secs),
+            },
             stdout=subprocess.PIPE,
             stderr=self.log,
             start_new_session=True,

@@ -8,7 +8,11 @@ keep-alive connections, a request's body read by its content-length (the SDK and
 send one), and answers anything else 404. A chunked body or an `Expect` it does not read: it answers
 501 and closes the connection, rather than answer out of step.
 With BENCH_EMULATOR_DELAY_SECS set it answers each request that much later, as a real model takes
-seconds to answer. Prints its URL on the first line of stdout, then serves until terminated.
+seconds to answer. A request with `"stream": true` is answered with the Messages API's server-sent
+events (tests/emulators.py, anthropic_stream_events), at once; with BENCH_EMULATOR_FRAGMENTS=N, as
+N text fragments BENCH_EMULATOR_FRAGMENT_DELAY_SECS apart, each fragment the time.time() at which
+it was sent (and a space), so a client can tell how long each one took to reach it.
+Prints its URL on the first line of stdout, then serves until terminated.
 
     python bench/emulator.py [PORT]
 """
@@ -25,10 +29,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.emulators import anthropic_message
+from tests.emulators import anthropic_message, anthropic_stream_events
 
 PATH = b"/v1/messages"
 DELAY_SECS = float(os.environ.get("BENCH_EMULATOR_DELAY_SECS") or 0)
+FRAGMENTS = int(os.environ.get("BENCH_EMULATOR_FRAGMENTS") or 0)
+FRAGMENT_DELAY_SECS = float(os.environ.get("BENCH_EMULATOR_FRAGMENT_DELAY_SECS") or 0)
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def chunk(name: str, data: dict) -> bytes:
+    event = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+    return f"{len(event):x}\r\n".encode() + event + b"\r\n"
+
+
+def stream(sock, message: dict) -> None:
+    """The answer as server-sent events: at once, or fragment by fragment (FRAGMENTS)."""
+    if not FRAGMENTS:
+        sock.sendall(
+            STREAM_HEAD + b"".join(chunk(*e) for e in anthropic_stream_events(message)) + b"0\r\n\r\n"
+        )
+        return
+    message["content"] = [{"type": "text", "text": ""}]
+    sock.sendall(STREAM_HEAD)
+    for name, data in anthropic_stream_events(message, chunks=[None] * FRAGMENTS):
+        if name == "content_block_delta":
+            time.sleep(FRAGMENT_DELAY_SECS)
+            data["delta"]["text"] = f"{time.time():.6f} "
+        sock.sendall(chunk(name, data))
+    sock.sendall(b"0\r\n\r\n")
 
 
 def response(status: int, body: dict) -> bytes:
@@ -50,6 +79,18 @@ def answer(request_line: bytes, body: bytes) -> bytes:
         return response(
             400, {"type": "error", "error": {"type": "invalid_request_error", "message": "unreadable body"}}
         )
+
+
+def _streamed(request_line: bytes, body: bytes) -> dict | None:
+    """The request's JSON, if it asks for a stream on the Messages route."""
+    if b'"stream"' not in body or not request_line.startswith(b"POST " + PATH):
+        return None
+    try:
+        payload = json.loads(body)
+        payload["messages"][0]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return payload if payload.get("stream") else None
 
 
 class Connection(socketserver.BaseRequestHandler):
@@ -79,7 +120,11 @@ class Connection(socketserver.BaseRequestHandler):
             body, buffer = buffer[end_of_head + 4 : end], buffer[end:]
             if DELAY_SECS:
                 time.sleep(DELAY_SECS)
-            sock.sendall(answer(head[0], body))
+            payload = _streamed(head[0], body)
+            if payload is not None:
+                stream(sock, anthropic_message(payload))
+            else:
+                sock.sendall(answer(head[0], body))
             if headers.get(b"connection") == b"close":
                 return
 

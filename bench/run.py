@@ -18,6 +18,7 @@ import common
 
 BENCHMARKS = [
     "gate", "queries", "http_admission", "worker_throughput", "ledger_scale", "gateways", "in_flight",
+    "streams",
 ]  # fmt: skip
 
 
@@ -134,6 +135,22 @@ def table_rows(results: dict) -> list[tuple]:
                 f"LiteLLM proxy {fmt(theirs['per_second'])} calls/s",
                 f"{r['ratio']:.2f}",
                 "≥ 2.5; ≥ 1000 in flight, ≤ 20 connections, ≤ 64 KiB",
+                r["target_met"],
+            )
+        )
+    r = results.get("streams")
+    if r:
+        adm, mem, lat = r["admission"], r["memory"], r["latency"]
+        rows.append(
+            (
+                "8",
+                f"POST /agents/{{id}}/run under uvicorn (2 workers), 32 clients, {r['held_streams_open']} "
+                f"event streams held; delta latency at {lat['streaming_runs']} streaming runs",
+                f"{fmt(adm['with_streams_rps'])} req/s; {mem['kb_per_stream']} KB per stream; "
+                f"delta p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms",
+                f"{fmt(adm['without_streams_rps'])} req/s without streams",
+                f"{adm['ratio']:.2f}",
+                "≥ 0.9; ≤ 50 KB per stream; p99 ≤ 50 ms",
                 r["target_met"],
             )
         )

@@ -18,7 +18,6 @@ cheap, would leave benchmark 4.
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -64,15 +63,21 @@ def main():
         from bench.benchapp.tasks import noop, run_without_provider
         from billing.selectors import plan_for
         from maschina.celery import app
-        from providers.anthropic import _completion
+        from providers import Completion
         from runs.admission import run_create
         from runs.models import Run
         from tests.emulators import anthropic_message
 
-        # The breakdown's constant answer: the emulator's, as the runner reads it.
+        # The breakdown's constant answer: the emulator's, as the runner reads it (input + cache tokens).
+        message = anthropic_message({"messages": [{"role": "user", "content": MESSAGE}]})
+        usage = message["usage"]
         answer = dataclasses.asdict(
-            _completion(
-                json.dumps(anthropic_message({"messages": [{"role": "user", "content": MESSAGE}]})).encode()
+            Completion(
+                text=message["content"][0]["text"],
+                input_tokens=usage["input_tokens"]
+                + usage["cache_creation_input_tokens"]
+                + usage["cache_read_input_tokens"],
+                output_tokens=usage["output_tokens"],
             )
         )
 

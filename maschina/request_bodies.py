@@ -11,6 +11,7 @@ reading past the limit plus one byte."""
 
 import io
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIRequest
 
@@ -22,23 +23,43 @@ def _without_length(meta) -> bool:
 
 
 class ChunkedBodyMiddleware:
+    # Both, so that under ASGI the held requests (runs.async_views) stay on the event loop: the
+    # body is in memory there already, so reading it does not block.
+    sync_capable = True
+    async_capable = True
+
     def __init__(self, get_response):
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
-        if _without_length(request.META):
-            if isinstance(request, WSGIRequest):
-                if not request.environ.get("wsgi.input_terminated"):
-                    return error_response(
-                        "length_required", "This server needs a Content-Length for request bodies.", 411
-                    )
-                stream = request.environ["wsgi.input"]
-            else:  # ASGI: Django has read the body already (capped_asgi_body bounds it)
-                stream = request._stream
-            body = stream.read(settings.MAX_REQUEST_BODY_BYTES + 1)
-            request._stream = io.BytesIO(body)
-            request.META["CONTENT_LENGTH"] = str(len(body))
-        return self.get_response(request)
+        refused = _read_chunked(request)
+        if self.is_async:
+            return self._acall(request, refused)
+        return refused or self.get_response(request)
+
+    async def _acall(self, request, refused):
+        return refused or await self.get_response(request)
+
+
+def _read_chunked(request):
+    """Give a chunked body without a length its length; the JSON 411 where it cannot be read."""
+    if not _without_length(request.META):
+        return None
+    if isinstance(request, WSGIRequest):
+        if not request.environ.get("wsgi.input_terminated"):
+            return error_response(
+                "length_required", "This server needs a Content-Length for request bodies.", 411
+            )
+        stream = request.environ["wsgi.input"]
+    else:  # ASGI: Django has read the body already (capped_asgi_body bounds it)
+        stream = request._stream
+    body = stream.read(settings.MAX_REQUEST_BODY_BYTES + 1)
+    request._stream = io.BytesIO(body)
+    request.META["CONTENT_LENGTH"] = str(len(body))
+    return None
 
 
 def capped_asgi_body(app, limit: int):

@@ -86,7 +86,7 @@ AXES_RESET_ON_SUCCESS = True
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "maschina.middleware.StaticFilesMiddleware",  # WhiteNoise's, async-capable
     "maschina.request_bodies.ChunkedBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -147,9 +147,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the worker share the file: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+# The ASGI web app (maschina.asgi) runs each request's sync code on a new thread: a connection kept
+# per thread would be left open by every request, so it takes them from a pool as the worker does.
+IS_ASGI = env_bool("MASCHINA_ASGI")
 if (
-    IS_WORKER
-    and WORKER_POOL == "threads"
+    ((IS_WORKER and WORKER_POOL == "threads") or IS_ASGI)
     and DATABASES["default"]["ENGINE"] == "maschina.db.postgresql"
     and DB_POOL_SIZE
 ):
@@ -370,3 +372,18 @@ LOGGING = {
 # so each run paid for a new PostgreSQL connection. Workers keep it, and check it around each
 # task as Django does around a request (runs.apps), so CONN_MAX_AGE and the health checks apply.
 CELERY_DB_REUSE_MAX = 1_000_000
+
+# --- Run events (CONTRACT section 9; runs.events) ----------------------------------------------
+# A run's events go to Redis Streams when the broker is Redis (or MASCHINA_EVENTS_REDIS_URL names
+# one), else to a database table that the web process polls. Deltas are coalesced to one write per
+# RUN_EVENTS_COALESCE_SECS per run, and a run keeps at most RUN_EVENTS_MAX events.
+RUN_EVENTS_REDIS_URL = os.environ.get("MASCHINA_EVENTS_REDIS_URL") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else None
+)
+RUN_EVENTS_RETENTION_SECS = env_float("MASCHINA_RUN_EVENTS_RETENTION_SECS", 3660.0)
+RUN_EVENTS_MAX = int(os.environ.get("MASCHINA_RUN_EVENTS_MAX", "2000"))
+RUN_EVENTS_COALESCE_SECS = env_float(
+    "MASCHINA_RUN_EVENTS_COALESCE_SECS", 0.05 if RUN_EVENTS_REDIS_URL else 0.25
+)
+RUN_EVENTS_KEEPALIVE_SECS = env_float("MASCHINA_RUN_EVENTS_KEEPALIVE_SECS", 10.0)
+RUN_EVENTS_POLL_SECS = env_float("MASCHINA_RUN_EVENTS_POLL_SECS", 0.2)  # the table's, per web process

@@ -7,6 +7,7 @@ from agents import views as agents
 from billing import views as billing
 from routing import views as routing
 from runs import admin_views as runs_admin
+from runs import async_views as held
 from runs import views as runs
 
 from . import scrape
@@ -23,10 +24,11 @@ api = [
     path("models", routing.ModelListApi.as_view()),
     path("agents", agents.AgentListCreateApi.as_view()),
     path("agents/<anyuuid:agent_id>", agents.AgentDetailApi.as_view()),
-    path("agents/<anyuuid:agent_id>/run", runs.RunCreateApi.as_view()),
+    path("agents/<anyuuid:agent_id>/run", held.run_create),
     path("agents/<anyuuid:agent_id>/runs", runs.AgentRunListApi.as_view()),
     path("runs", runs.RunListApi.as_view()),
-    path("runs/<anyuuid:run_id>", runs.RunDetailApi.as_view()),
+    path("runs/<anyuuid:run_id>", held.run_detail),
+    path("runs/<anyuuid:run_id>/events", held.run_events),
     path("runs/<anyuuid:run_id>/cancel", runs.RunCancelApi.as_view()),
     path("keys", accounts.KeyListCreateApi.as_view()),
     path("keys/<anyuuid:key_id>", accounts.KeyDetailApi.as_view()),

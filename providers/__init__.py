@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from . import anthropic, ollama
-from .base import Completion, CompletionRequest, ProviderError
+from .base import Call, Completion, CompletionRequest, ProviderError
 
 RUNNERS: dict[str, Callable[[CompletionRequest], Completion]] = {
     "anthropic": anthropic.complete,
@@ -15,4 +15,4 @@ def provider_model_id(provider: str, model_id: str) -> str:
     return ollama.provider_model_id(model_id) if provider == "ollama" else model_id
 
 
-__all__ = ["RUNNERS", "Completion", "CompletionRequest", "ProviderError", "provider_model_id"]
+__all__ = ["RUNNERS", "Call", "Completion", "CompletionRequest", "ProviderError", "provider_model_id"]

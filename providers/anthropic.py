@@ -3,19 +3,20 @@
 The SDK's own retries are off (max_retries=0) and every call carries its timeout, so backoff is ours
 (runs.execution) and no call outlives the run's deadline.
 
-The SDK builds and sends the request, and turns an error status into its exception, which we map to
-a CONTRACT code. A successful body we read ourselves (`with_raw_response`): we need its usage and
-its text blocks, not the typed message the SDK would build from every field, which costs a worker
-measurable CPU per run (bench/README.md). OpenTelemetry spans are off unless ANTHROPIC_OPEN_TELEMETRY
-is set: without an exporter configured they record nothing and still cost CPU."""
+The SDK builds and sends the request and turns an error status into its exception, which we map to
+a CONTRACT code. Calls stream (`create(stream=True)`): each text fragment goes to the call's
+`on_delta` as it arrives, the input usage (with cache writes and reads) comes from message_start and
+the output usage from the last message_delta, and closing the stream (a cancel) closes its
+connection. OpenTelemetry spans are off unless ANTHROPIC_OPEN_TELEMETRY is set: without an exporter
+configured they record nothing and still cost CPU."""
 
-import json
 import threading
 
 import anthropic
+import httpx2
 from django.conf import settings
 
-from .base import Completion, CompletionRequest, ProviderError, checked_tokens, retry_after_secs
+from .base import Call, Completion, CompletionRequest, ProviderError, checked_tokens, retry_after_secs
 
 _clients: dict[tuple[str, str | None, bool], anthropic.Anthropic] = {}  # by (key, base URL, telemetry)
 _lock = threading.Lock()
@@ -69,16 +70,38 @@ def _classify(exc: anthropic.APIStatusError) -> ProviderError:
     return ProviderError("provider_bad_request", message)
 
 
+_STREAM_ERRORS = {  # an error event's type (its status, 200, says nothing): code, retriable
+    "overloaded_error": ("provider_unavailable", True),
+    "api_error": ("provider_unavailable", True),
+    "rate_limit_error": ("provider_rate_limited", True),
+    "invalid_request_error": ("provider_bad_request", False),
+    "authentication_error": ("provider_auth", False),
+    "permission_error": ("provider_auth", False),
+    "not_found_error": ("model_not_found", False),
+}
+
+
+def _stream_error(data) -> ProviderError:
+    error = data.get("error") if isinstance(data, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code, retriable = _STREAM_ERRORS.get(str(error.get("type")), ("provider_unavailable", True))
+    return ProviderError(
+        code, str(error.get("message") or "The stream reported an error."), retriable=retriable
+    )
+
+
 def complete(request: CompletionRequest) -> Completion:
     if not settings.ANTHROPIC_API_KEY:
         raise ProviderError("provider_not_configured", "ANTHROPIC_API_KEY is not set.")
+    call = request.call or Call()
     try:
-        response = _client().messages.with_raw_response.create(
+        raw = _client().messages.with_raw_response.create(
             model=request.model,
             max_tokens=request.max_tokens,
             system=request.system,
             messages=[{"role": "user", "content": request.message}],
             timeout=request.timeout,
+            stream=True,
         )
     except anthropic.APITimeoutError as exc:
         raise ProviderError("timeout", "The provider did not answer in time.") from exc
@@ -86,27 +109,69 @@ def complete(request: CompletionRequest) -> Completion:
         raise ProviderError("provider_unavailable", str(exc), retriable=True) from exc
     except anthropic.APIStatusError as exc:
         raise _classify(exc) from exc
-    return _completion(response.http_response.content)
-
-
-def _completion(body: bytes) -> Completion:
-    """The text and the token counts of a Messages API answer (the input counts the cache writes and
-    reads), or ProviderError(invalid_provider_usage) when its body has no readable usage or text."""
+    response = raw.http_response
+    call.attach(response.close)
     try:
-        message = json.loads(body)
-        usage = message["usage"]
-        cache_write, cache_read = (
-            usage.get("cache_creation_input_tokens"),
-            usage.get("cache_read_input_tokens"),
-        )
-        counts = (
-            usage["input_tokens"],
-            0 if cache_write is None else cache_write,  # absent or null: none; anything else is checked
-            0 if cache_read is None else cache_read,
-            usage["output_tokens"],
-        )
-        text = "".join(block["text"] for block in message.get("content") or () if block.get("type") == "text")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return _read(anthropic.Stream.raw_events(response), call)
+    except Exception as exc:
+        if call.closed:  # closed by the waiting thread (a cancel, the deadline): whatever broke, that did
+            raise ProviderError("canceled", "The call was closed.") from exc
+        if isinstance(exc, ProviderError):
+            raise
+        if isinstance(exc, httpx2.TimeoutException):
+            raise ProviderError("timeout", "The provider did not answer in time.") from exc
+        if isinstance(exc, httpx2.HTTPError):
+            raise ProviderError("provider_unavailable", f"The stream broke: {exc}", retriable=True) from exc
+        raise
+    finally:
+        response.close()
+
+
+def _read(events, call: Call) -> Completion:
+    """Read the stream's events to its end, reporting fragments and usage to `call` as they come.
+    The events' JSON is read as it is (not into the SDK's typed models), so a count of the wrong
+    type is refused rather than coerced, and no per-event objects cost the worker CPU."""
+    parts: list[str] = []
+    stopped = False
+    try:
+        for sse in events:
+            kind = sse.event
+            if kind == "content_block_delta":
+                delta = sse.json()["delta"]
+                if delta["type"] == "text_delta":
+                    text = delta["text"]
+                    if not isinstance(text, str):
+                        raise TypeError("a text delta that is not a string")
+                    parts.append(text)
+                    call.delta(text)
+            elif kind == "message_start":
+                usage = sse.json()["message"]["usage"]
+                cache_write, cache_read = (
+                    usage.get("cache_creation_input_tokens"),
+                    usage.get("cache_read_input_tokens"),
+                )
+                raw_input, cache_write, cache_read, output = checked_tokens(
+                    usage["input_tokens"],
+                    0 if cache_write is None else cache_write,  # absent or null: none
+                    0 if cache_read is None else cache_read,
+                    usage.get("output_tokens", 0),
+                )
+                call.input_tokens, call.output_tokens = raw_input + cache_write + cache_read, output
+            elif kind == "message_delta":
+                (call.output_tokens,) = checked_tokens(sse.json()["usage"]["output_tokens"])
+            elif kind == "message_stop":
+                stopped = True
+            elif kind == "error":
+                raise _stream_error(sse.json())
+            if call.closed:
+                break
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ProviderError("invalid_provider_usage", "The provider's answer could not be read.") from exc
-    raw_input, cache_write, cache_read, output = checked_tokens(*counts)
-    return Completion(text=text, input_tokens=raw_input + cache_write + cache_read, output_tokens=output)
+    if call.closed:
+        raise ProviderError("canceled", "The call was closed.")
+    if not stopped:
+        raise ProviderError("provider_unavailable", "The stream ended before message_stop.", retriable=True)
+    reported = call.reported()
+    if reported is None:
+        raise ProviderError("invalid_provider_usage", "The provider's answer had no usage.")
+    return Completion(text="".join(parts), input_tokens=reported[0], output_tokens=reported[1])

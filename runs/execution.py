@@ -1,7 +1,13 @@
 """Executing one run: claim it, call its provider with our retries and the model's fallbacks, store
 what the provider reported, finish and settle. The provider call runs on a helper thread so this
 one can notice a cancel, a takeover or the deadline while it is in flight (CONTRACT section 7); the
-heartbeats and the checks for all the runs of a process are rounds of runs.inflight."""
+heartbeats and the checks for all the runs of a process are rounds of runs.inflight.
+
+The call streams its text to the run's events (runs.events), written by this thread. A call that
+is stopped (a cancel, the deadline) is closed, which closes its connection, and the run is billed
+for what the provider had reported by then, or for the whole answer of a call that cannot be
+closed, once it comes. A call that fails after text went out is not retried or continued on a
+fallback: the client has seen that text (CONTRACT section 9)."""
 
 import logging
 import queue
@@ -9,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -17,11 +24,11 @@ from django.utils import timezone
 
 from maschina import logs, metrics
 from maschina.db import release_connection
-from providers import RUNNERS, Completion, CompletionRequest, ProviderError, provider_model_id
+from providers import RUNNERS, Call, Completion, CompletionRequest, ProviderError, provider_model_id
 from routing.access import usable_fallback
 from routing.snapshot import get_rules
 
-from . import inflight
+from . import events, inflight
 from .models import Run, RunStatus
 from .selectors import run_key_models
 from .services import (
@@ -33,6 +40,7 @@ from .services import (
     run_finish,
     run_holder_state,
     run_record_completion,
+    run_record_usage,
     run_settle,
     run_switch_model,
     run_token_alerts_catch_up,
@@ -107,6 +115,9 @@ class Execution:
         self.deadline = run_deadline(run)
         self.completion: Completion | None = None  # the provider's answer, once there is one
         self.held = inflight.hold(run.pk, token)  # released when execute() ends
+        self.events = events.Writer(run, wake=self.held.changed.set)
+        self.call: Call | None = None  # the provider call in flight, or the last one
+        self.future: Future | None = None
 
     def seconds_left(self) -> float:
         return (self.deadline - timezone.now()).total_seconds()
@@ -131,7 +142,11 @@ class Execution:
             if future is not None and future.done():
                 return future.result()
             self.check()
+            self.events.flush_due()
             step = settings.CANCEL_POLL_SECS
+            due = self.events.due_in()
+            if due is not None:
+                step = min(step, due)
             if until is not None:
                 step = min(step, until - time.monotonic())
                 if step <= 0:
@@ -147,18 +162,46 @@ class Execution:
                 self.call_counted = False
                 run_count_call(self.run.pk, -1)
             raise _Stop("timeout")
+        self.call = Call(on_delta=self.events.delta)
         request = CompletionRequest(
             model=provider_model_id(provider, model_id),
             system=self.run.system_prompt,
             message=self.run.input["message"],
             max_tokens=self.run.max_tokens,
             timeout=remaining,
+            call=self.call,
         )
         if self.call_counted:
             self.call_counted = False
         else:
             run_count_call(self.run.pk)
-        return self.wait(future=metrics.provider_timed(provider, _start_call(RUNNERS[provider], request)))
+        self.future = _start_call(RUNNERS[provider], request)
+        completion = self.wait(future=metrics.provider_timed(provider, self.future))
+        if not self.call.streamed:  # a runner that does not stream: its text is one delta
+            self.events.delta(completion.text)
+        return completion
+
+    def streamed(self) -> bool:
+        return self.call is not None and self.call.streamed
+
+    def stop_call(self) -> tuple[int, int] | None:
+        """Close the call in flight (its connection closes at once) and return the usage the provider
+        reported, as (input, output) tokens: what the stream had reported when it closed, or a whole
+        answer that arrived meanwhile. A call that cannot be closed is waited for until its own
+        timeout (the run's deadline), so its answer, if it comes, is billed."""
+        call, future = self.call, self.future
+        if call is None or future is None:
+            return None
+        call.close()
+        try:
+            completion = future.result(timeout=max(self.seconds_left(), 0) + 2)
+        except FutureTimeout:
+            logger.warning("run %s: the provider call did not end after it was closed", self.run.pk)
+        except BaseException:  # the call's own failure: what it reported is on `call`
+            pass
+        else:
+            return completion.input_tokens, completion.output_tokens
+        return call.reported()
 
     def call_with_retries(self, provider: str, model_id: str) -> Completion:
         """Up to PROVIDER_MAX_ATTEMPTS calls with capped exponential backoff; raises the last error."""
@@ -166,7 +209,7 @@ class Execution:
             try:
                 return self.call_once(provider, model_id)
             except ProviderError as error:
-                if not error.retriable or attempt == settings.PROVIDER_MAX_ATTEMPTS - 1:
+                if not error.retriable or attempt == settings.PROVIDER_MAX_ATTEMPTS - 1 or self.streamed():
                     raise
                 backoff = settings.PROVIDER_BACKOFF_BASE_SECS * 2**attempt
                 delay = min(settings.PROVIDER_BACKOFF_CAP_SECS, max(backoff, error.retry_after or 0))
@@ -178,8 +221,8 @@ class Execution:
                 self.wait(delay=delay)
         raise AssertionError("unreachable")
 
-    def finish(self, status, error=None):
-        _persist(lambda: run_finish(self.run.pk, status, error, token=self.token))
+    def finish(self, status, error=None, usage=None):
+        _persist(lambda: run_finish(self.run.pk, status, error, token=self.token, usage=usage))
 
     def execute(self):
         rules = get_rules()
@@ -190,14 +233,20 @@ class Execution:
             try:
                 completion = self.call_with_retries(provider, model_id)
             except ProviderError as error:
+                streamed = self.streamed()
                 fallback = (
                     usable_fallback(rules, tier, entry, run_key_models(self.run))
-                    if (error.retriable and tier and entry)
+                    if (error.retriable and tier and entry and not streamed)
                     else None
                 )
                 if fallback is None:
                     status = RunStatus.TIMED_OUT if error.code == "timeout" else RunStatus.FAILED
-                    self.finish(status, {"code": error.code, "message": error.message})
+                    # A stream that broke after text went out is billed for what it had reported;
+                    # a call that failed before (or reported nonsense) bills nothing, as ever.
+                    usage = None
+                    if streamed and self.call is not None and error.code != "invalid_provider_usage":
+                        usage = self.call.reported()
+                    self.finish(status, {"code": error.code, "message": error.message}, usage=usage)
                     return
                 logger.info(
                     "run %s: %s out of retries (%s), falling back to %s",
@@ -246,14 +295,25 @@ def execute(run_id, timeout_secs=None) -> None:
     execution = Execution(*claimed)
     metrics.in_flight(+1)
     logs.bind(execution.run)
+    ended = True  # whether this execution ended the run, and so writes its last events
     try:
+        execution.events.status(execution.run)
         execution.execute()
     except _Stop as stop:
-        if stop.reason == "timeout":
-            execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run))
-        elif stop.reason == "canceled":  # the status is already final; the reservation is left to settle
-            _persist(lambda: run_settle(run_id))
-        # "lost": another claim or the sweeper owns the run now; nothing here is ours to write.
+        if stop.reason == "lost":  # another claim or the sweeper owns the run now: nothing is ours
+            ended = False
+            if execution.call is not None:
+                execution.call.close()
+        else:
+            usage = execution.stop_call()
+            if stop.reason == "timeout":
+                execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run), usage=usage)
+            else:  # canceled: the status is final and its events went out with the cancel
+                ended = False
+                execution.events.drop()
+                if usage is not None:
+                    _persist(lambda: run_record_usage(run_id, execution.token, *usage))
+                _persist(lambda: run_settle(run_id))
     except SoftTimeLimitExceeded:
         if execution.completion is not None:  # the provider answered: never throw that away
             execution.complete()
@@ -268,6 +328,21 @@ def execute(run_id, timeout_secs=None) -> None:
     finally:
         inflight.release(execution.run.pk)
         metrics.in_flight(-1)
+        if ended:
+            _end_events(execution)
+
+
+def _end_events(execution: Execution) -> None:
+    """The run's last events, from its row as this execution left it (unless canceled meanwhile,
+    whose events the cancel wrote)."""
+    run: Run | None = execution.run  # as run_complete left it, or else read again
+    if run is None or not run.is_terminal:
+        try:
+            run = Run.objects.filter(pk=execution.run.pk).first()
+        except DATABASE_DOWN:
+            return
+    if run is not None and run.is_terminal and run.status != RunStatus.CANCELED:
+        execution.events.end(run)
 
 
 def resume(run_id) -> None:
@@ -279,6 +354,7 @@ def resume(run_id) -> None:
         logger.warning("run %s does not exist; nothing to do", run_id)
     elif run.status == RunStatus.EXECUTING and run.input_tokens is not None and is_stale(run):
         run_finish(run.pk, RunStatus.COMPLETED)
+        events.publish_end(run.pk)
     elif run.is_terminal and run.settled_at is None and run.status != RunStatus.CANCELED:
         run_settle(run.pk)
     elif run.status == RunStatus.COMPLETED and run.billed_tokens:

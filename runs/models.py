@@ -131,3 +131,22 @@ class Run(models.Model):
     @property
     def is_terminal(self):
         return self.status in TERMINAL_STATUSES
+
+
+class RunEvent(models.Model):
+    """One event of a run's stream (CONTRACT section 9), where the events have no Redis to go to:
+    the embedded default. `seq` is the event's id within its run; the table's own id orders all
+    events, so a web process polls for every new event of the runs it streams in one query."""
+
+    run_id = models.UUIDField()
+    seq = models.PositiveIntegerField()
+    event = models.CharField(max_length=16)
+    data = models.TextField()  # the event's JSON, as sent
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run_id", "seq"], name="run_event_seq_unique")]
+        indexes = [models.Index(fields=["created_at"], name="run_event_created_idx")]
+
+    def __str__(self):
+        return f"{self.run_id} #{self.seq} {self.event}"

@@ -207,7 +207,12 @@ def run_complete(run: Run, token, completion: Completion) -> Counters | None:
             if ours.update(status=RunStatus.COMPLETED, finished_at=now, settled_at=now, **values):
                 counters = usage_record(_settled(run, **usage))
     if counters is not None:
-        for name, value in usage.items():
+        for name, value in {
+            **values,
+            "status": RunStatus.COMPLETED,
+            "finished_at": now,
+            "settled_at": now,
+        }.items():
             setattr(run, name, value)
         over_reservation_note(
             run_id=run.pk, billed_tokens=run.billed_tokens, reserved_tokens=run.reserved_tokens
@@ -216,16 +221,35 @@ def run_complete(run: Run, token, completion: Completion) -> Counters | None:
     return counters
 
 
-def run_finish(run_id, status: str, error: dict | None = None, token=None) -> None:
+def run_finish(run_id, status: str, error: dict | None = None, token=None, usage=None) -> None:
     """executing -> a terminal status, and settlement, in one transaction. With a token, only while
     this claim holds the run. A run that is already terminal (canceled, or finished by another
-    delivery or the sweeper) keeps its status and is only settled, if it is not already."""
+    delivery or the sweeper) keeps its status and is only settled, if it is not already.
+    `usage` (input, output tokens): what a call that did not complete had reported, billed with it."""
     executing = Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING)
     if token is not None:
         executing = executing.filter(claim=token)
+    changes = {"status": status, "error": error, "finished_at": timezone.now()}
+    if usage is not None:
+        executing = executing.filter(input_tokens__isnull=True)
+        changes.update(input_tokens=usage[0], output_tokens=usage[1])
     with transaction.atomic():
-        executing.update(status=status, error=error, finished_at=timezone.now())
+        executing.update(**changes)
         run_settle(run_id)
+
+
+def run_record_usage(run_id, token, input_tokens: int, output_tokens: int) -> bool:
+    """A run canceled while its provider call was in flight: record what the provider reported, so
+    its settlement (run_settle) bills it. Only by the claim that held it, only once, only unsettled."""
+    return bool(
+        Run.objects.filter(
+            pk=run_id,
+            claim=token,
+            status=RunStatus.CANCELED,
+            input_tokens__isnull=True,
+            settled_at__isnull=True,
+        ).update(input_tokens=input_tokens, output_tokens=output_tokens)
+    )
 
 
 def run_settle(run_id) -> bool:

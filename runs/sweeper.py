@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from billing.webhooks import undelivered_alerts_requeue
 
+from . import events
 from .dispatch import dispatch_run
 from .models import TERMINAL_STATUSES, Run, RunStatus
 from .services import run_deadline, run_finish, run_settle, stale_before, stale_heartbeat, timeout_error
@@ -44,6 +45,7 @@ def sweep(now=None) -> dict:
             run_finish(run.pk, RunStatus.COMPLETED)
         else:
             run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
+        events.publish_end(run.pk)
         counts["reaped"] += 1
 
     unsettled = Run.objects.filter(
@@ -60,9 +62,11 @@ def sweep(now=None) -> dict:
     for run in orphans:
         if run.input_tokens is not None:
             run_finish(run.pk, RunStatus.COMPLETED)
+            events.publish_end(run.pk)
             counts["reaped"] += 1
         elif run_deadline(run) + grace < now:
             run_finish(run.pk, RunStatus.TIMED_OUT, timeout_error(run))
+            events.publish_end(run.pk)
             counts["reaped"] += 1
         elif run_deadline(run) > now and (run.dispatched_at is None or run.dispatched_at < stale_before(now)):
             to_publish.append(
@@ -83,6 +87,7 @@ def sweep(now=None) -> dict:
         counts[kind] += 1
 
     counts["alerts_requeued"] = undelivered_alerts_requeue(now)
+    counts["events_purged"] = events.purge_expired(now)
 
     if any(counts.values()):
         logger.info("sweep: %s", counts)

@@ -18,7 +18,7 @@ from maschina.schema import errors
 from routing.access import denied_by_rule, required_tier
 from routing.snapshot import get_rules
 
-from . import admission, idempotency, refusals, selectors, services
+from . import admission, events, idempotency, refusals, selectors, services
 from .models import RunStatus
 from .serializers import RunCreateSerializer, RunSerializer
 
@@ -30,6 +30,10 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     str,
     OpenApiParameter.HEADER,
     description="1-255 printable ASCII characters: a retry with the same key and body gets the same run.",
+)
+# Served by runs.async_views, which holds the answer (CONTRACT section 9).
+WAIT = OpenApiParameter(
+    "wait", int, description="Hold the answer until the run is terminal or this many seconds (0-60) pass."
 )
 
 
@@ -45,7 +49,7 @@ class RunCreateApi(GenericAPIView):
     @extend_schema(
         operation_id="agents_run",
         request=RunCreateSerializer,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[IDEMPOTENCY_KEY, WAIT],
         responses={200: RunSerializer, 202: RunSerializer, **errors(403, 409, 429)},
     )
     @metrics.admission_observed
@@ -171,7 +175,7 @@ class RunListApi(GenericAPIView):
 class RunDetailApi(GenericAPIView):
     serializer_class = RunSerializer
 
-    @extend_schema(operation_id="runs_retrieve")
+    @extend_schema(operation_id="runs_retrieve", parameters=[WAIT])
     def get(self, request, run_id):
         return Response(RunSerializer(selectors.run_get(user=request.user, run_id=run_id)).data)
 
@@ -192,4 +196,5 @@ class RunCancelApi(GenericAPIView):
                 status.HTTP_409_CONFLICT,
                 status=run.status,
             )
+        events.publish_end(run.pk)  # the stream's `done` goes out now; the worker bills the call
         return Response(RunSerializer(run).data)

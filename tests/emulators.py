@@ -1,10 +1,14 @@
 """Loopback HTTP emulators of the providers: Anthropic's POST /v1/messages and Ollama's POST /api/chat.
 
 They are real HTTP servers, so the runners go through the real anthropic SDK and requests. Each
-answers from a script: queued replies per model (consumed in order), else the default reply."""
+answers from a script: queued replies per model (consumed in order), else the default reply.
+Anthropic's answers a request with `"stream": true` as the Messages API does: server-sent events
+(message_start with the input usage, a content_block_delta per fragment of text, message_delta with
+the output usage, message_stop), with a delay between fragments if asked."""
 
 import json
 import random
+import re
 import threading
 import time
 from collections import defaultdict, deque
@@ -19,6 +23,13 @@ class Reply:
     headers: dict = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering
     usage: dict | None = None  # overrides the default usage of a success body
+    # Streaming: the text's fragments (default: a word each), the delay before each one (default: the
+    # emulator's delta_delay), and a failure after this many fragments: "error" sends an SSE error
+    # event (overloaded), "drop" closes the connection.
+    chunks: list | None = None
+    delta_delay: float | None = None
+    fail_after: int | None = None
+    fail_mode: str = "error"
 
 
 class _Server(ThreadingHTTPServer):
@@ -34,6 +45,9 @@ class Emulator:
         self.fail_rate = 0.0  # share of unscripted calls answered with fail_reply
         self.fail_reply = None
         self.delay = 0.0  # delay of unscripted successful calls
+        self.delta_delay = 0.0  # delay before each streamed fragment
+        self.deltas = []  # (time.time(), fragment) of every fragment streamed
+        self.disconnects = []  # (model, fragments sent) of streams the client closed before their end
         self._rng = random.Random(31)
         self._lock = threading.Lock()
         self.in_flight = 0  # requests being answered now, and the most at once since reset()
@@ -48,7 +62,9 @@ class Emulator:
             self.calls.clear()
             self.script.clear()
             self.default_usage = {}
-            self.fail_rate, self.fail_reply, self.delay = 0.0, None, 0.0
+            self.fail_rate, self.fail_reply, self.delay, self.delta_delay = 0.0, None, 0.0, 0.0
+            self.deltas.clear()
+            self.disconnects.clear()
             self.peak_in_flight = self.in_flight
             self._rng = random.Random(31)
 
@@ -101,7 +117,10 @@ class Emulator:
                     if reply.delay:
                         time.sleep(reply.delay)
                     body = reply.body if reply.body is not None else emulator.success(payload, reply.usage)
-                    self._send(reply.status, body, reply.headers)
+                    if reply.status == 200 and payload.get("stream") and hasattr(emulator, "stream_events"):
+                        self._stream(payload, reply, body)
+                    else:
+                        self._send(reply.status, body, reply.headers)
                 finally:
                     with emulator._lock:
                         emulator.in_flight -= 1
@@ -118,6 +137,47 @@ class Emulator:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout or a cancel): what we are testing
+
+            def _stream(self, payload, reply, body):
+                """The answer as server-sent events, in chunked transfer encoding."""
+                sent = 0
+                delay = emulator.delta_delay if reply.delta_delay is None else reply.delta_delay
+                try:
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("transfer-encoding", "chunked")
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    for event, data in emulator.stream_events(body, reply.chunks):
+                        if event == "content_block_delta" and data["delta"]["type"] == "text_delta":
+                            if reply.fail_after is not None and sent >= reply.fail_after:
+                                if reply.fail_mode == "drop":
+                                    self.close_connection = True
+                                    return
+                                event = "error"
+                                data = {
+                                    "type": "error",
+                                    "error": {"type": "overloaded_error", "message": "x"},
+                                }
+                                self._chunk(f"event: {event}\ndata: {json.dumps(data)}\n\n")
+                                break
+                            if delay:
+                                time.sleep(delay)
+                            with emulator._lock:
+                                emulator.deltas.append((time.time(), data["delta"]["text"]))
+                            sent += 1
+                        self._chunk(f"event: {event}\ndata: {json.dumps(data)}\n\n")
+                    self._chunk("")
+                except (BrokenPipeError, ConnectionResetError):
+                    with emulator._lock:
+                        emulator.disconnects.append((payload.get("model"), sent))
+                    self.close_connection = True
+
+            def _chunk(self, text):
+                data = text.encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
 
         return Handler
 
@@ -144,11 +204,73 @@ def anthropic_message(payload, usage=None):
     }
 
 
+def fragments(text):
+    """A text as the fragments a model streams: a word each, with the spaces that follow it."""
+    return re.findall(r"\s*\S+\s*", text) or [text]
+
+
+def anthropic_stream_events(message, chunks=None):
+    """The server-sent events (name, data) in which the Messages API streams `message`: the input
+    usage in message_start, the output usage in message_delta."""
+    usage = message.get("usage")
+    start_usage = dict(usage, output_tokens=1) if isinstance(usage, dict) else usage
+    if isinstance(usage, dict) and "output_tokens" not in usage:
+        start_usage = {k: v for k, v in start_usage.items() if k != "output_tokens"}
+    started = {k: v for k, v in message.items() if k not in ("content", "usage")}
+    started.update(content=[], stop_reason=None, stop_sequence=None)
+    if usage is not None:
+        started["usage"] = start_usage
+    yield "message_start", {"type": "message_start", "message": started}
+    yield "ping", {"type": "ping"}
+    blocks = message.get("content")
+    for index, block in enumerate(blocks if isinstance(blocks, list) else []):
+        if block.get("type") != "text":
+            yield (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
+        else:
+            yield (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            text = block.get("text")
+            for piece in (
+                chunks if chunks is not None else fragments(text) if isinstance(text, str) else [text]
+            ):
+                yield (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                )
+        yield "content_block_stop", {"type": "content_block_stop", "index": index}
+    delta_usage = {"output_tokens": usage.get("output_tokens")} if isinstance(usage, dict) else {}
+    yield (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": message.get("stop_reason", "end_turn"), "stop_sequence": None},
+            "usage": delta_usage,
+        },
+    )
+    yield "message_stop", {"type": "message_stop"}
+
+
 class AnthropicEmulator(Emulator):
     path = "/v1/messages"
 
     def success(self, payload, usage=None):
         return anthropic_message(payload, {**self.default_usage, **(usage or {})})
+
+    def stream_events(self, body, chunks=None):
+        return anthropic_stream_events(body, chunks)
 
 
 def anthropic_error(status, error_type, message="emulated error", error_code=None):

@@ -123,14 +123,55 @@ def start_uvicorn(env, log_dir, workers=1) -> tuple[Process, str]:
         "maschina.asgi:application",
         "--http",
         "httptools",
+        "--lifespan",
+        "off",
+        "--no-access-log",
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
-        "--workers",
-        str(workers),
     ]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
     return Process("web", argv, env, log_dir), f"http://127.0.0.1:{port}"
+
+
+class EventStream:
+    """A client of GET /runs/{id}/events: its events as they arrive, each with the time it came."""
+
+    def __init__(self, api, run_id, last_event_id=None, timeout=30):
+        headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+        self.response = api.session.get(
+            f"{api.base_url}/api/v1/runs/{run_id}/events", headers=headers, stream=True, timeout=timeout
+        )
+        self.comments: list[tuple[float, str]] = []
+        self._chunks = self.response.iter_content(chunk_size=None)
+        self._buffer = b""
+
+    def __iter__(self):
+        """(time.time() of receipt, id, event, data as JSON) per event, to the end of the stream."""
+        import json
+
+        while True:
+            while b"\n\n" not in self._buffer:
+                try:
+                    self._buffer += next(self._chunks)
+                except StopIteration:
+                    return
+            block, self._buffer = self._buffer.split(b"\n\n", 1)
+            received = time.time()
+            fields = {}
+            for line in block.decode().split("\n"):
+                if line.startswith(":"):
+                    self.comments.append((received, line[1:].strip()))
+                    continue
+                name, _, value = line.partition(": ")
+                fields[name] = value
+            if "event" in fields:
+                yield received, int(fields["id"]), fields["event"], json.loads(fields["data"])
+
+    def close(self):
+        self.response.close()
 
 
 def start_worker(

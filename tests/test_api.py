@@ -289,6 +289,7 @@ def test_openapi_schema_is_valid_and_complete(catalog):
         "/api/v1/runs",
         "/api/v1/runs/{run_id}",
         "/api/v1/runs/{run_id}/cancel",
+        "/api/v1/runs/{run_id}/events",
         "/api/v1/usage",
     } <= paths
     response = Client().get("/api/schema/")

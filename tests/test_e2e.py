@@ -135,12 +135,14 @@ def test_cancel_an_executing_run(api, anthropic_emulator):
     canceled = client.post(f"/api/v1/runs/{run_id}/cancel")
     assert canceled.status_code == 200
     assert canceled.json()["status"] == "canceled"
-    time.sleep(3.5)  # the provider answers, late
+    time.sleep(3.5)  # the provider answers, late: the worker reads its message_start, then closes it
     run = client.get(f"/api/v1/runs/{run_id}").json()
     assert run["status"] == "canceled" and run["output"] is None
-    assert run["usage"]["billed_tokens"] is None
+    # Billed for what the provider reported: the input (20 + 5 + 7 cache) and message_start's 1 output.
+    usage = run["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"], usage["billed_tokens"]) == (32, 1, 33)
     usage = client.get("/api/v1/usage").json()
-    assert usage["tokens"]["reserved"] == 0 and usage["tokens"]["used"] == 0
+    assert usage["tokens"]["reserved"] == 0 and usage["tokens"]["used"] == 33
     assert client.post(f"/api/v1/runs/{run_id}/cancel").status_code == 409
 
 

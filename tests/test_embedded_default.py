@@ -6,12 +6,15 @@ import tempfile
 
 import pytest
 
+from .emulators import Reply
 from .processes import (
     Api,
+    EventStream,
     Process,
     base_env,
     free_port,
     manage,
+    start_uvicorn,
     start_worker,
     wait_http,
     wait_terminal,
@@ -84,6 +87,61 @@ def test_default_configuration_runs_a_model_end_to_end(ollama_emulator, anthropi
         refused = client.post(f"/api/v1/agents/{agent_id}/run", body)
         assert refused.status_code == 429 and refused.json()["error"]["scope"] == "concurrency"
         assert client.get("/api/v1/usage").json()["runs"]["used"] == 3
+    finally:
+        web.stop()
+        worker.stop()
+
+
+def test_default_configuration_waits_and_streams_under_uvicorn(anthropic_emulator, ollama_emulator):
+    """CONTRACT section 9 on the embedded default: the events go through the database (no Redis),
+    the web app is the ASGI application under uvicorn; a short retention shows what is left after."""
+    import time
+
+    anthropic_emulator.reset()
+    var_dir = tempfile.mkdtemp(prefix="maschina-default-")
+    env = base_env(
+        DEBUG="1",
+        SECRET_KEY="",
+        MASCHINA_VAR_DIR=var_dir,
+        OLLAMA_BASE_URL=ollama_emulator.url,
+        ANTHROPIC_API_KEY="sk-ant-default",
+        ANTHROPIC_BASE_URL=anthropic_emulator.url,
+        MASCHINA_RUN_EVENTS_RETENTION_SECS="4",
+    )
+    manage(env, "migrate", "--noinput")
+    manage(env, "set_tier", "erin", "m1")
+    key = manage(env, "create_api_key", "erin").strip().splitlines()[-1]
+    log_dir = tempfile.mkdtemp(prefix="maschina-default-logs-")
+    web, url = start_uvicorn(env, log_dir)
+    worker = start_worker(env, log_dir)
+    try:
+        wait_http(url + "/healthz", [web, worker])
+        wait_worker_ready(worker)
+        client = Api(url, key)
+        agent_id = client.post("/api/v1/agents", {"name": "chat"}).json()["id"]
+        body = {"input": {"message": "hi"}, "model": "claude-haiku-4-5"}
+
+        waited = client.session.post(f"{url}/api/v1/agents/{agent_id}/run?wait=30", json=body, timeout=60)
+        assert waited.status_code == 200, waited.text
+        assert waited.json()["status"] == "completed"
+        assert waited.json()["output"]["text"] == "echo: hi"
+
+        words = [f"t{i} " for i in range(8)]
+        anthropic_emulator.queue("claude-haiku-4-5", Reply(chunks=words, delta_delay=0.3))
+        run_id = client.post(f"/api/v1/agents/{agent_id}/run", body).json()["id"]
+        got = list(EventStream(client, run_id))
+        assert [event_id for _, event_id, _, _ in got] == list(range(1, len(got) + 1))
+        assert got[0][2] == "status" and got[-1][2] == "done"
+        deltas = [(at, data["text"]) for at, _, name, data in got if name == "delta"]
+        assert "".join(text for _, text in deltas) == "".join(words) == got[-1][3]["output"]["text"]
+        assert got[-1][0] - deltas[0][0] > 1.0  # the first fragment well before the end
+        replay = [(event_id, name, data) for _, event_id, name, data in EventStream(client, run_id)]
+        assert replay == [(event_id, name, data) for _, event_id, name, data in got]
+        assert [e[1] for e in EventStream(client, run_id, 2)] == [e[0] for e in replay[2:]]
+
+        time.sleep(4.5)  # past retention: the run's status and done, from its row
+        late = [(event_id, name, data["status"]) for _, event_id, name, data in EventStream(client, run_id)]
+        assert late == [(1, "status", "completed"), (2, "done", "completed")]
     finally:
         web.stop()
         worker.stop()

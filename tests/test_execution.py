@@ -319,21 +319,84 @@ def test_canceled_queued_run_never_starts(start_run, providers):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_cancel_while_the_provider_call_is_in_flight(start_run, providers):
-    providers[0].queue("claude-haiku-4-5", Reply(delay=1.5))
+def test_cancel_before_the_provider_answers_bills_what_its_late_answer_reported(start_run, providers):
+    """The answer starts after the cancel: the worker reads what it reports first (message_start:
+    the input, and 1 output token), closes the connection, and bills exactly that."""
+    providers[0].queue("claude-haiku-4-5", Reply(delay=1.0, chunks=["x "] * 20, delta_delay=0.1))
     run = start_run(model="claude-haiku-4-5")
     worker = start_in_flight(run, providers[0])
     canceled = run_cancel(run=Run.objects.get(pk=run.pk))
     assert canceled.status == RunStatus.CANCELED  # the answer already says so
-    started = time.monotonic()
     worker.join(10)
-    assert time.monotonic() - started < 1.0  # the worker stopped waiting, it did not sit out the call
-    time.sleep(1.7)  # the provider answers now, late
+    assert not worker.is_alive()
     run.refresh_from_db()
-    assert run.status == RunStatus.CANCELED
-    assert run.output is None
-    assert run.error["code"] == "canceled"
-    assert_settled(run, None)  # the provider had reported nothing when the run stopped
+    assert (run.status, run.output, run.error["code"]) == (RunStatus.CANCELED, None, "canceled")
+    assert (run.input_tokens, run.output_tokens) == (32, 1)
+    assert_settled(run, 33)  # haiku is 1x
+    time.sleep(0.5)  # the emulator notices the closed connection when it next writes
+    [(model, sent)] = providers[0].disconnects
+    assert model == "claude-haiku-4-5" and sent < 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_of_a_call_that_cannot_be_closed_bills_its_answer(start_run, providers):
+    """Ollama's call is not a stream: its answer after the cancel is billed exactly as reported."""
+    providers[1].queue("llama3.2", Reply(delay=1.0, usage={"prompt_eval_count": 40, "eval_count": 9}))
+    run = start_run(model="ollama/llama3.2")
+    worker = start_in_flight(run, providers[1])
+    run_cancel(run=Run.objects.get(pk=run.pk))
+    worker.join(10)
+    run.refresh_from_db()
+    assert (run.status, run.output) == (RunStatus.CANCELED, None)
+    assert (run.input_tokens, run.output_tokens) == (40, 9)
+    assert_settled(run, 0)  # at 0x, but on the record
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_mid_stream_closes_the_connection_and_bills_what_was_reported(start_run, providers):
+    providers[0].queue("claude-sonnet-4-6", Reply(chunks=["word "] * 100, delta_delay=0.05))
+    run = start_run(model="claude-sonnet-4-6")
+    worker = start_in_flight(run, providers[0])
+    deadline = time.monotonic() + 5
+    while len(providers[0].deltas) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run_cancel(run=Run.objects.get(pk=run.pk))
+    canceled_at = time.monotonic()
+    worker.join(10)
+    assert time.monotonic() - canceled_at < 1.0  # closed within a second
+    time.sleep(0.3)
+    [(model, sent)] = providers[0].disconnects
+    assert model == "claude-sonnet-4-6" and 3 <= sent < 100
+    run.refresh_from_db()
+    assert (run.status, run.output) == (RunStatus.CANCELED, None)
+    assert (run.input_tokens, run.output_tokens) == (32, 1)  # message_start's; no message_delta came
+    assert_settled(run, 99)  # (32 + 1) x 3
+
+
+@pytest.mark.django_db
+def test_a_stream_that_breaks_after_text_went_out_fails_without_retry_billed_as_reported(
+    start_run, providers
+):
+    providers[0].queue("claude-sonnet-4-6", Reply(chunks=["a ", "b ", "c "], fail_after=2, fail_mode="drop"))
+    run = start_run(model="claude-sonnet-4-6")
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert (run.status, run.error["code"]) == (RunStatus.FAILED, "provider_unavailable")
+    assert len(providers[0].calls) == 1  # neither retried nor continued on the fallback
+    assert (run.input_tokens, run.output_tokens, run.output) == (32, 1, None)
+    assert_settled(run, 99)
+
+
+@pytest.mark.django_db
+def test_a_stream_that_fails_before_its_first_delta_is_retried(start_run, providers):
+    providers[0].queue("claude-haiku-4-5", Reply(fail_after=0), Reply(fail_after=0, fail_mode="drop"))
+    run = start_run(model="claude-haiku-4-5")
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert len(providers[0].calls) == 3
+    assert run.output == {"text": "echo: hello"}
+    assert_settled(run, 62)
 
 
 @pytest.mark.django_db
@@ -365,7 +428,14 @@ def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, 
 
     assert dispatched == [never_dispatched.pk]
     assert fresh.pk not in dispatched
-    assert result == {"redispatched": 1, "taken_over": 0, "reaped": 2, "settled": 0, "alerts_requeued": 0}
+    assert result == {
+        "redispatched": 1,
+        "taken_over": 0,
+        "reaped": 2,
+        "settled": 0,
+        "alerts_requeued": 0,
+        "events_purged": 0,
+    }
     stuck.refresh_from_db()
     assert (stuck.status, stuck.error["code"]) == (RunStatus.TIMED_OUT, "timeout")
     assert_settled(stuck, None)

@@ -111,11 +111,6 @@ def test_anthropic_invalid_usage(anthropic, usage):
             "content": [{"type": "text", "text": 7}],
             "usage": {"input_tokens": 3, "output_tokens": 4},
         },
-        {
-            "type": "message",
-            "content": "not a list of blocks",
-            "usage": {"input_tokens": 3, "output_tokens": 4},
-        },
         {"type": "message", "content": [], "usage": {"input_tokens": "3", "output_tokens": 4}},
         {"type": "message", "content": [], "usage": [3, 4]},
         {

@@ -1,0 +1,210 @@
+"""A run's events (CONTRACT section 9): written by whoever changes the run (its worker, a cancel, the
+sweeper), read by the web tier (runs.streams).
+
+Each event is (id, name, JSON data), its id 1, 2, 3 ... within the run. With Redis they are a Redis
+Stream per run whose entry ids are `0-<id>` (XADD with `0-*` numbers them, atomically, whoever
+writes), kept RUN_EVENTS_RETENTION_SECS after the run ends (EXPIRE), and every append is announced
+on the run's pub/sub channel, which wakes the web processes that stream it. Without Redis they are
+rows of runs.RunEvent, which the web tier polls, and which the sweeper deletes once past retention.
+
+A run's worker coalesces its deltas into one write per RUN_EVENTS_COALESCE_SECS, written by the
+run's own thread (the provider's thread only buffers them), and stops writing deltas when the run's
+log nears RUN_EVENTS_MAX: the rest of the text then goes out as one delta at the end. An event
+that cannot be written (Redis down) is logged and dropped; it never fails the run."""
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import cache
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Max
+from django.utils import timezone
+from rest_framework.utils.encoders import JSONEncoder
+
+from .models import Run, RunEvent
+
+logger = logging.getLogger(__name__)
+
+STATUS, DELTA, DONE = "status", "delta", "done"
+
+
+def stream_key(run_id) -> str:
+    return f"maschina:run:{run_id}:events"
+
+
+def channel(run_id) -> str:
+    return f"maschina:run:{run_id}"
+
+
+def dumps(data) -> str:
+    return json.dumps(data, cls=JSONEncoder, separators=(",", ":"), ensure_ascii=False)
+
+
+def run_data(run: Run) -> dict:
+    from .serializers import RunSerializer  # the API's run object, as GET /runs/{id} shows it
+
+    return dict(RunSerializer(run).data)
+
+
+class RedisLog:
+    def __init__(self, url: str):
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+
+    def append(self, run_id, items: list[tuple[str, str]], ttl: float) -> int:
+        """Append the events (name, JSON), keep the log `ttl` seconds, announce them; the last id."""
+        key = stream_key(run_id)
+        pipe = self.client.pipeline(transaction=False)
+        for name, data in items:
+            pipe.xadd(key, {"e": name, "d": data}, id="0-*")
+        pipe.expire(key, max(int(ttl), 1))
+        pipe.publish(channel(run_id), b"")
+        ids = pipe.execute()[: len(items)]
+        return int(ids[-1].split(b"-")[1])
+
+
+class TableLog:
+    def append(self, run_id, items: list[tuple[str, str]], ttl: float) -> int:
+        """Numbered after the run's last event. On PostgreSQL writers of one run take turns (a
+        transaction-scoped advisory lock on the run); SQLite runs one write at a time anyway, and
+        the unique (run, seq) constraint catches any two that read the same last id."""
+        for attempt in range(5):
+            try:
+                with transaction.atomic():
+                    if connection.vendor == "postgresql":
+                        with connection.cursor() as cursor:
+                            cursor.execute(
+                                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [str(run_id)]
+                            )
+                    last = RunEvent.objects.filter(run_id=run_id).aggregate(last=Max("seq"))["last"] or 0
+                    now = timezone.now()
+                    RunEvent.objects.bulk_create(
+                        RunEvent(run_id=run_id, seq=last + i, event=name, data=data, created_at=now)
+                        for i, (name, data) in enumerate(items, 1)
+                    )
+                return last + len(items)
+            except IntegrityError:  # another writer took the same ids: read the last one again
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+
+@cache
+def log() -> RedisLog | TableLog:
+    url = settings.RUN_EVENTS_REDIS_URL
+    return RedisLog(url) if url else TableLog()
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from django.db import DatabaseError
+
+    from maschina.broker import RedisError
+
+    return (RedisError, DatabaseError, OSError)
+
+
+def append(run_id, items: list[tuple[str, str]], ttl: float) -> int | None:
+    """Append events to the run's log; the last id, or None when it could not be written."""
+    try:
+        return log().append(run_id, items, ttl)
+    except _errors() as exc:
+        logger.warning("run %s: %d event(s) not written (%s)", run_id, len(items), exc.__class__.__name__)
+        return None
+
+
+def _running_ttl(run: Run) -> float:
+    return run.timeout_secs + settings.TASK_HARD_MARGIN_SECS + settings.RUN_EVENTS_RETENTION_SECS
+
+
+def publish_end(run_id) -> None:
+    """The run's terminal `status` and `done`, from the row as it now stands (a cancel, the sweeper,
+    a redelivery that finished the run)."""
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None or not run.is_terminal:
+        return
+    data = dumps(run_data(run))
+    append(run.pk, [(STATUS, data), (DONE, data)], settings.RUN_EVENTS_RETENTION_SECS)
+
+
+class Writer:
+    """The events of one execution of a run. delta() may be called from any thread (the provider's);
+    the run's own thread calls flush_due() when woken, and status() and end()."""
+
+    def __init__(self, run: Run, wake: Callable[[], None]):
+        self.run, self.wake = run, wake
+        self.interval = settings.RUN_EVENTS_COALESCE_SECS
+        self.buffer: list[str] = []
+        self.last_flush = 0.0
+        self.last_id = 0
+        self._lock = threading.Lock()
+
+    def _append(self, items) -> None:
+        last = append(self.run.pk, items, _running_ttl(self.run))
+        if last is not None:
+            self.last_id = last
+
+    def status(self, run: Run) -> None:
+        self.flush()
+        self._append([(STATUS, dumps(run_data(run)))])
+
+    def delta(self, text: str) -> None:
+        with self._lock:
+            first = not self.buffer
+            self.buffer.append(text)
+        if first:
+            self.wake()  # the run's thread works out when to write it
+
+    def due_in(self) -> float | None:
+        """Seconds until the buffered deltas are due to be written; None when there are none."""
+        with self._lock:
+            if not self.buffer or self.last_id >= settings.RUN_EVENTS_MAX - 3:
+                return None  # near the bound, the rest waits for end()
+            return max(0.0, self.last_flush + self.interval - time.monotonic())
+
+    def flush_due(self) -> None:
+        due = self.due_in()
+        if due is not None and due <= 0:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            text, self.buffer = "".join(self.buffer), []
+        if text:
+            self.last_flush = time.monotonic()
+            self._append([(DELTA, dumps({"text": text}))])
+
+    def drop(self) -> None:
+        """Forget buffered deltas (the run was canceled: its stream has ended)."""
+        with self._lock:
+            self.buffer = []
+
+    def end(self, run: Run) -> None:
+        with self._lock:
+            text, self.buffer = "".join(self.buffer), []
+        data = dumps(run_data(run))
+        items = [(DELTA, dumps({"text": text}))] if text else []
+        last = append(self.run.pk, [*items, (STATUS, data), (DONE, data)], settings.RUN_EVENTS_RETENTION_SECS)
+        if last is not None:
+            self.last_id = last
+
+
+def purge_expired(now=None) -> int:
+    """Delete the table's events of runs that ended more than RUN_EVENTS_RETENTION_SECS ago (the
+    sweeper's; Redis expires its own). An event is never older than its run's end by more than the
+    longest run, so older events are past retention whatever their run."""
+    if settings.RUN_EVENTS_REDIS_URL:
+        return 0
+    now = now or timezone.now()
+    retention = dt.timedelta(seconds=settings.RUN_EVENTS_RETENTION_SECS)
+    ended = Run.objects.filter(finished_at__lt=now - retention).values("id")
+    longest = dt.timedelta(seconds=settings.RUN_TIMEOUT_CAP_SECS + settings.TASK_HARD_MARGIN_SECS)
+    old = RunEvent.objects.filter(created_at__lt=now - retention - longest)
+    deleted = old.delete()[0]
+    recent_ended = RunEvent.objects.filter(created_at__lt=now - retention, run_id__in=ended)
+    return deleted + recent_ended.delete()[0]

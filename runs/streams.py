@@ -1,0 +1,280 @@
+"""The web tier's side of a run's events (CONTRACT section 9): the event stream of GET
+/runs/{id}/events and the wait of `?wait=N`, both coroutines, so a held request costs a task and a
+few kilobytes, not a thread.
+
+One Hub per event loop (a web process under ASGI) watches the runs its clients follow: with Redis,
+one pub/sub connection subscribed to the channel of each watched run (runs.events announces every
+append there); without, one query every RUN_EVENTS_POLL_SECS for the runs that have new events. A
+woken client reads its run's new events from the log itself. A client that goes away stops
+watching at once (its task is cancelled, and the last watcher of a run unsubscribes)."""
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Max
+from django.utils import timezone
+
+from maschina.db.in_thread import in_thread
+
+from . import events
+from .models import TERMINAL_STATUSES, Run, RunEvent
+
+TERMINAL = frozenset(TERMINAL_STATUSES)
+BATCH = 500  # events read from the log at a time
+DONE_GRACE_SECS = 5.0  # how long a terminal run's `done` may lag before the stream says it itself
+TERMINAL_CHECK_SECS = 5.0  # a waiting request reads the run this often whatever it hears
+
+
+class Hub:
+    """The runs the clients of this event loop follow, and what wakes them."""
+
+    def __init__(self):
+        self.watchers: dict[str, set[asyncio.Event]] = {}
+        self.lock = asyncio.Lock()
+
+    async def watch(self, run_id) -> asyncio.Event:
+        wake = asyncio.Event()
+        async with self.lock:
+            peers = self.watchers.setdefault(str(run_id), set())
+            peers.add(wake)
+            if len(peers) == 1:
+                await self._started(str(run_id))
+        return wake
+
+    async def unwatch(self, run_id, wake: asyncio.Event) -> None:
+        async with self.lock:
+            peers = self.watchers.get(str(run_id))
+            if peers is None:
+                return
+            peers.discard(wake)
+            if not peers:
+                del self.watchers[str(run_id)]
+                await self._stopped(str(run_id))
+
+    def _wake(self, run_id: str) -> None:
+        for wake in self.watchers.get(run_id, ()):
+            wake.set()
+
+    async def _started(self, run_id: str) -> None:
+        raise NotImplementedError
+
+    async def _stopped(self, run_id: str) -> None:
+        raise NotImplementedError
+
+    async def read(self, run_id, after: int) -> list[tuple[int, str, str]]:
+        """The run's events after id `after`, in order: (id, name, JSON data)."""
+        raise NotImplementedError
+
+
+class RedisHub(Hub):
+    def __init__(self, url: str):
+        super().__init__()
+        import redis.asyncio
+
+        self.client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)
+        self.pubsub: Any = None
+        self.listener: asyncio.Task | None = None
+
+    async def _started(self, run_id: str) -> None:
+        if self.pubsub is None:
+            self.pubsub = self.client.pubsub()
+        await self.pubsub.subscribe(**{events.channel(run_id): self._on_message})
+        if self.listener is None:
+            self.listener = asyncio.create_task(self.pubsub.run(poll_timeout=5.0))
+
+    async def _on_message(self, message) -> None:
+        name = message["channel"].decode()
+        self._wake(name.removeprefix("maschina:run:"))
+
+    async def _stopped(self, run_id: str) -> None:
+        assert self.pubsub is not None
+        if self.watchers:
+            await self.pubsub.unsubscribe(events.channel(run_id))
+            return
+        # The last one: close the connection (under WSGI the loop ends with the request).
+        pubsub, listener, self.pubsub, self.listener = self.pubsub, self.listener, None, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+        await pubsub.aclose()
+
+    async def read(self, run_id, after: int) -> list[tuple[int, str, str]]:
+        entries: Any = await self.client.xrange(
+            events.stream_key(run_id), min=f"(0-{after}", max="+", count=BATCH
+        )
+        return [
+            (int(entry_id.split(b"-")[1]), fields[b"e"].decode(), fields[b"d"].decode())
+            for entry_id, fields in entries
+        ]
+
+
+class TableHub(Hub):
+    def __init__(self):
+        super().__init__()
+        self.poller: asyncio.Task | None = None
+
+    async def _started(self, run_id: str) -> None:
+        if self.poller is None or self.poller.done():
+            cursor = await in_thread(_last_event_pk)
+            self.poller = asyncio.create_task(self._poll(cursor))
+
+    async def _stopped(self, run_id: str) -> None:
+        if not self.watchers and self.poller is not None:
+            self.poller.cancel()
+            self.poller = None
+
+    async def _poll(self, cursor: int) -> None:
+        while True:
+            await asyncio.sleep(settings.RUN_EVENTS_POLL_SECS)
+            for run_id, top in await in_thread(_runs_with_events_after, cursor):
+                cursor = max(cursor, top)
+                self._wake(str(run_id))
+
+    async def read(self, run_id, after: int) -> list[tuple[int, str, str]]:
+        return await in_thread(_events_after, run_id, after)
+
+
+def _last_event_pk() -> int:
+    return RunEvent.objects.aggregate(top=Max("id"))["top"] or 0
+
+
+def _runs_with_events_after(cursor: int) -> list[tuple]:
+    rows = RunEvent.objects.filter(id__gt=cursor).values("run_id").annotate(top=Max("id"))
+    return [(row["run_id"], row["top"]) for row in rows]
+
+
+def _events_after(run_id, after: int) -> list[tuple[int, str, str]]:
+    rows = RunEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")
+    return list(rows.values_list("seq", "event", "data")[:BATCH])
+
+
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
+
+
+def hub() -> Hub:
+    loop = asyncio.get_running_loop()
+    found = _hubs.get(loop)
+    if found is None:
+        url = settings.RUN_EVENTS_REDIS_URL
+        found = _hubs[loop] = RedisHub(url) if url else TableHub()
+    return found
+
+
+async def close_hub() -> None:
+    """Close this loop's hub: a WSGI request's loop ends with the request (under ASGI the hub stays)."""
+    found = _hubs.pop(asyncio.get_running_loop(), None)
+    if isinstance(found, RedisHub):
+        await found.client.aclose()
+
+
+def _reload(run_id) -> Run:
+    return Run.objects.get(pk=run_id)
+
+
+def _expired(run: Run) -> bool:
+    """Past retention: the run's log may be gone, and is not served any more."""
+    retention = settings.RUN_EVENTS_RETENTION_SECS
+    return (
+        run.is_terminal
+        and run.finished_at is not None
+        and (timezone.now() - run.finished_at).total_seconds() > retention
+    )
+
+
+def sse(event_id: int, name: str, data: str) -> bytes:
+    return f"id: {event_id}\nevent: {name}\ndata: {data}\n\n".encode()
+
+
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
+async def _terminal(run_id, after: int) -> AsyncIterator[bytes]:
+    """A terminal run's last events as its row says them, for a log that is gone or lacks them."""
+    run = await in_thread(_reload, run_id)
+    data = await in_thread(lambda: events.dumps(events.run_data(run)))
+    if after < 1:
+        yield sse(1, events.STATUS, data)
+    yield sse(max(after, 1) + 1, events.DONE, data)
+
+
+async def event_stream(run: Run, after: int) -> AsyncIterator[bytes]:
+    """The run's events after id `after`, then as they happen, to its `done`."""
+    if _expired(run):
+        if after < 2:
+            async for chunk in _terminal(run.pk, after):
+                yield chunk
+        return
+    watching = hub()
+    if after > 0 and run.is_terminal:  # resuming after the `done` event: nothing more to say
+        seen = await watching.read(run.pk, after - 1)
+        if seen and seen[0][0] == after and seen[0][1] == events.DONE:
+            return
+    wake = await watching.watch(run.pk)
+    try:
+        keepalive = settings.RUN_EVENTS_KEEPALIVE_SECS
+        terminal_since = time.monotonic() if run.is_terminal else None
+        while True:
+            wake.clear()
+            items = await watching.read(run.pk, after)
+            for event_id, name, data in items:
+                yield sse(event_id, name, data)
+                after = event_id
+                if name == events.DONE:
+                    return
+            if len(items) == BATCH:
+                continue
+            timeout = keepalive
+            if terminal_since is not None:
+                lag = time.monotonic() - terminal_since
+                if lag >= DONE_GRACE_SECS:  # its writer could not write its end: say it from the row
+                    async for chunk in _terminal(run.pk, after):
+                        yield chunk
+                    return
+                timeout = min(timeout, DONE_GRACE_SECS - lag)
+            try:
+                await asyncio.wait_for(wake.wait(), timeout)
+            except TimeoutError:
+                if terminal_since is None:
+                    yield KEEP_ALIVE
+                    current = await in_thread(_reload, run.pk)
+                    if current.is_terminal:
+                        terminal_since = time.monotonic()
+    finally:
+        await watching.unwatch(run.pk, wake)
+
+
+async def wait_terminal(run: Run, seconds: int) -> Run:
+    """The run once it is terminal, or as it stands after `seconds`: woken by its `done` event (every
+    end of a run writes one), and reading the row every TERMINAL_CHECK_SECS in case one is lost."""
+    if seconds <= 0 or run.is_terminal:
+        return run
+    deadline = time.monotonic() + seconds
+    watching = hub()
+    wake = await watching.watch(run.pk)
+    try:
+        run = await in_thread(_reload, run.pk)  # watching now: no end can be missed after this read
+        after = 0
+        while not run.is_terminal:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(wake.wait(), min(remaining, TERMINAL_CHECK_SECS))
+            except TimeoutError:
+                run = await in_thread(_reload, run.pk)
+                continue
+            wake.clear()
+            items = await watching.read(run.pk, after)
+            if items:
+                after = items[-1][0]
+            if any(name == events.DONE for _, name, _ in items):
+                run = await in_thread(_reload, run.pk)
+        return run
+    finally:
+        await watching.unwatch(run.pk, wake)

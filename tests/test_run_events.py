@@ -1,0 +1,141 @@
+"""A run's event log (runs.events) on the real stores: Redis Streams and the PostgreSQL table. Ids
+are 1, 2, 3 ... per run whoever writes, a worker's deltas are coalesced and bounded, and the table
+forgets runs past retention."""
+
+import datetime as dt
+import json
+import uuid
+
+import pytest
+import redis
+from django.db import connection
+from django.utils import timezone
+
+from runs import events
+from runs.models import RunEvent
+
+from .concurrency import race
+from .processes import redis_url_for
+
+WRITERS, EACH = 12, 10
+
+
+def ids_of_redis(client, run_id):
+    return [int(entry_id.split(b"-")[1]) for entry_id, _ in client.xrange(events.stream_key(run_id))]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_get_contiguous_ids_in_the_table():
+    run_id = uuid.uuid4()
+    log = events.TableLog()
+
+    def write():
+        try:
+            return [log.append(run_id, [("delta", json.dumps({"text": "x"}))], 60) for _ in range(EACH)]
+        finally:
+            connection.close()
+
+    results = race(WRITERS, write)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    returned = sorted(i for r in results for i in r)
+    assert returned == list(range(1, WRITERS * EACH + 1))
+    stored = list(RunEvent.objects.filter(run_id=run_id).order_by("seq").values_list("seq", flat=True))
+    assert stored == returned
+
+
+def test_concurrent_writers_get_contiguous_ids_in_redis():
+    url = redis_url_for("e2e")
+    client = redis.Redis.from_url(url)
+    run_id = uuid.uuid4()
+    log = events.RedisLog(url)
+    results = race(
+        WRITERS, lambda: [log.append(run_id, [("delta", "{}"), ("delta", "{}")], 60) for _ in range(EACH)]
+    )
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert sorted(i for r in results for i in r) == list(range(2, 2 * WRITERS * EACH + 1, 2))
+    assert ids_of_redis(client, run_id) == list(range(1, 2 * WRITERS * EACH + 1))
+    assert 0 < client.ttl(events.stream_key(run_id)) <= 60
+    client.delete(events.stream_key(run_id))
+
+
+class _Run:
+    def __init__(self):
+        self.pk = uuid.uuid4()
+        self.timeout_secs = 60
+
+
+@pytest.mark.django_db
+def test_a_writer_coalesces_deltas_and_bounds_the_log(settings, monkeypatch):
+    settings.RUN_EVENTS_REDIS_URL = None
+    settings.RUN_EVENTS_MAX = 10
+    settings.RUN_EVENTS_COALESCE_SECS = 3600  # nothing is due again once one write went out
+    events.log.cache_clear()
+    monkeypatch.setattr(events, "run_data", lambda run: {"id": str(run.pk)})
+    run = _Run()
+    wakes = []
+    writer = events.Writer(run, wake=lambda: wakes.append(1))
+    writer.status(run)
+    for i in range(50):
+        writer.delta(f"{i} ")
+        writer.flush_due()
+    # Woken when a fragment lands in an empty buffer (the first, and the first after that was written).
+    assert len(wakes) == 2
+    writer.end(run)
+    rows = list(RunEvent.objects.filter(run_id=run.pk).order_by("seq").values_list("seq", "event", "data"))
+    names = [name for _, name, _ in rows]
+    assert names == ["status", "delta", "delta", "status", "done"]  # the first fragment, then the rest
+    assert "".join(json.loads(data)["text"] for _, name, data in rows if name == "delta") == "".join(
+        f"{i} " for i in range(50)
+    )
+    assert [seq for seq, _, _ in rows] == [1, 2, 3, 4, 5]
+
+    settings.RUN_EVENTS_COALESCE_SECS = 0  # every fragment due at once: the bound holds instead
+    bounded = _Run()
+    writer = events.Writer(bounded, wake=lambda: None)
+    writer.status(bounded)
+    for i in range(50):
+        writer.delta(f"{i} ")
+        writer.flush_due()
+    writer.end(bounded)
+    rows = list(RunEvent.objects.filter(run_id=bounded.pk).order_by("seq").values_list("event", "data"))
+    assert len(rows) <= settings.RUN_EVENTS_MAX
+    assert [name for name, _ in rows][-2:] == ["status", "done"]
+    assert "".join(json.loads(data)["text"] for name, data in rows if name == "delta") == "".join(
+        f"{i} " for i in range(50)
+    )
+    events.log.cache_clear()
+
+
+@pytest.mark.django_db
+def test_the_table_forgets_runs_past_retention(settings, start_run_row):
+    settings.RUN_EVENTS_REDIS_URL = None
+    settings.RUN_EVENTS_RETENTION_SECS = 60
+    ended, running = start_run_row(), start_run_row()
+    now = timezone.now()
+    for run in (ended, running):
+        RunEvent.objects.create(run_id=run.pk, seq=1, event="status", data="{}", created_at=now)
+    ended.status, ended.finished_at = "failed", now - dt.timedelta(seconds=30)
+    ended.save()
+    assert events.purge_expired(now) == 0
+    assert events.purge_expired(now + dt.timedelta(seconds=61)) == 1
+    assert list(RunEvent.objects.values_list("run_id", flat=True)) == [running.pk]
+
+
+@pytest.fixture
+def start_run_row(make_user, make_agent, providers):
+    from billing.selectors import plan_for
+    from runs.admission import run_create
+
+    def make():
+        user = make_user("m10")
+        return run_create(
+            user=user,
+            plan=plan_for(user),
+            agent=make_agent(user),
+            input={"message": "hello"},
+            model="claude-haiku-4-5",
+            timeout_secs=60,
+            max_tokens=100,
+        )
+
+    return make
