@@ -10,7 +10,6 @@ import re
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.generics import GenericAPIView
@@ -175,6 +174,18 @@ def _one_by_one(events):
         loop.close()
 
 
+# One server-sent event as its fields read (`data` is a line of JSON: the run, or {"text": ...}).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+        "event": {"type": "string", "enum": ["status", "delta", "done"]},
+        "data": {"type": "string"},
+    },
+    "required": ["id", "event", "data"],
+}
+
+
 class RunEventsApi(GenericAPIView):
     """Schema only: runs.async_views.run_events serves the requests."""
 
@@ -193,7 +204,7 @@ class RunEventsApi(GenericAPIView):
         ],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR,
+                SSE_EVENT,
                 description=(
                     "Server-sent events, each with an `id:`, an `event:` (`status`: the run; `delta`: "
                     '`{"text": ...}`; `done`: the terminal run, and the stream ends) and one `data:` line '
