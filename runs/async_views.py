@@ -26,7 +26,7 @@ from .serializers import RunSerializer
 from .views import RunCreateApi, RunDetailApi
 
 MAX_WAIT_SECS = 60
-_DIGITS = re.compile(r"^[0-9]{1,3}$")
+_DIGITS = re.compile(r"[0-9]{1,3}")
 
 
 class _InvalidWait(Exception):
@@ -37,7 +37,7 @@ def _wait_secs(request: HttpRequest) -> int:
     raw = request.GET.get("wait")
     if raw is None:
         return 0
-    if not _DIGITS.match(raw) or int(raw) > MAX_WAIT_SECS:
+    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_WAIT_SECS:
         raise _InvalidWait()
     return int(raw)
 
