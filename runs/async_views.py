@@ -10,7 +10,6 @@ import re
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.generics import GenericAPIView
@@ -27,7 +26,7 @@ from .serializers import RunSerializer
 from .views import RunCreateApi, RunDetailApi
 
 MAX_WAIT_SECS = 60
-_DIGITS = re.compile(r"^[0-9]{1,3}$")
+_DIGITS = re.compile(r"[0-9]{1,3}")
 
 
 class _InvalidWait(Exception):
@@ -38,7 +37,7 @@ def _wait_secs(request: HttpRequest) -> int:
     raw = request.GET.get("wait")
     if raw is None:
         return 0
-    if not _DIGITS.match(raw) or int(raw) > MAX_WAIT_SECS:
+    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_WAIT_SECS:
         raise _InvalidWait()
     return int(raw)
 
@@ -188,6 +187,18 @@ def _one_by_one(events):
         loop.close()
 
 
+# One server-sent event as its fields read (`data` is a line of JSON: the run, or {"text": ...}).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+        "event": {"type": "string", "enum": ["status", "delta", "done"]},
+        "data": {"type": "string"},
+    },
+    "required": ["id", "event", "data"],
+}
+
+
 class RunEventsApi(GenericAPIView):
     """Schema only: runs.async_views.run_events serves the requests."""
 
@@ -206,7 +217,7 @@ class RunEventsApi(GenericAPIView):
         ],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR,
+                SSE_EVENT,
                 description=(
                     "Server-sent events, each with an `id:`, an `event:` (`status`: the run; `delta`: "
                     '`{"text": ...}`; `done`: the terminal run, and the stream ends) and one `data:` line '

@@ -118,6 +118,9 @@ def test_default_configuration_waits_and_streams_under_uvicorn(anthropic_emulato
         wait_http(url + "/healthz", [web, worker])
         wait_worker_ready(worker)
         client = Api(url, key)
+        # The static files (WhiteNoise, async-capable) and Swagger UI, under ASGI too.
+        assert client.get("/static/admin/css/base.css").status_code == 200
+        assert client.get("/api/docs/").status_code == 200
         agent_id = client.post("/api/v1/agents", {"name": "chat"}).json()["id"]
         body = {"input": {"message": "hi"}, "model": "claude-haiku-4-5"}
 

@@ -184,7 +184,7 @@ def test_wait_answers_within_half_a_second_of_the_end(client, anthropic_emulator
     assert api.get(f"/api/v1/runs/{run_id}?wait=0").json()["status"] == "completed"
 
 
-@pytest.mark.parametrize("wait", ["61", "-1", "abc", "1.5", "\u0665", ""])
+@pytest.mark.parametrize("wait", ["61", "-1", "abc", "1.5", "\u0665", "", "5%0A"])
 def test_a_bad_wait_is_refused_and_changes_nothing(client, wait):
     api = client()
     before = api.get("/api/v1/runs").json()["count"]
