@@ -82,6 +82,11 @@ def test_chunked_bodies_are_read_like_any_other(catalog, server):
         assert (status, refused["error"]["code"]) == (413, "payload_too_large")
         assert Agent.objects.get(pk=agent["id"]).name == "renamed"
 
+        run_body = json.dumps({"input": {"message": "hi", "notes": "n" * 5000}}).encode()
+        status, run = chunked_request(url, "POST", f"/api/v1/agents/{agent['id']}/run", run_body, key, 100)
+        assert status == 202, run
+        assert run["input"] == {"message": "hi", "notes": "n" * 5000}
+
         # Unauthenticated: the 401 still comes first, as JSON.
         status, body = chunked_request(url, "PATCH", f"/api/v1/agents/{agent['id']}", big, "nope", 65536)
         assert (status, body["error"]["code"]) == (401, "invalid_api_key")
