@@ -7,7 +7,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "maschina.settings")
 
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "maschina.settings")
 django_application = get_asgi_application()
 
 # Imported once the settings are loaded, as they read them.

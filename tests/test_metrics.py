@@ -158,6 +158,7 @@ def test_sweeper_actions_and_webhook_deliveries_are_counted(make_user, make_agen
     assert finished == failed_runs + 1
 
     settings.ALERT_WEBHOOK_TIMEOUT_SECS = 1
+    settings.WEBHOOK_ALLOW_PRIVATE = True  # the target is on 127.0.0.1
     webhook_set(plan=user.plan, url=f"http://127.0.0.1:{free_port()}/hook")  # nobody listens there
     alert = Alert.objects.create(user=user, period=run.period, quota="runs", threshold=80, used=8, limit=10)
     failed = sample("maschina_webhook_deliveries_total", outcome="failed")
