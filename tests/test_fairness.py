@@ -107,7 +107,7 @@ def burst_then_one(cluster, make_user, make_agent, anthropic_emulator, fair_shar
     cluster["processes"] += [web, worker]
     wait_http(url + "/healthz", [web, worker])
     wait_worker_ready(worker)
-    anthropic_emulator.delay = 0.4
+    anthropic_emulator.delay = 0.5
 
     def client(user):
         agent = make_agent(user)
@@ -124,7 +124,7 @@ def burst_then_one(cluster, make_user, make_agent, anthropic_emulator, fair_shar
     ids = [*a_ids, b_id]
     wait_for(
         lambda: Run.objects.filter(pk__in=ids, status=RunStatus.COMPLETED).count() == len(ids),
-        burst * 0.4 + 60,
+        burst * 0.5 + 60,
         "every run completed",
     )
     assert LedgerEntry.objects.filter(run__in=ids).count() == len(ids)
