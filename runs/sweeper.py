@@ -8,7 +8,7 @@ active forever (CONTRACT section 7).
   backlog's runs are published again, and must not jump ahead of other users' runs.
 - executing, no heartbeat for HEARTBEAT_STALE_SECS: its worker died. If the provider's answer was
   recorded, the run is finished from it; otherwise it is dispatched again and the next claim takes
-  it over (its deadline still counts from its first start).
+  it over (its deadline still counts from its first start), at the first priority.
 - executing past its deadline plus SWEEP_REAP_GRACE_SECS: ended as timed_out (or completed, from a
   recorded answer) and settled.
 - terminal but unsettled past the grace (canceled while executing, its worker gone): settled.
