@@ -1,7 +1,6 @@
 """The key object of CONTRACT section 10 and the body of POST /keys."""
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from maschina.fields import StrictCharField, StrictIntegerField, reject_unknown_fields
@@ -25,11 +24,10 @@ class KeyCreatedSerializer(KeySerializer):
     key = serializers.CharField(help_text="The secret (msk_live_…), shown in this answer only.")
 
 
-@extend_schema_field(
-    {"type": "array", "items": {"type": "string"}, "nullable": True, "example": ["claude-haiku-4-5"]}
-)
 class ModelListField(serializers.Field):
     """null, or a non-empty list of catalog ids and patterns, kept in the order given without repeats."""
+
+    catalog_model_list = True  # its schema: routing.schema
 
     def to_internal_value(self, data):
         if data is None:

@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 QUEUE = "maschina"
+# kombu's Redis transport keeps a queue's messages in one list per priority step (runs.dispatch).
+QUEUE_LISTS = [QUEUE] + [f"{QUEUE}\x06\x16{step}" for step in (3, 6, 9)]
 MESSAGE = "Summarize: the quick brown fox."
 
 
@@ -96,7 +98,7 @@ def main():
         plan = plan_for(user)
 
         def queue_empty():
-            return client.llen(QUEUE) == 0 and client.hlen("unacked") == 0
+            return not any(client.llen(key) for key in QUEUE_LISTS) and client.hlen("unacked") == 0
 
         def publish_noops():
             for i in range(n):
@@ -121,7 +123,7 @@ def main():
             # Admitted as always (their execute_run messages wait in the paused queue), then their
             # messages are replaced by the breakdown's task.
             admit_runs()
-            client.delete(QUEUE)
+            client.delete(*QUEUE_LISTS)
             for run_id, timeout_secs in Run.objects.filter(status="queued").values_list("id", "timeout_secs"):
                 run_without_provider.apply_async(args=[str(run_id), timeout_secs, answer])
 

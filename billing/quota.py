@@ -6,6 +6,7 @@ so concurrent admissions can never take the same tokens or the same slot."""
 import contextlib
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
@@ -37,6 +38,16 @@ class QuotaExceeded(Exception):
         self.max_tokens_fit: int | None = None  # the largest max_tokens that would fit, when known
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """What an admission took: the user's minute window after it (None without a minute limit),
+    and the user's runs in flight counting this one (queued or executing), which the run's
+    dispatch reads to keep one user's burst from holding up the others (runs.dispatch)."""
+
+    window: MinuteWindow | None
+    in_flight: int
+
+
 def _checked_token_limit(tokens: int, limit: int | None) -> int | None:
     """The token limit a reservation of `tokens` is checked against, or None: no limit, or a
     0-token reservation (a 0x model), admitted even at a token limit of 0 (CONTRACT section 6)."""
@@ -54,13 +65,13 @@ def quota_reserve_inserting(
     line: UsageLine,
     key_id: uuid.UUID | None = None,
     key_limit: int | None = None,
-) -> tuple[bool, MinuteWindow | None]:
+) -> Admitted | None:
     """PostgreSQL only: the whole admission in one statement (billing.statements), one round trip
     where a transaction takes several: count one run and reserve `tokens` for the user, take a
     concurrency slot and a run of the minute bucket, count and reserve on the key, and INSERT the
     run. `insert_run` is the run's INSERT ... SELECT ... FROM reserved and its parameters.
 
-    (True, the minute window) when the run was admitted; (False, None), having written nothing, when
+    Admitted when the run was admitted; None, having written nothing, when
     any limit refused, a counter row is missing (the period's first run) or the run would reach the
     first runs alert: the caller then goes quota_reserve's way, which tells which limit refused, and
     records the alert in the run's transaction."""
@@ -89,13 +100,12 @@ def quota_reserve_inserting(
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             row = fetch_one(statements.quota_reserve_inserting(insert_sql), params)
     except IntegrityError:
-        return False, None
+        return None
     if row is None:
-        return False, None
-    _runs_used, used = row
-    return True, window_of(
-        limits.per_minute, limits.per_minute - used
-    ) if limits.per_minute is not None else None
+        return None
+    _runs_used, used, in_flight = row
+    window = window_of(limits.per_minute, limits.per_minute - used) if limits.per_minute is not None else None
+    return Admitted(window, in_flight)
 
 
 def _over(counter, tokens: int, limit: int | None) -> bool:
@@ -121,11 +131,11 @@ def quota_reserve(
     now: dt.datetime | None = None,
     key_id: uuid.UUID | None = None,
     key_limit: int | None = None,
-) -> MinuteWindow | None:
+) -> Admitted:
     """Admit one run against every limit, in CONTRACT section 11's order (concurrency, the minute,
     the user's quota, the key's), or raise RateLimited or QuotaExceeded having changed nothing:
     count it and reserve `tokens` for the user and the key, take a concurrency slot and a run of
-    the minute bucket. The minute window after it, when the user has a minute limit.
+    the minute bucket. What it took: the minute window after it, and the runs in flight.
 
     Must run inside a transaction that also records the run, so a failure after it undoes it; the
     caller does this last before committing, so the rows stay locked only for the commit. They are
@@ -177,4 +187,4 @@ def quota_reserve(
         alerts_record(
             user_id=user_id, period=period, quota="runs", used=usage.runs_used + 1, limit=limits.runs
         )
-    return window
+    return Admitted(window, throttle.active_runs + 1)  # read under the row's lock: exact

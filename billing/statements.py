@@ -55,7 +55,7 @@ SELECT %(user_id)s,
                           THEN {_BUCKET_USED} + 1 END,
        bucket_at = CASE WHEN %(per_minute)s::integer IS NULL THEN throttle.bucket_at
                         ELSE GREATEST(%(now)s::timestamptz, throttle.bucket_at) END
-RETURNING throttle.bucket_used
+RETURNING throttle.bucket_used, throttle.active_runs
 """
 
 # After ADMIT_THROTTLE (it always yields the one row, or fails): the run counted on its key's
@@ -91,11 +91,12 @@ def quota_reserve_inserting(insert_run: str) -> str:
     is written unless everything was taken. The rows are locked in the order every settlement takes
     them too (the user's counters, the throttle, the key's counters), so the two cannot deadlock.
     `insert_run` is the run table's INSERT ... SELECT ... FROM reserved, which the runs app owns. It
-    yields the runs used and what the bucket has drawn, or no row when QUOTA_RESERVE refused."""
+    yields the runs used, what the bucket has drawn and the user's runs in flight with this one, or no
+    row when QUOTA_RESERVE refused."""
     return (
         f"WITH reserved AS ({QUOTA_RESERVE}), throttled AS ({ADMIT_THROTTLE}),"
         f" key_reserved AS ({ADMIT_KEY}), inserted AS ({insert_run}), counted AS ({USAGE_DAY_COUNT})"
-        " SELECT reserved.runs_used, throttled.bucket_used FROM reserved, throttled"
+        " SELECT reserved.runs_used, throttled.bucket_used, throttled.active_runs FROM reserved, throttled"
     )
 
 

@@ -1,6 +1,7 @@
 from types import SimpleNamespace
 
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.generics import GenericAPIView
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -74,8 +75,12 @@ class UsageHistoryApi(APIView):
         operation_id="usage_history",
         responses={(200, "application/json"): UsageHistorySerializer, (200, "text/csv"): str},
         parameters=[
-            OpenApiParameter("from", str, description="YYYY-MM-DD (UTC); default: the first of this month."),
-            OpenApiParameter("to", str, description="YYYY-MM-DD (UTC), inclusive; default: today."),
+            OpenApiParameter(
+                "from", OpenApiTypes.DATE, description="YYYY-MM-DD (UTC); default: the first of this month."
+            ),
+            OpenApiParameter(
+                "to", OpenApiTypes.DATE, description="YYYY-MM-DD (UTC), inclusive; default: today."
+            ),
             OpenApiParameter("group_by", str, enum=list(GROUPS), description="Default: day."),
             OpenApiParameter("format", exclude=True),
         ],

@@ -242,6 +242,9 @@ TASK_SOFT_MARGIN_SECS = 20
 TASK_HARD_MARGIN_SECS = 40
 BROKER_VISIBILITY_TIMEOUT_SECS = RUN_TIMEOUT_CAP_SECS + TASK_HARD_MARGIN_SECS + 300
 
+# kombu's default, set explicitly because runs.dispatch.fair_priority relies on it: the Redis
+# transport keeps one list per step and the worker's BRPOP asks them in this order, so 0 is served first.
+BROKER_PRIORITY_STEPS = [0, 3, 6, 9]
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any]  # folder paths (filesystem) or numbers (Redis)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -254,6 +257,7 @@ else:
         "visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECS,
         "socket_connect_timeout": 2,
         "socket_timeout": 10,
+        "priority_steps": BROKER_PRIORITY_STEPS,
     }
 if CELERY_BROKER_URL.startswith("redis://"):
     CELERY_BROKER_TRANSPORT = "maschina.broker:Transport"  # kombu's, with one client per channel
@@ -278,6 +282,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "maschina"
+# A user's runs in flight that are queued at the first priority: another user's runs wait behind
+# at most this many of theirs (runs.dispatch.fair_priority; the Redis broker only).
+FAIR_SHARE = int(os.environ.get("MASCHINA_FAIR_SHARE") or 8)
 # After a failed publish, how often a process probes the broker before publishing again
 # (maschina.broker_circuit); meanwhile admissions leave their runs to the sweeper.
 BROKER_PROBE_SECS = env_float("MASCHINA_BROKER_PROBE_SECS", 1.0)

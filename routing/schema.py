@@ -43,6 +43,22 @@ class CatalogModelIdFieldExtension(OpenApiSerializerFieldExtension):
         return model_id_schema(active_only=self.target.catalog_model_id == "active")
 
 
+class CatalogModelListFieldExtension(OpenApiSerializerFieldExtension):
+    """Any field class with `catalog_model_list = True` (an API key's `models`): null, or a
+    non-empty list of the ids model_id_schema describes."""
+
+    target_class = "rest_framework.fields.Field"
+    match_subclasses = True
+
+    @classmethod
+    def _matches(cls, target) -> bool:
+        return getattr(target, "catalog_model_list", False)
+
+    def map_serializer_field(self, auto_schema, direction):
+        item = {k: v for k, v in model_id_schema(active_only=False).items() if k != "nullable"}
+        return {"type": "array", "items": item, "minItems": 1, "nullable": True}
+
+
 class TierCappedFieldExtension(OpenApiSerializerFieldExtension):
     """An integer field its serializer caps by the caller's tier, named in the serializer's
     `tier_caps` ({field name: TierInfo attribute}): its schema's maximum is the highest cap of any

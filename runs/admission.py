@@ -18,7 +18,7 @@ from maschina.db.rows import rows_of
 from routing.access import Allowed, Denied, decide, model_listed
 from routing.snapshot import get_rules
 
-from .dispatch import admission_dispatch, publish_admitted
+from .dispatch import admission_dispatch, fair_priority, publish_admitted
 from .input_limits import input_extras_too_long
 from .models import Run
 from .risk import MAX_MESSAGE_CHARS, risk_flags
@@ -130,10 +130,10 @@ def run_admit(
     }
     # PostgreSQL: the limits and the run's INSERT in one statement, which skips Run.save()
     # (Run has neither a save() nor signals of its own; tests/test_statements.py holds it to that).
-    admitted, window = False, None
+    admitted = None
     if connection.vendor == "postgresql":
-        admitted, window = quota_reserve_inserting(rows_of(Run).insert_sql(run, source="reserved"), **quota)
-    if admitted:
+        admitted = quota_reserve_inserting(rows_of(Run).insert_sql(run, source="reserved"), **quota)
+    if admitted is not None:
         run._state.adding, run._state.db = False, connection.alias
     else:
         # The general way, and SQLite's: the run row first and the limits last, so the user's
@@ -142,7 +142,7 @@ def run_admit(
         try:
             with transaction.atomic():
                 run.save(force_insert=True)
-                window = quota_reserve(**quota)
+                admitted = quota_reserve(**quota)
         except QuotaExceeded as exceeded:
             if exceeded.quota in ("tokens", "key_tokens") and entry.multiplier > 0:
                 room = exceeded.limit - exceeded.used - (exceeded.reserved or 0)
@@ -151,5 +151,6 @@ def run_admit(
     # Only once the run is committed (at once, outside a transaction): a worker must never look
     # for a row that is not there yet.
     if run.dispatches:  # else the broker's circuit is open: the sweeper publishes it
-        transaction.on_commit(lambda: publish_admitted(run.pk, run.timeout_secs), robust=True)
-    return run, window
+        priority = fair_priority(admitted.in_flight)
+        transaction.on_commit(lambda: publish_admitted(run.pk, run.timeout_secs, priority), robust=True)
+    return run, admitted.window

@@ -30,6 +30,23 @@ def redispatch_delay(dispatches: int) -> dt.timedelta:
     return dt.timedelta(seconds=settings.SWEEP_REDISPATCH_AFTER_SECS * 2 ** min(max(dispatches - 1, 0), 6))
 
 
+BAND_GROWTH = 8  # how many times more runs in flight each priority band holds than the one before
+
+
+def fair_priority(in_flight: int) -> int:
+    """The message priority of a run admitted with `in_flight` runs of its user in flight, itself
+    included: a user's first FAIR_SHARE runs in flight go to the step the broker serves first, and
+    a burst's further runs to later steps (8x, 64x FAIR_SHARE, then the rest), so another user's
+    few runs are served ahead of one user's backlog. Within a step the queue stays FIFO."""
+    *steps, last = settings.BROKER_PRIORITY_STEPS
+    bound = settings.FAIR_SHARE
+    for step in steps:
+        if in_flight <= bound:
+            return step
+        bound *= BAND_GROWTH
+    return last
+
+
 def admission_dispatch(now: dt.datetime) -> dict:
     """The dispatch fields of a run admitted at `now`, written by its INSERT: admission publishes it
     right after the commit, so recording the publish ahead saves an UPDATE on every run. A publish
@@ -41,10 +58,10 @@ def admission_dispatch(now: dt.datetime) -> dict:
     return {"dispatched_at": now, "dispatches": 1, "redispatch_at": now + redispatch_delay(1)}
 
 
-def publish_admitted(run_id, timeout_secs: int) -> bool:
-    """Publish a run admitted with admission_dispatch(); on failure, or with the broker's circuit
-    open, mark it never published."""
-    if not broker_circuit.is_open and _publish(run_id, timeout_secs, queued=True):
+def publish_admitted(run_id, timeout_secs: int, priority: int = 0) -> bool:
+    """Publish a run admitted with admission_dispatch() at `priority` (fair_priority); on failure,
+    or with the broker's circuit open, mark it never published."""
+    if not broker_circuit.is_open and _publish(run_id, timeout_secs, queued=True, priority=priority):
         return True
     Run.objects.filter(pk=run_id, status=RunStatus.QUEUED, dispatches=1).update(
         dispatched_at=None, dispatches=0, redispatch_at=None
@@ -52,9 +69,10 @@ def publish_admitted(run_id, timeout_secs: int) -> bool:
     return False
 
 
-def dispatch_run(run_id, timeout_secs: int, dispatches: int = 0) -> bool:
-    """Publish the run's task again (the sweeper); `dispatches` is how often it was published before."""
-    if not _publish(run_id, timeout_secs):
+def dispatch_run(run_id, timeout_secs: int, dispatches: int = 0, priority: int = 0) -> bool:
+    """Publish the run's task again at `priority` (the sweeper); `dispatches` is how often it was
+    published before."""
+    if not _publish(run_id, timeout_secs, priority=priority):
         return False
     now = timezone.now()
     Run.objects.filter(pk=run_id).update(
@@ -65,9 +83,10 @@ def dispatch_run(run_id, timeout_secs: int, dispatches: int = 0) -> bool:
     return True
 
 
-def _publish(run_id, timeout_secs: int, *, queued: bool = False) -> bool:
+def _publish(run_id, timeout_secs: int, *, queued: bool = False, priority: int = 0) -> bool:
     """Publish the run's task with time limits for `timeout_secs`. A `queued` run's message also
-    carries its timeout: the worker then claims it in one statement (runs.services.run_claim)."""
+    carries its timeout: the worker then claims it in one statement (runs.services.run_claim).
+    Redis serves the lower `priority` first; the embedded default's filesystem broker ignores it."""
     from .tasks import execute_run
 
     soft, hard = task_time_limits(timeout_secs)
@@ -80,6 +99,7 @@ def _publish(run_id, timeout_secs: int, *, queued: bool = False) -> bool:
             task_id=str(run_id),
             soft_time_limit=soft,
             time_limit=hard,
+            priority=priority,
         )
     except (KombuError, RedisError, OSError) as exc:
         logger.warning("run %s not dispatched (%s); the sweeper will retry", run_id, exc)

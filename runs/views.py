@@ -30,6 +30,8 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     str,
     OpenApiParameter.HEADER,
     description="1-255 printable ASCII characters: a retry with the same key and body gets the same run.",
+    # No space at either end: HTTP servers strip it from header values.
+    pattern=r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$",
 )
 # Served by runs.async_views, which holds the answer (CONTRACT section 9).
 WAIT = OpenApiParameter(

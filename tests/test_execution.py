@@ -403,7 +403,9 @@ def test_a_stream_that_fails_before_its_first_delta_is_retried(start_run, provid
 def test_sweeper_redispatches_queued_and_reaps_stuck_runs(start_run, providers, monkeypatch):
     dispatched = []
     monkeypatch.setattr(
-        sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append(run_id) or True
+        sweeper,
+        "dispatch_run",
+        lambda run_id, timeout, dispatches=0, priority=0: dispatched.append(run_id) or True,
     )
     never_dispatched = start_run(model="claude-haiku-4-5")  # its publish failed at admission:
     Run.objects.filter(pk=never_dispatched.pk).update(
@@ -476,7 +478,7 @@ def test_sweeper_redispatches_an_orphan_once_per_stale_window(start_run, provide
     monkeypatch.setattr(
         sweeper,
         "dispatch_run",
-        lambda run_id, timeout, dispatches=0: dispatched.append((run_id, timeout)) or True,
+        lambda run_id, timeout, dispatches=0, priority=0: dispatched.append((run_id, timeout)) or True,
     )
     run = start_run(model="claude-haiku-4-5", timeout_secs=600)
     now = timezone.now()
@@ -558,7 +560,9 @@ def test_a_queued_backlog_is_redispatched_with_backoff(start_run, providers, mon
     ]
     dispatched = []
     monkeypatch.setattr(
-        sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: dispatched.append(dispatches) or True
+        sweeper,
+        "dispatch_run",
+        lambda run_id, timeout, dispatches=0, priority=0: dispatched.append(dispatches) or True,
     )
     run = start_run(model="claude-haiku-4-5")
     now = timezone.now()
@@ -578,7 +582,9 @@ def test_a_queued_backlog_is_redispatched_with_backoff(start_run, providers, mon
 def test_a_failing_broker_stops_the_sweeps_publishing_but_not_its_reaping(start_run, providers, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        sweeper, "dispatch_run", lambda run_id, timeout, dispatches=0: calls.append(run_id) and False
+        sweeper,
+        "dispatch_run",
+        lambda run_id, timeout, dispatches=0, priority=0: calls.append(run_id) and False,
     )
     queued = [start_run(model="claude-haiku-4-5") for _ in range(3)]
     Run.objects.filter(pk__in=[r.pk for r in queued]).update(  # their publish failed at admission

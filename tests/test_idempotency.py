@@ -120,7 +120,9 @@ def test_racing_requests_with_one_key_make_one_run_one_reservation_one_task(
     from runs import admission
 
     published = []
-    monkeypatch.setattr(admission, "publish_admitted", lambda run_id, timeout: published.append(run_id))
+    monkeypatch.setattr(
+        admission, "publish_admitted", lambda run_id, timeout, priority=0: published.append(run_id)
+    )
     client = make_client("m1")
     agent = make_agent(client.user)
     assert post(client, agent, "warm-up").status_code == 202  # the period's counter rows exist

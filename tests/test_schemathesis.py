@@ -35,6 +35,8 @@ def test_generated_requests_find_no_server_error_and_no_schema_violation(catalog
             [
                 str(BIN / "python"),
                 "tests/schemathesis_cli.py",
+                "--config-file",
+                "tests/schemathesis.toml",
                 "run",
                 f"{url}/api/schema/",
                 "--url",

@@ -31,7 +31,7 @@ SELECT %(user_id)s,
           * %(per_minute)s::float8 / 60)) + 1 END,
        bucket_at = CASE WHEN %(per_minute)s::integer IS NULL THEN throttle.bucket_at
                         ELSE GREATEST(%(now)s::timestamptz, throttle.bucket_at) END
-RETURNING throttle.bucket_used
+RETURNING throttle.bucket_used, throttle.active_runs
 ), key_reserved AS (
 INSERT INTO billing_keyusage AS key_usage (key_id, period, user_id, runs, tokens_used, tokens_reserved)
 SELECT %(key_id)s::uuid, %(period)s, %(user_id)s, 1, 0,
@@ -50,4 +50,4 @@ SELECT %(user_id)s, %(day)s, %(day_model)s, %(day_agent_id)s, %(day_key_id)s, 1,
   FROM reserved
     ON CONFLICT (user_id, day, model, agent_id, key_id) DO UPDATE
    SET runs = line.runs + 1
-) SELECT reserved.runs_used, throttled.bucket_used FROM reserved, throttled
+) SELECT reserved.runs_used, throttled.bucket_used, throttled.active_runs FROM reserved, throttled
