@@ -3,7 +3,7 @@
 from django.utils import timezone
 from rest_framework import serializers
 
-from maschina.fields import StrictCharField, StrictIntegerField, reject_unknown_fields
+from maschina.fields import KnownFieldsOnly, StrictCharField, StrictIntegerField
 from routing.access import model_list_problem
 from routing.snapshot import get_rules
 
@@ -41,15 +41,11 @@ class ModelListField(serializers.Field):
         return value
 
 
-class KeyCreateSerializer(serializers.Serializer):
+class KeyCreateSerializer(KnownFieldsOnly):
     name = StrictCharField(min_length=1, max_length=100)
     models = ModelListField(required=False, allow_null=True, default=None)
     monthly_token_limit = StrictIntegerField(required=False, allow_null=True, default=None, min_value=0)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-
-    def to_internal_value(self, data):
-        reject_unknown_fields(self, data)
-        return super().to_internal_value(data)
 
     def validate_expires_at(self, value):
         if value is not None and value <= timezone.now():

@@ -22,10 +22,14 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
-def reject_unknown_fields(serializer: serializers.Serializer, data) -> None:
-    """A body field the serializer does not know is refused (400 `invalid`, the field named) rather
-    than dropped: a client that sends `temperature` must not believe it was used."""
-    if isinstance(data, dict):
-        unknown = sorted(str(name) for name in data if name not in serializer.fields)
-        if unknown:
-            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+class KnownFieldsOnly(serializers.Serializer):
+    """A request body whose fields the serializer does not know is refused (400 `invalid`, each
+    field named) rather than dropped: a client that sends `temperature` must not believe it was
+    used. Its schema says so with `additionalProperties: false` (maschina.schema)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(str(name) for name in data if name not in self.fields)
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)

@@ -6,6 +6,8 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
+from .fields import KnownFieldsOnly
+
 ErrorSerializer = inline_serializer(
     name="Error",
     fields={
@@ -46,6 +48,12 @@ class ApiAutoSchema(AutoSchema):
     path names an object, 413 and 415 when there is a request body. (@extend_schema replaces
     get_response_serializers, so they are added to the response bodies it produced.)"""
 
+    def _map_serializer(self, serializer, direction, bypass_extensions=False):
+        schema = super()._map_serializer(serializer, direction, bypass_extensions)
+        if direction == "request" and isinstance(serializer, KnownFieldsOnly):
+            schema["additionalProperties"] = False
+        return schema
+
     def _map_serializer_field(self, field, direction, bypass_extensions=False):
         schema = super()._map_serializer_field(field, direction, bypass_extensions)
         if (
@@ -55,6 +63,15 @@ class ApiAutoSchema(AutoSchema):
             and not {"pattern", "enum", "format"} & set(schema)
         ):
             schema["pattern"] = NO_NUL_PATTERN
+        one_of = schema.get("oneOf", [])
+        if (
+            len(one_of) == 2
+            and one_of[0].get("pattern") == NO_NUL_PATTERN
+            and one_of[1] == {"type": "string", "maxLength": 0}
+        ):
+            # A blank string's branch (allow_blank): the first admits "" already, and under oneOf a
+            # value both admit is refused, so "" would read as invalid.
+            schema = {**{k: v for k, v in schema.items() if k != "oneOf"}, **one_of[0]}
         return schema
 
     def _get_response_bodies(self, direction="response"):

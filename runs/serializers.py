@@ -3,7 +3,7 @@ import math
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from maschina.fields import StrictCharField, StrictIntegerField, reject_unknown_fields
+from maschina.fields import KnownFieldsOnly, StrictCharField, StrictIntegerField
 from routing.serializers import normalized_multiplier
 
 from .models import Run
@@ -83,7 +83,7 @@ class RawModelField(serializers.Field):
         return value
 
 
-class RunCreateSerializer(serializers.Serializer):
+class RunCreateSerializer(KnownFieldsOnly):
     """The run body. The context's `tier` (a TierInfo) caps timeout_secs and max_tokens."""
 
     tier_caps = {"timeout_secs": "max_timeout_secs", "max_tokens": "max_tokens"}  # for the schema
@@ -92,10 +92,6 @@ class RunCreateSerializer(serializers.Serializer):
     model = RawModelField(required=False, allow_null=True)
     timeout_secs = StrictIntegerField(required=False, min_value=1)
     max_tokens = StrictIntegerField(required=False, min_value=1)
-
-    def to_internal_value(self, data):
-        reject_unknown_fields(self, data)  # `temperature`, `messages`: refused, not silently dropped
-        return super().to_internal_value(data)
 
     def validate_timeout_secs(self, value):
         tier = self.context["tier"]

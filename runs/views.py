@@ -35,7 +35,9 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 )
 # Served by runs.async_views, which holds the answer (CONTRACT section 9).
 WAIT = OpenApiParameter(
-    "wait", int, description="Hold the answer until the run is terminal or this many seconds (0-60) pass."
+    "wait",
+    {"type": "integer", "minimum": 0, "maximum": 60},
+    description="Hold the answer until the run is terminal or this many seconds (0-60) pass.",
 )
 
 
