@@ -18,6 +18,7 @@ from runs.audit import audit
 from runs.models import TERMINAL_STATUSES, Run, RunStatus
 from runs.services import run_cancel
 
+from .emulators import Reply
 from .processes import publish_many, start_beat, start_worker, wait_for, wait_worker_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -104,11 +105,14 @@ def test_one_node_holds_500_runs_in_flight(cluster, make_user, make_agent, anthr
 
 def test_50_in_flight_runs_canceled_stop_at_once(cluster, make_user, make_agent, anthropic_emulator):
     runs = admit(make_user, make_agent, 50)
-    anthropic_emulator.delay = 20.0
+    # Each stream starts at once (message_start reports the input), then sends a fragment every 0.2 s
+    # for a minute: the cancels come mid-stream.
+    model = runs[0].model
+    anthropic_emulator.queue(model, *[Reply(chunks=["word "] * 300, delta_delay=0.2) for _ in runs])
     start_node(cluster)
     publish_many(cluster, runs)
     ids = [run.pk for run in runs]
-    wait_for(lambda: anthropic_emulator.in_flight >= 50, 30, "50 provider calls at once")
+    wait_for(lambda: anthropic_emulator.in_flight >= 50, 30, "50 provider streams at once")
     canceled_at = time.monotonic()
     for run in runs:
         assert run_cancel(run=Run.objects.get(pk=run.pk)).status == RunStatus.CANCELED
@@ -119,9 +123,13 @@ def test_50_in_flight_runs_canceled_stop_at_once(cluster, make_user, make_agent,
     assert (
         settled - canceled_at < 1 + 1.5
     )  # within a second of the last cancel, which came 1.5 s at most after
+    wait_for(lambda: len(anthropic_emulator.disconnects) == 50, 5, "the streams closed")
+    billed = set()
     for run in Run.objects.filter(pk__in=ids):
-        assert (run.status, run.billed_tokens) == (RunStatus.CANCELED, None)  # the provider reported nothing
-    assert not LedgerEntry.objects.filter(run__in=ids).exists()
+        assert run.status == RunStatus.CANCELED
+        assert run.billed_tokens is not None  # what the stream had reported when it closed
+        billed.add(run.billed_tokens)
+    assert LedgerEntry.objects.filter(run__in=ids).count() == 50
     assert UsagePeriod.objects.get(user=runs[0].user).tokens_reserved == 0
     assert audit()[1] == []
 
