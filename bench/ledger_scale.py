@@ -57,11 +57,11 @@ FILL_SQL = [
 INSERT INTO agents_run (id, user_id, agent_id, tier, status, requested_model, model, catalog_model,
     provider, multiplier, system_prompt, input, output, timeout_secs, max_tokens, period, reserved_tokens,
     input_tokens, output_tokens, billed_tokens, error, provider_calls, claim, claims, heartbeat_at,
-    created_at, dispatched_at, dispatches, started_at, finished_at, settled_at)
+    created_at, dispatched_at, dispatches, started_at, finished_at, settled_at, request_digest)
 SELECT gen_random_uuid(), %(user)s, %(agent)s, 'm1', 'completed', NULL, 'claude-haiku-4-5',
     'claude-haiku-4-5', 'anthropic', 1, 'bench', '{"message": "bench"}', '{"text": "ok"}', 300, 100,
     date_trunc('month', at AT TIME ZONE 'UTC')::date, 100, 40, 22, 62, NULL, 1, NULL, 1, NULL,
-    at, now(), 1, now(), now(), now()
+    at, now(), 1, now(), now(), now(), ''
 FROM (SELECT now() - interval '1 hour' - g * interval '365 days' / %(n)s AS at
         FROM generate_series(1, %(n)s) AS g) AS spread
 """,
