@@ -483,3 +483,16 @@ def wrk(
 def log_dir(name) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"maschina-bench-{name}-"))
     return path
+
+
+def rss_kib(pids) -> int:
+    """The resident memory of these processes, in KiB (gone ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total

@@ -25,18 +25,6 @@ from gateways import PEER_BODY, PEER_KEY, RUN_BODY, LiteLLM
 WORKER_APP = "maschina-bench-node"  # the worker's application_name in pg_stat_activity
 
 
-def rss_kib(pids) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
 class Sampler:
     """Every 0.2 s: runs executing, the worker's connections, the worker's RSS; the peaks."""
 
@@ -62,7 +50,7 @@ class Sampler:
                 figures = {
                     "executing": executing,
                     "connections": conns,
-                    "rss_kib": rss_kib(self.worker_pids()),
+                    "rss_kib": common.rss_kib(self.worker_pids()),
                 }
                 for name, value in figures.items():
                     self.peak[name] = max(self.peak[name], value)
@@ -101,7 +89,7 @@ def main():
         common.wait_worker_ready(worker)
         time.sleep(1)
         worker_pids = lambda: common.descendants(worker.proc.pid)  # noqa: E731
-        idle_rss = rss_kib(worker_pids())
+        idle_rss = common.rss_kib(worker_pids())
 
         # Ours: admit for `admit_secs`, then wait for the last settlement.
         meter = common.CpuMeter(

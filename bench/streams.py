@@ -35,18 +35,6 @@ BODY = json.dumps(
 FRAGMENTS, FRAGMENT_DELAY = 20, 0.1
 
 
-def rss_kib(pids) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
 class Streams:
     """Event-stream clients on an asyncio loop of their own thread: raw HTTP/1.1, chunked decoding."""
 
@@ -171,12 +159,12 @@ def main():
         ]  # fmt: skip
         web_pids = common.descendants(web.proc.pid)
         time.sleep(1)
-        rss_before = rss_kib(web_pids)
+        rss_before = common.rss_kib(web_pids)
         streams = Streams(url, key)
         streams.open(queued)
         opened = streams.wait_opened(held)
         time.sleep(2)
-        rss_after = rss_kib(web_pids)
+        rss_after = common.rss_kib(web_pids)
         per_stream_kb = round((rss_after - rss_before) * 1.024 / max(opened, 1), 1)
         print(f"  {opened} streams open ({len(streams.errors)} errors), {per_stream_kb} KB each")
         during = admission(url, agent, key, secs)
