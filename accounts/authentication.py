@@ -4,6 +4,7 @@ import re
 from django.utils import timezone
 from rest_framework import authentication, exceptions, status
 
+from maschina import logs
 from maschina.errors import ApiError
 from routing import snapshot
 
@@ -33,6 +34,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if key.expires_at is not None and key.expires_at <= timezone.now():
             raise ApiError("api_key_expired", "The API key has expired.", status.HTTP_401_UNAUTHORIZED)
         snapshot.observe_revision(rules_revision)
+        logs.bind_user(key.user_id)
         return key.user, key
 
     def authenticate_header(self, request):

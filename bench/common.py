@@ -243,7 +243,9 @@ class Profiler:
     """With BENCH_PROFILE=<folder>: py-spy records each of the given processes while a benchmark
     loads them, as flame-graph input (<folder>/<name>-<pid>.txt, collapsed stacks). Off by default.
     Pass the children too (descendants()): py-spy's --subprocesses recorded none of a running
-    prefork pool's children."""
+    prefork pool's children. It samples without pausing the process (a pause of a worker with a
+    thousand threads slowed it several-fold); BENCH_PROFILE_GIL=1 samples only the thread holding
+    the GIL, which is where the process's Python CPU goes."""
 
     def __init__(self, name, pids, idle=False):
         self.procs = []
@@ -264,7 +266,10 @@ class Profiler:
                 f"{folder}/{name}-{pid}.txt",
                 "-p",
                 str(pid),
+                "--nonblocking",
             ]
+            if os.environ.get("BENCH_PROFILE_GIL"):
+                argv.append("--gil")
             if idle or os.environ.get("BENCH_PROFILE_IDLE"):
                 argv.append("--idle")
             self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -355,11 +360,13 @@ def stack_env(*, broker_url, anthropic_url, **overrides) -> dict:
     return env
 
 
-def start_web(env, log_dir, workers=2):
-    """gunicorn as the tests start it, once it answers."""
-    from tests.processes import start_gunicorn, wait_http
+def start_web(env, log_dir, workers=2, server="gunicorn"):
+    """gunicorn (sync workers) or uvicorn (the ASGI app, as scripts/serve runs it) as the tests start
+    them, once it answers."""
+    from tests.processes import start_gunicorn, start_uvicorn, wait_http
 
-    web, url = start_gunicorn(env, log_dir, workers=workers)
+    start = start_uvicorn if server == "uvicorn" else start_gunicorn
+    web, url = start(env, log_dir, workers=workers)
     wait_http(url + "/healthz", [web], timeout=60)
     return web, url
 

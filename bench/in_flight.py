@@ -8,8 +8,9 @@ Sampled meanwhile: runs executing at once, the worker's PostgreSQL connections, 
 RSS, whose growth over its idle size divided by the runs in flight is the memory per run.
 Peer: the LiteLLM proxy of benchmark 6, the same emulator and delay, wrk at 400 clients; each 200 is a
 call that went through the provider, so its calls/s is completions per second.
+`--web uvicorn` serves the admissions from uvicorn (2 workers, maschina.asgi) instead of gunicorn.
 
-    python bench/in_flight.py [--quick]
+    python bench/in_flight.py [--quick] [--web gunicorn|uvicorn]
 """
 
 import argparse
@@ -67,6 +68,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--delay", type=float, default=2.0)
     parser.add_argument("--clients", type=int, default=400)
+    parser.add_argument("--web", choices=("gunicorn", "uvicorn"), default="gunicorn")
     args = parser.parse_args()
     admit_secs, peer_secs = (3, 6) if args.quick else (15, 20)
 
@@ -84,11 +86,14 @@ def main():
         from runs.models import Run
 
         env = common.stack_env(broker_url=redis.url(0), anthropic_url=emulator.url)
-        web, url = common.start_web(env, logs, workers=2)
+        web, url = common.start_web(env, logs, workers=2, server=args.web)
         worker = common.start_worker({**env, "PGAPPNAME": WORKER_APP}, logs, concurrency=None)
         common.wait_worker_ready(worker)
         time.sleep(1)
-        worker_pids = lambda: common.descendants(worker.proc.pid)  # noqa: E731
+        # A threads worker forks nothing: its pids are read once, as walking its thousand threads'
+        # entries under /proc at every sample cost the benchmark process a share of a core.
+        pids = common.descendants(worker.proc.pid)
+        worker_pids = lambda: pids  # noqa: E731
         idle_rss = common.rss_kib(worker_pids())
 
         # Ours: admit for `admit_secs`, then wait for the last settlement.

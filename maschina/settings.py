@@ -86,6 +86,7 @@ AXES_RESET_ON_SUCCESS = True
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "maschina.logs.request_context",
     "maschina.middleware.StaticFilesMiddleware",  # WhiteNoise's, async-capable
     "maschina.request_bodies.ChunkedBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -12,7 +12,7 @@ from agents.selectors import agent_get
 from billing.quota import QuotaExceeded
 from billing.selectors import plan_for
 from billing.throttle import RateLimited
-from maschina import metrics
+from maschina import logs, metrics
 from maschina.errors import ApiError
 from maschina.schema import errors
 from routing.access import denied_by_rule, required_tier
@@ -107,6 +107,7 @@ class RunCreateApi(GenericAPIView):
             raise refusals.rate_limited(limited)
         except QuotaExceeded as exceeded:
             raise refusals.quota_exceeded(exceeded)
+        logs.bind_run_id(run.pk)
         return Response(
             RunSerializer(run).data, status=status.HTTP_202_ACCEPTED, headers=refusals.rate_headers(window)
         )
@@ -181,6 +182,7 @@ class RunDetailApi(GenericAPIView):
 
     @extend_schema(operation_id="runs_retrieve", parameters=[WAIT])
     def get(self, request, run_id):
+        logs.bind_run_id(run_id)
         return Response(RunSerializer(selectors.run_get(user=request.user, run_id=run_id)).data)
 
 
@@ -189,6 +191,7 @@ class RunCancelApi(GenericAPIView):
 
     @extend_schema(operation_id="runs_cancel", request=None, responses={200: RunSerializer, **errors(409)})
     def post(self, request, run_id):
+        logs.bind_run_id(run_id)
         run = selectors.run_get(user=request.user, run_id=run_id)
         try:
             run = services.run_cancel(run=run)
