@@ -10,6 +10,7 @@ the output usage from the last message_delta, and closing the stream (a cancel) 
 connection. OpenTelemetry spans are off unless ANTHROPIC_OPEN_TELEMETRY is set: without an exporter
 configured they record nothing and still cost CPU."""
 
+import socket
 import threading
 
 import anthropic
@@ -110,7 +111,7 @@ def complete(request: CompletionRequest) -> Completion:
     except anthropic.APIStatusError as exc:
         raise _classify(exc) from exc
     response = raw.http_response
-    call.attach(response.close)
+    call.attach(_closer(response))
     try:
         return _read(anthropic.Stream.raw_events(response), call)
     except Exception as exc:
@@ -125,6 +126,24 @@ def complete(request: CompletionRequest) -> Completion:
         raise
     finally:
         response.close()
+
+
+def _closer(response):
+    """Close the call from another thread: shut its socket down first, which wakes a read blocked on
+    a silent stream at once (closing the response alone leaves that read waiting for the next bytes),
+    then close the response. The socket is shut down beneath TLS, as the reading thread owns that."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+
+    def close():
+        if isinstance(sock, socket.socket):
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:  # already closed by its reader
+                pass
+        response.close()
+
+    return close
 
 
 def _read(events, call: Call) -> Completion:

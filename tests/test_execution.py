@@ -373,6 +373,24 @@ def test_cancel_mid_stream_closes_the_connection_and_bills_what_was_reported(sta
     assert_settled(run, 99)  # (32 + 1) x 3
 
 
+@pytest.mark.django_db(transaction=True)
+def test_cancel_of_a_silent_stream_settles_at_once_billed_what_it_reported(start_run, providers):
+    """The stream has sent message_start and then nothing: closing the call shuts its socket down,
+    so the worker's blocked read ends at once rather than when the next fragment comes."""
+    providers[0].queue("claude-haiku-4-5", Reply(chunks=["late "] * 2, delta_delay=8))
+    run = start_run(model="claude-haiku-4-5")
+    worker = start_in_flight(run, providers[0])
+    time.sleep(0.5)  # message_start has arrived; the first fragment is 8 s away
+    run_cancel(run=Run.objects.get(pk=run.pk))
+    canceled_at = time.monotonic()
+    worker.join(10)
+    assert time.monotonic() - canceled_at < 1.5  # the cancel poll, the shutdown, the settlement
+    run.refresh_from_db()
+    assert (run.status, run.output) == (RunStatus.CANCELED, None)
+    assert (run.input_tokens, run.output_tokens) == (32, 1)  # message_start's
+    assert_settled(run, 33)
+
+
 @pytest.mark.django_db
 def test_a_stream_that_breaks_after_text_went_out_fails_without_retry_billed_as_reported(
     start_run, providers
