@@ -35,19 +35,16 @@ def unbind() -> None:
 def request_context(get_response):
     """A request's records start about no one: a web worker's thread serves one request after
     another, and what the last one bound must not leak into the next one's lines."""
-    if iscoroutinefunction(get_response):
 
-        async def middleware(request):
-            unbind()
-            return await get_response(request)
+    async def async_middleware(request):
+        unbind()
+        return await get_response(request)
 
-    else:
+    def sync_middleware(request):
+        unbind()
+        return get_response(request)
 
-        def middleware(request):
-            unbind()
-            return get_response(request)
-
-    return middleware
+    return async_middleware if iscoroutinefunction(get_response) else sync_middleware
 
 
 class RunContext(logging.Filter):

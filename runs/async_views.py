@@ -1,12 +1,15 @@
 """The views that hold a request (CONTRACT section 9): `?wait=N` on POST /agents/{id}/run and GET
 /runs/{id}, and GET /runs/{id}/events. Plain Django async views, so under ASGI a held request is a
 task, not a thread; the work before the hold is the DRF view's (its auth, checks and errors), run
-in the thread Django gives sync code. Each view carries the DRF view it wraps as `cls`, so the
-OpenAPI schema describes it as before."""
+in the thread Django gives sync code. Under WSGI the two `wait` views are sync views that enter
+an event loop only to hold a request (Django runs an async view under WSGI on an event loop of its
+own, started per request, which cost the admission path more than its statement). Each view
+carries the DRF view it wraps as `cls`, so the OpenAPI schema describes it as before."""
 
 import asyncio
 import re
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -111,30 +114,58 @@ async def _held(response, seconds: int, status_when_running: int) -> HttpRespons
     return held
 
 
+def _create_holds(response, seconds: int) -> bool:
+    return seconds > 0 and response.status_code == 202
+
+
+def _detail_holds(response, seconds: int) -> bool:
+    return seconds > 0 and response.status_code == 200 and response.data["status"] not in streams.TERMINAL
+
+
 @csrf_exempt
-async def run_create(request, agent_id):
+async def _run_create_async(request, agent_id):
     """POST /agents/{id}/run[?wait=N]: the gate (runs.views.RunCreateApi), then the hold."""
     try:
         seconds = _wait_secs(request)
     except _InvalidWait:
         return await in_thread(_invalid_wait, request)
     response = await in_thread(_drf, _create, request, agent_id=agent_id)
-    if seconds == 0 or response.status_code != 202:
-        return response
-    return await _held(response, seconds, 202)
+    return await _held(response, seconds, 202) if _create_holds(response, seconds) else response
 
 
 @csrf_exempt
-async def run_detail(request, run_id):
+async def _run_detail_async(request, run_id):
     """GET /runs/{id}[?wait=N]."""
     try:
         seconds = _wait_secs(request)
     except _InvalidWait:
         return await in_thread(_invalid_wait, request)
     response = await in_thread(_drf, _detail, request, run_id=run_id)
-    if seconds == 0 or response.status_code != 200 or response.data["status"] in streams.TERMINAL:
-        return response
-    return await _held(response, seconds, 200)
+    return await _held(response, seconds, 200) if _detail_holds(response, seconds) else response
+
+
+@csrf_exempt
+def _run_create_sync(request, agent_id):
+    try:
+        seconds = _wait_secs(request)
+    except _InvalidWait:
+        return _invalid_wait(request)
+    response = _drf(_create, request, agent_id=agent_id)
+    return async_to_sync(_held)(response, seconds, 202) if _create_holds(response, seconds) else response
+
+
+@csrf_exempt
+def _run_detail_sync(request, run_id):
+    try:
+        seconds = _wait_secs(request)
+    except _InvalidWait:
+        return _invalid_wait(request)
+    response = _drf(_detail, request, run_id=run_id)
+    return async_to_sync(_held)(response, seconds, 200) if _detail_holds(response, seconds) else response
+
+
+run_create = _run_create_async if settings.IS_ASGI else _run_create_sync
+run_detail = _run_detail_async if settings.IS_ASGI else _run_detail_sync
 
 
 def _last_event_id(request: HttpRequest) -> int:
@@ -231,9 +262,11 @@ class RunEventsApi(GenericAPIView):
         raise AssertionError("served by runs.async_views.run_events")
 
 
-run_create.cls = RunCreateApi  # type: ignore[attr-defined]
-run_create.initkwargs = {}  # type: ignore[attr-defined]
-run_detail.cls = RunDetailApi  # type: ignore[attr-defined]
-run_detail.initkwargs = {}  # type: ignore[attr-defined]
-run_events.cls = RunEventsApi  # type: ignore[attr-defined]
-run_events.initkwargs = {}  # type: ignore[attr-defined]
+for _view, _api in (
+    (_run_create_async, RunCreateApi),
+    (_run_create_sync, RunCreateApi),
+    (_run_detail_async, RunDetailApi),
+    (_run_detail_sync, RunDetailApi),
+    (run_events, RunEventsApi),
+):
+    vars(_view).update(cls=_api, initkwargs={})

@@ -115,3 +115,34 @@ def test_models_inserted_by_hand_have_no_save_or_signals(model):
     assert model.save is models.Model.save, f"{model.__name__}.save() would be skipped by its INSERT"
     for signal in (signals.pre_save, signals.post_save, signals.pre_init, signals.post_init):
         assert not signal.has_listeners(model), f"{model.__name__} has {signal} receivers its INSERT skips"
+
+
+@pytest.mark.django_db
+def test_psycopg_converts_the_admission_and_settlement_statements_once(
+    make_user, make_agent, providers, monkeypatch
+):
+    """psycopg keeps a statement's conversion only under its size limits, which maschina.db raises:
+    otherwise the admission's one statement is converted again on every request."""
+    from psycopg import _queries
+
+    from billing.selectors import plan_for
+    from runs.admission import run_create
+    from runs.tasks import execute_run
+
+    converted_again = []
+    convert = _queries._query2pg_nocache
+    monkeypatch.setattr(
+        _queries,
+        "_query2pg_nocache",
+        lambda query, encoding: converted_again.append(query) or convert(query, encoding),
+    )
+    user = make_user("m10")
+    agent = make_agent(user)
+    for _ in range(3):
+        run = run_create(
+            user=user, plan=plan_for(user), agent=agent, input={"message": "hi"}, model="claude-haiku-4-5",
+            timeout_secs=60, max_tokens=16,
+        )  # fmt: skip
+        execute_run(str(run.pk))
+    assert Run.objects.filter(status="completed", settled_at__isnull=False).count() == 3
+    assert [len(query) for query in converted_again] == []
