@@ -10,6 +10,7 @@ the output usage from the last message_delta, and closing the stream (a cancel) 
 connection. OpenTelemetry spans are off unless ANTHROPIC_OPEN_TELEMETRY is set: without an exporter
 configured they record nothing and still cost CPU."""
 
+import itertools
 import socket
 import threading
 
@@ -19,15 +20,28 @@ from django.conf import settings
 
 from .base import Call, Completion, CompletionRequest, ProviderError, checked_tokens, retry_after_secs
 
-_clients: dict[tuple[str, str | None, bool], anthropic.Anthropic] = {}  # by (key, base URL, telemetry)
+# The SDK's clients, by (key, base URL, telemetry, shard). A worker holds hundreds of calls at once,
+# and a client's connection pool looks over all of its connections whenever a request takes one or
+# gives one back, under one lock: the threads are dealt out to SHARDS clients in turn, so each pool
+# holds a share of the connections. The clients share one TLS context (its certificates loaded once).
+SHARDS = 16
+_clients: dict[tuple[str, str | None, bool, int], anthropic.Anthropic] = {}
 _lock = threading.Lock()
+_thread = threading.local()
+_turns = itertools.count()
+_tls: list = []
 
 
 def _client() -> anthropic.Anthropic:
-    key = (settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_OPEN_TELEMETRY)
+    shard = getattr(_thread, "shard", None)
+    if shard is None:
+        shard = _thread.shard = next(_turns) % SHARDS
+    key = (settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_OPEN_TELEMETRY, shard)
     with _lock:
         client = _clients.get(key)
         if client is None:
+            if not _tls:
+                _tls.append(httpx2.create_ssl_context())
             client = anthropic.Anthropic(
                 api_key=settings.ANTHROPIC_API_KEY,
                 base_url=settings.ANTHROPIC_BASE_URL,
@@ -36,6 +50,7 @@ def _client() -> anthropic.Anthropic:
                 open_telemetry=None
                 if settings.ANTHROPIC_OPEN_TELEMETRY
                 else False,  # None: the SDK reads its env
+                http_client=anthropic.DefaultHttpxClient(verify=_tls[0]),
             )
             _clients[key] = client
         return client
