@@ -321,9 +321,10 @@ PROVIDER_CONNECT_TIMEOUT_SECS = 5.0
 PROVIDER_MAX_ATTEMPTS = int(os.environ.get("MASCHINA_PROVIDER_MAX_ATTEMPTS", "3"))
 PROVIDER_BACKOFF_BASE_SECS = env_float("MASCHINA_PROVIDER_BACKOFF_BASE_SECS", 1.0)
 PROVIDER_BACKOFF_CAP_SECS = 8.0
-# How often an executing task heartbeats (and so notices a cancel) while the provider call is in
-# flight, and after how long without a heartbeat its worker is taken for dead: the run may then be
-# claimed again (runs.services.run_claim), by a redelivery or by the sweeper's re-dispatch.
+# How often a worker looks for cancels among the runs it holds while their provider calls are in
+# flight, and after how long without a heartbeat a run's worker is taken for dead: the run may then
+# be claimed again (runs.services.run_claim), by a redelivery or by the sweeper's re-dispatch. The
+# heartbeats go out every sixth of that time (runs.inflight).
 CANCEL_POLL_SECS = env_float("MASCHINA_CANCEL_POLL_SECS", 0.5)
 HEARTBEAT_STALE_SECS = env_float("MASCHINA_HEARTBEAT_STALE_SECS", 30.0)
 # Once the provider has answered, database outages are waited out with backoff capped at this.

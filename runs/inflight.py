@@ -3,8 +3,10 @@
 A run waiting on its provider needs a heartbeat (so the sweeper does not take it for dead) and must
 notice a cancel or a takeover. Rather than each run writing its own heartbeat, one round per
 CANCEL_POLL_SECS does it for all the runs of the process: one read finds the runs that were canceled
-or taken over, one UPDATE heartbeats the rest. The database's load then grows with worker processes,
-not with the runs they hold, and a waiting run holds no database connection.
+or taken over, and one UPDATE heartbeats the rest, in every round that comes a sixth of
+HEARTBEAT_STALE_SECS after the last heartbeat (a claim sets the first). The database's load then
+grows with worker processes, not with the runs they hold, and a waiting run holds no database
+connection.
 
 The round is taken by whichever waiting thread finds it due (watch_if_due), on that thread's own
 connection, so there is no thread to keep alive and a run executed in-process sees what its caller's
@@ -41,6 +43,7 @@ _held: dict[uuid.UUID, Held] = {}
 _lock = threading.Lock()
 _round = threading.Lock()
 _last_round = 0.0  # time.monotonic() of the last round
+_last_heartbeat = 0.0  # and of the last round that heartbeat
 
 
 def hold(run_id: uuid.UUID, token: uuid.UUID) -> Held:
@@ -60,8 +63,8 @@ def held_count() -> int:
     return len(_held)
 
 
-def watch_once() -> None:
-    """One round: find the held runs no longer ours, heartbeat the others."""
+def watch_once(heartbeat: bool = True) -> None:
+    """One round: find the held runs no longer ours, and heartbeat the others if `heartbeat`."""
     with _lock:
         items = list(_held.items())
     if not items:
@@ -76,20 +79,23 @@ def watch_once() -> None:
         elif held.state == "ok":
             held.state = state
             held.changed.set()
-    if ours:
+    if ours and heartbeat:
         runs_heartbeat(ours)
 
 
 def watch_if_due() -> None:
     """Take the round if it is due and no other thread is taking it."""
-    global _last_round
+    global _last_round, _last_heartbeat
     if time.monotonic() - _last_round < settings.CANCEL_POLL_SECS or not _round.acquire(blocking=False):
         return
     try:
         if time.monotonic() - _last_round < settings.CANCEL_POLL_SECS:
             return
-        _last_round = time.monotonic()
-        watch_once()
+        _last_round = now = time.monotonic()
+        heartbeat = now - _last_heartbeat >= settings.HEARTBEAT_STALE_SECS / 6
+        if heartbeat:
+            _last_heartbeat = now
+        watch_once(heartbeat)
     except (OperationalError, InterfaceError) as exc:
         # Cannot tell: the runs keep waiting on their providers, whose answers matter most.
         logger.warning("runs watch: database unavailable (%s)", exc.__class__.__name__)

@@ -56,3 +56,22 @@ def test_a_stale_claim_is_never_told_canceled(held_runs):
     Run.objects.filter(pk=runs[0].pk).update(status=RunStatus.CANCELED, claim=uuid.uuid4())
     inflight.watch_once()
     assert inflight._held[runs[0].pk].state == "lost"  # only the holding claim settles a cancel
+
+
+@pytest.mark.django_db
+def test_rounds_heartbeat_every_sixth_of_the_staleness_and_look_for_cancels_every_time(
+    held_runs, settings, monkeypatch
+):
+    runs, _ = held_runs
+    settings.CANCEL_POLL_SECS, settings.HEARTBEAT_STALE_SECS = 0, 600  # heartbeats every 100 s
+    monkeypatch.setattr(inflight, "_last_round", 0.0)
+    monkeypatch.setattr(inflight, "_last_heartbeat", 0.0)
+    counts = []
+    for _ in range(3):
+        with CaptureQueriesContext(connection) as queries:
+            inflight.watch_if_due()
+        counts.append(len(queries))
+    assert counts == [2, 1, 1]  # the first round heartbeats, the next two only read
+    run_cancel(run=Run.objects.get(pk=runs[0].pk))
+    inflight.watch_if_due()
+    assert inflight._held[runs[0].pk].state == "canceled"
