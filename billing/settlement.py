@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from django.db.models import F
 from django.db.models.functions import Greatest
 
+from maschina import metrics
+
 from .alerts import alerts_record
 from .history import UsageLine, usage_day_add
 from .models import KeyUsage, LedgerEntry, ModelUsage, Throttle, UsagePeriod
@@ -117,4 +119,5 @@ def over_reservation_note(*, run_id, billed_tokens: int | None, reserved_tokens:
     logger.warning(
         "run %s billed %d tokens above its reservation of %d", run_id, billed_tokens, reserved_tokens
     )
+    metrics.over_reservation()
     return True

@@ -45,6 +45,10 @@ PROVIDER_SECONDS = Histogram(
     ["provider", "outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+RUNS_OVER_RESERVATION = Counter(
+    "maschina_runs_over_reservation",
+    "Runs settled with a bill above their reservation: a provider that reported more than the bound.",
+)
 SWEEPER_ACTIONS = Counter("maschina_sweeper_actions", "What the sweeper did, by action.", ["action"])
 WEBHOOK_DELIVERIES = Counter(
     "maschina_webhook_deliveries", "Alert webhook delivery attempts, by outcome.", ["outcome"]
@@ -76,6 +80,10 @@ def run_settled(run, status: str) -> None:
     RUNS_FINISHED.labels(status, run.provider, error_code).inc()
     if run.billed_tokens:
         BILLED_TOKENS.labels(run.tier, run.model).inc(run.billed_tokens)
+
+
+def over_reservation() -> None:
+    RUNS_OVER_RESERVATION.inc()
 
 
 def provider_timed(provider: str, future: Future) -> Future:

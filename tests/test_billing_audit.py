@@ -7,6 +7,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from billing.models import ModelUsage, UsageDay, UsagePeriod
+from maschina import metrics
 from runs.models import Run
 from runs.services import run_settle
 from runs.tasks import execute_run
@@ -150,10 +151,12 @@ def test_over_reservation_is_listed_by_the_audit_and_logged_at_settlement(
     run_id = client.post(
         f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json"
     ).json()["id"]
+    counted = metrics.RUNS_OVER_RESERVATION._value.get()
     with caplog.at_level(logging.WARNING, logger="billing.settlement"):
         execute_run(run_id)
     run = Run.objects.get(pk=run_id)
     assert run.status == "completed" and run.billed_tokens > run.reserved_tokens
+    assert metrics.RUNS_OVER_RESERVATION._value.get() == counted + 1  # /metrics counts it too
     warnings = [r for r in caplog.records if r.name == "billing.settlement"]
     assert [r.levelno for r in warnings] == [logging.WARNING]
     assert f"run {run_id} billed {run.billed_tokens} tokens above its reservation" in warnings[0].getMessage()
