@@ -79,14 +79,16 @@ def start_node(cluster, name="node", **env):
 
 def test_one_node_holds_500_runs_in_flight(cluster, make_user, make_agent, anthropic_emulator):
     runs = admit(make_user, make_agent, 500)
-    anthropic_emulator.delay = 8.0
+    # Long enough that the first call is still waiting when the node has claimed the 500th, even on a
+    # slow machine: the node must hold them all at once.
+    anthropic_emulator.delay = 15.0
     node = start_node(cluster)
     banner = node.log_path.read_text()
     assert "concurrency: 1000 (thread)" in banner, banner  # the plain command's pool, from our configuration
     sampler = ConnectionSampler()
     try:
         publish_many(cluster, runs)
-        wait_for(lambda: anthropic_emulator.in_flight >= 500, 30, "500 provider calls at once")
+        wait_for(lambda: anthropic_emulator.in_flight >= 500, 40, "500 provider calls at once")
         ids = [run.pk for run in runs]
         wait_for(
             lambda: Run.objects.filter(pk__in=ids, status=RunStatus.COMPLETED).count() == 500,
