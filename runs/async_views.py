@@ -144,24 +144,25 @@ async def _run_detail_async(request, run_id):
     return await _held(response, seconds, 200) if _detail_holds(response, seconds) else response
 
 
-@csrf_exempt
-def _run_create_sync(request, agent_id):
-    try:
-        seconds = _wait_secs(request)
-    except _InvalidWait:
-        return _invalid_wait(request)
-    response = _drf(_create, request, agent_id=agent_id)
-    return async_to_sync(_held)(response, seconds, 202) if _create_holds(response, seconds) else response
+def _sync_view(drf_view, holds, status_when_running: int):
+    """The same view for a WSGI server: sync, entering an event loop only to hold."""
+
+    @csrf_exempt
+    def view(request, **kwargs):
+        try:
+            seconds = _wait_secs(request)
+        except _InvalidWait:
+            return _invalid_wait(request)
+        response = _drf(drf_view, request, **kwargs)
+        if not holds(response, seconds):
+            return response
+        return async_to_sync(_held)(response, seconds, status_when_running)
+
+    return view
 
 
-@csrf_exempt
-def _run_detail_sync(request, run_id):
-    try:
-        seconds = _wait_secs(request)
-    except _InvalidWait:
-        return _invalid_wait(request)
-    response = _drf(_detail, request, run_id=run_id)
-    return async_to_sync(_held)(response, seconds, 200) if _detail_holds(response, seconds) else response
+_run_create_sync = _sync_view(_create, _create_holds, 202)
+_run_detail_sync = _sync_view(_detail, _detail_holds, 200)
 
 
 run_create = _run_create_async if settings.IS_ASGI else _run_create_sync

@@ -10,12 +10,11 @@ from django.conf import settings
 from pythonjsonlogger.json import JsonFormatter
 from rest_framework.test import APIClient
 
-from billing.selectors import plan_for
 from maschina.logs import RunContext
-from runs.admission import run_create
 from runs.tasks import execute_run
 
 from .emulators import anthropic_error
+from .test_execution import start_run  # noqa: F401  (a fixture)
 
 
 class Lines(logging.Handler):
@@ -63,19 +62,10 @@ def test_a_requests_lines_name_its_user_and_run_and_the_next_request_starts_clea
 
 
 @pytest.mark.django_db
-def test_a_workers_lines_name_the_run_it_executes(make_user, make_agent, providers, lines_of):
+def test_a_workers_lines_name_the_run_it_executes(start_run, providers, lines_of):  # noqa: F811
     providers[0].queue("claude-haiku-4-5", anthropic_error(529, "overloaded_error"))
-    user = make_user("m10")
-    run = run_create(
-        user=user,
-        plan=plan_for(user),
-        agent=make_agent(user),
-        input={"message": "hello"},
-        model="claude-haiku-4-5",
-        timeout_secs=60,
-        max_tokens=100,
-    )
+    run = start_run(model="claude-haiku-4-5")
     lines = lines_of("runs.execution")
     execute_run(str(run.pk))
     retry = next(line for line in lines if "retrying" in line["message"])
-    assert (retry["run_id"], retry["user_id"]) == (str(run.pk), user.pk)
+    assert (retry["run_id"], retry["user_id"]) == (str(run.pk), run.user_id)
