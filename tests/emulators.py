@@ -32,6 +32,9 @@ class Reply:
     fail_mode: str = "error"
 
 
+HOLD_LIMIT_SECS = 300  # a held call is answered after this even if the test never releases it
+
+
 class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # hundreds of runs connect at once in the in-flight tests
 
@@ -52,12 +55,24 @@ class Emulator:
         self._lock = threading.Lock()
         self.in_flight = 0  # requests being answered now, and the most at once since reset()
         self.peak_in_flight = 0
+        self._gate = None  # while set by hold(), every call waits here until release()
         self.server = _Server(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def hold(self):
+        """Hold every call from now on until release(): a test can then see how many are open at once
+        however slowly the machine lets the worker claim them."""
+        self._gate = threading.Event()
+
+    def release(self):
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.set()
+
     def reset(self):
+        self.release()
         with self._lock:
             self.calls.clear()
             self.script.clear()
@@ -114,6 +129,9 @@ class Emulator:
                     emulator.in_flight += 1
                     emulator.peak_in_flight = max(emulator.peak_in_flight, emulator.in_flight)
                 try:
+                    gate = emulator._gate
+                    if gate is not None:
+                        gate.wait(HOLD_LIMIT_SECS)
                     if reply.delay:
                         time.sleep(reply.delay)
                     body = reply.body if reply.body is not None else emulator.success(payload, reply.usage)

@@ -78,17 +78,18 @@ def start_node(cluster, name="node", **env):
 
 
 def test_one_node_holds_500_runs_in_flight(cluster, make_user, make_agent, anthropic_emulator):
-    runs = admit(make_user, make_agent, 500)
-    # Long enough that the first call is still waiting when the node has claimed the 500th, even on a
-    # slow machine: the node must hold them all at once.
-    anthropic_emulator.delay = 15.0
+    runs = admit(make_user, make_agent, 500, timeout_secs=300)
+    # Every call is held until the node has all 500 open, however slowly this machine lets it claim
+    # them: the node must hold them all at once.
+    anthropic_emulator.hold()
     node = start_node(cluster)
     banner = node.log_path.read_text()
     assert "concurrency: 1000 (thread)" in banner, banner  # the plain command's pool, from our configuration
     sampler = ConnectionSampler()
     try:
         publish_many(cluster, runs)
-        wait_for(lambda: anthropic_emulator.in_flight >= 500, 40, "500 provider calls at once")
+        wait_for(lambda: anthropic_emulator.in_flight >= 500, 150, "500 provider calls at once")
+        anthropic_emulator.release()
         ids = [run.pk for run in runs]
         wait_for(
             lambda: Run.objects.filter(pk__in=ids, status=RunStatus.COMPLETED).count() == 500,
@@ -96,6 +97,7 @@ def test_one_node_holds_500_runs_in_flight(cluster, make_user, make_agent, anthr
             "completion",
         )
     finally:
+        anthropic_emulator.release()
         peak_connections = sampler.stop()
     print(f"\npeak in flight {anthropic_emulator.peak_in_flight}, peak connections {peak_connections}")
     assert anthropic_emulator.peak_in_flight >= 500
@@ -137,13 +139,16 @@ def test_50_in_flight_runs_canceled_stop_at_once(cluster, make_user, make_agent,
 
 
 def test_a_node_killed_with_300_in_flight_loses_none(cluster, make_user, make_agent, anthropic_emulator):
-    runs = admit(make_user, make_agent, 300, timeout_secs=60)
-    anthropic_emulator.delay = 5.0
+    runs = admit(make_user, make_agent, 300, timeout_secs=300)
+    anthropic_emulator.hold()  # until the node is killed with all 300 calls open
     doomed = start_node(cluster, name="doomed")
     publish_many(cluster, runs)
-    wait_for(lambda: anthropic_emulator.in_flight >= 300, 30, "300 provider calls at once")
-    os.killpg(doomed.proc.pid, signal.SIGKILL)  # its messages stay unacked in Redis
-    doomed.proc.wait(5)
+    try:
+        wait_for(lambda: anthropic_emulator.in_flight >= 300, 150, "300 provider calls at once")
+        os.killpg(doomed.proc.pid, signal.SIGKILL)  # its messages stay unacked in Redis
+        doomed.proc.wait(5)
+    finally:
+        anthropic_emulator.release()
     killed_at = time.monotonic()
     fresh = start_node(cluster, name="fresh")
     cluster["processes"].append(start_beat(cluster["env"], cluster["log_dir"]))
