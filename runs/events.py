@@ -15,6 +15,7 @@ that cannot be written (Redis down) is logged and dropped; it never fails the ru
 import datetime as dt
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,11 @@ from .models import Run, RunEvent
 logger = logging.getLogger(__name__)
 
 STATUS, DELTA, DONE = "status", "delta", "done"
+# Redis connections of a process's log or hub. redis-py refuses a command when its pool is full, and
+# a worker holds hundreds of runs, a web process a thousand streams: past this bound a command waits
+# for a free connection (at most REDIS_WAIT_SECS) instead of being refused.
+REDIS_CONNECTIONS = 32
+REDIS_WAIT_SECS = 5
 
 
 def stream_key(run_id) -> str:
@@ -55,7 +61,14 @@ class RedisLog:
     def __init__(self, url: str):
         import redis
 
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=REDIS_WAIT_SECS,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+        )
+        self.client = redis.Redis(connection_pool=pool)
 
     def append(self, run_id, items: list[tuple[str, str]], ttl: float) -> int:
         """Append the events (name, JSON), keep the log `ttl` seconds, announce them; the last id."""
@@ -140,7 +153,7 @@ class Writer:
         self.run, self.wake = run, wake
         self.interval = settings.RUN_EVENTS_COALESCE_SECS
         self.buffer: list[str] = []
-        self.last_flush = 0.0
+        self.last_flush = -math.inf  # the first fragment is due at once
         self.last_id = 0
         self._lock = threading.Lock()
 

@@ -76,7 +76,13 @@ class RedisHub(Hub):
         super().__init__()
         import redis.asyncio
 
-        self.client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=events.REDIS_CONNECTIONS,
+            timeout=events.REDIS_WAIT_SECS,
+            socket_connect_timeout=2,
+        )
+        self.client = redis.asyncio.Redis(connection_pool=pool)
         self.pubsub: Any = None
         self.listener: asyncio.Task | None = None
 

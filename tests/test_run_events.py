@@ -139,3 +139,64 @@ def start_run_row(make_user, make_agent, providers):
         )
 
     return make
+
+
+MANY = 300  # far more at once than a Redis client's default pool (100) holds
+
+
+def connections_made(pool) -> int:
+    """How many connections a redis-py pool has opened (it has no public count)."""
+    if hasattr(pool, "_connections"):  # the blocking pool of the sync client
+        return len(pool._connections)
+    return len(pool._available_connections) + len(pool._in_use_connections)
+
+
+def test_many_writers_at_once_share_a_bounded_pool_and_none_is_refused():
+    """A worker holding hundreds of runs appends for many of them at once: each waits its turn for
+    one of the log's connections rather than failing (an event refused would be lost)."""
+    url = redis_url_for("e2e")
+    client = redis.Redis.from_url(url)
+    log = events.RedisLog(url)
+
+    def write():
+        run_id = uuid.uuid4()
+        return run_id, [log.append(run_id, [("delta", "{}")], 60) for _ in range(3)]
+
+    results = race(MANY, write)
+    try:
+        assert not [r for r in results if isinstance(r, BaseException)], results[:3]
+        assert all(ids == [1, 2, 3] for _, ids in results)
+        assert connections_made(log.client.connection_pool) <= events.REDIS_CONNECTIONS
+    finally:
+        client.delete(*(events.stream_key(r[0]) for r in results if not isinstance(r, BaseException)))
+
+
+def test_a_web_process_reads_many_streams_at_once_through_a_bounded_pool():
+    """A thousand clients woken together read their runs' logs at once: each read waits its turn for
+    one of the hub's connections rather than failing (a failed read ended the client's stream)."""
+    import asyncio
+
+    from runs.streams import RedisHub
+
+    url = redis_url_for("e2e")
+    client = redis.Redis.from_url(url)
+    run_ids = [uuid.uuid4() for _ in range(MANY)]
+    for run_id in run_ids:
+        client.xadd(events.stream_key(run_id), {"e": "delta", "d": "{}"}, id="0-*")
+
+    async def read_all():
+        hub = RedisHub(url)
+        try:
+            got = await asyncio.gather(*(hub.read(run_id, 0) for run_id in run_ids), return_exceptions=True)
+            return got, connections_made(hub.client.connection_pool)
+        finally:
+            await hub.client.aclose()
+            await hub.client.connection_pool.disconnect()
+
+    try:
+        got, connections = asyncio.run(read_all())
+        assert not [r for r in got if isinstance(r, BaseException)], got[:3]
+        assert all(r == [(1, "delta", "{}")] for r in got)
+        assert connections <= events.REDIS_CONNECTIONS
+    finally:
+        client.delete(*(events.stream_key(run_id) for run_id in run_ids))
