@@ -5,13 +5,21 @@ import os
 os.environ.setdefault("MASCHINA_ASGI", "1")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "maschina.settings")
 
-from django.core.asgi import get_asgi_application
+import django
 
-django_application = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application() does, with our handler
 
 # Imported once the settings are loaded, as they read them.
 from django.conf import settings  # noqa: E402
+from django.core import signals  # noqa: E402
+from django.db import close_old_connections, reset_queries  # noqa: E402
 
+from .loop_middleware import ASGIHandler  # noqa: E402
 from .request_bodies import capped_asgi_body  # noqa: E402
 
-application = capped_asgi_body(django_application, settings.MAX_REQUEST_BODY_BYTES + 1)
+# When a request starts, the thread made for its sync code has no connection to close and no queries
+# to forget: these receivers would only cost every request a hop to that thread.
+signals.request_started.disconnect(close_old_connections)
+signals.request_started.disconnect(reset_queries)
+
+application = capped_asgi_body(ASGIHandler(), settings.MAX_REQUEST_BODY_BYTES + 1)

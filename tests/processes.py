@@ -196,10 +196,10 @@ def start_worker(
 
 
 @contextlib.contextmanager
-def web_and_worker(env, name):
-    """gunicorn (2 workers) and a `celery worker` (-c 2), both ready; stopped on exit."""
+def web_and_worker(env, name, server="gunicorn"):
+    """gunicorn (2 workers; or uvicorn, 1) and a `celery worker` (-c 2), both ready; stopped on exit."""
     log_dir = tempfile.mkdtemp(prefix=f"maschina-{name}-logs-")
-    web, url = start_gunicorn(env, log_dir)
+    web, url = start_gunicorn(env, log_dir) if server == "gunicorn" else start_uvicorn(env, log_dir)
     worker = start_worker(env, log_dir)
     try:
         wait_http(url + "/healthz", [web, worker])

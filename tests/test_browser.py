@@ -48,7 +48,10 @@ def screenshots(request):
 def stack(catalog, anthropic_emulator):
     anthropic_emulator.reset()
     redis.Redis.from_url(REDIS_URL).flushdb()
-    with web_and_worker(stack_env(broker_url=REDIS_URL, anthropic=anthropic_emulator), "browser") as url:
+    # The admin as the recommended deployment serves it: the ASGI app, whose middleware runs on the
+    # event loop (maschina.loop_middleware) and saves sessions and messages on the request's thread.
+    env = stack_env(broker_url=REDIS_URL, anthropic=anthropic_emulator)
+    with web_and_worker(env, "browser", server="uvicorn") as url:
         yield url
 
 
