@@ -8,6 +8,8 @@ import time
 import pytest
 import redis
 
+from runs.models import Run
+
 from .emulators import Reply
 from .processes import (
     Api,
@@ -63,7 +65,12 @@ def client(stack, catalog, anthropic_emulator, ollama_emulator):
         api.agent_id = api.post("/api/v1/agents", {"name": "streamer"}).json()["id"]
         return api
 
-    return make
+    yield make
+    # The worker may still be running or settling a test's run: let it finish before the database is
+    # flushed, or its transaction and the flush's TRUNCATE can deadlock.
+    deadline = time.monotonic() + 30
+    while Run.objects.filter(settled_at__isnull=True).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def usage(run):
