@@ -68,7 +68,7 @@ class RedisLog:
             socket_timeout=5,
             socket_connect_timeout=2,
         )
-        self.client = redis.Redis(connection_pool=pool)
+        self.client = redis.Redis.from_pool(pool)
 
     def append(self, run_id, items: list[tuple[str, str]], ttl: float) -> int:
         """Append the events (name, JSON), keep the log `ttl` seconds, announce them; the last id."""

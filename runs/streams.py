@@ -82,7 +82,7 @@ class RedisHub(Hub):
             timeout=events.REDIS_WAIT_SECS,
             socket_connect_timeout=2,
         )
-        self.client = redis.asyncio.Redis(connection_pool=pool)
+        self.client = redis.asyncio.Redis.from_pool(pool)  # closing the client closes its pool
         self.pubsub: Any = None
         self.listener: asyncio.Task | None = None
 
