@@ -104,18 +104,23 @@ class Streams:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def stream_round(url, key, user, plan, agent, streaming):
-    """`streaming` runs at once, each followed by a client, until all are done (or a minute)."""
+def admit(user, plan, agent, count, message) -> list:
+    """The ids of `count` runs admitted as the API admits them (queued, their messages published)."""
     from runs.admission import run_create
 
-    streams = Streams(url, key)
-    live = [
+    return [
         run_create(
-            user=user, plan=plan, agent=agent, input={"message": "stream"}, model=None,
+            user=user, plan=plan, agent=agent, input={"message": message}, model=None,
             timeout_secs=300, max_tokens=16,
         ).pk
-        for _ in range(streaming)
+        for _ in range(count)
     ]  # fmt: skip
+
+
+def stream_round(url, key, user, plan, agent, streaming):
+    """`streaming` runs at once, each followed by a client, until all are done (or a minute)."""
+    streams = Streams(url, key)
+    live = admit(user, plan, agent, streaming, "stream")
     streams.open(live)  # within the emulator's 1 s before it starts answering
     deadline = time.monotonic() + 60
     while streams.done + len(streams.errors) < streaming and time.monotonic() < deadline:
@@ -166,16 +171,9 @@ def main():
 
         # A: N streams of N queued runs, held while the admission load runs again.
         from billing.selectors import plan_for
-        from runs.admission import run_create
 
         plan = plan_for(user)
-        queued = [
-            run_create(
-                user=user, plan=plan, agent=agent, input={"message": "wait"}, model=None,
-                timeout_secs=300, max_tokens=16,
-            ).pk
-            for _ in range(held)
-        ]  # fmt: skip
+        queued = admit(user, plan, agent, held, "wait")
         web_pids = common.descendants(web.proc.pid)
         time.sleep(1)
         rss_before = common.rss_kib(web_pids)

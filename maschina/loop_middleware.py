@@ -89,9 +89,14 @@ class XFrameOptionsMiddleware(_OnTheLoop, clickjacking.XFrameOptionsMiddleware):
     pass
 
 
-# What the ASGI handler loads for each of Django's middleware that MIDDLEWARE may name.
+def _path(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# What the ASGI handler loads for each of Django's middleware that MIDDLEWARE may name: each form's
+# second base is the Django class it extends.
 LOOP_FORMS = {
-    f"{django.__module__}.{django.__qualname__}": f"{__name__}.{form.__qualname__}"
+    _path(form.__bases__[1]): _path(form)
     for form in (
         SecurityMiddleware,
         SessionMiddleware,
@@ -101,7 +106,6 @@ LOOP_FORMS = {
         MessageMiddleware,
         XFrameOptionsMiddleware,
     )
-    for django in form.__bases__[1:]  # the Django class it extends
 }
 
 
