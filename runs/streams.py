@@ -27,7 +27,7 @@ from .models import TERMINAL_STATUSES, Run, RunEvent
 TERMINAL = frozenset(TERMINAL_STATUSES)
 BATCH = 500  # events read from the log at a time
 DONE_GRACE_SECS = 5.0  # how long a terminal run's `done` may lag before the stream says it itself
-TERMINAL_CHECK_SECS = 5.0  # a waiting request reads the run this often whatever it hears
+TERMINAL_CHECK_SECS = 5.0  # a waiting request checks its run's row this often whatever it hears
 
 
 class Hub:
@@ -36,6 +36,36 @@ class Hub:
     def __init__(self):
         self.watchers: dict[str, set[asyncio.Event]] = {}
         self.lock = asyncio.Lock()
+        self.asked: dict[str, asyncio.Future[bool]] = {}
+        self.checker: asyncio.Task | None = None
+
+    async def ended(self, run_id) -> bool:
+        """Whether the run's row says it is terminal. Clients that ask while a check is under way
+        are answered together by the next one, so a thousand streams whose keep-alives fall due at
+        once cost a query or two, not a thousand."""
+        key = str(run_id)
+        answer = self.asked.get(key)
+        if answer is None:
+            answer = self.asked[key] = asyncio.get_running_loop().create_future()
+            if self.checker is None:
+                self.checker = asyncio.create_task(self._check())
+        return await asyncio.shield(answer)
+
+    async def _check(self) -> None:
+        try:
+            while self.asked:
+                asked, self.asked = self.asked, {}
+                try:
+                    ended = await in_thread(_ended_among, list(asked))
+                except Exception as exc:
+                    for answer in asked.values():
+                        answer.set_exception(exc)
+                        answer.exception()  # a client that left meanwhile must not leave it unread
+                    continue
+                for key, answer in asked.items():
+                    answer.set_result(key in ended)
+        finally:
+            self.checker = None
 
     async def watch(self, run_id) -> asyncio.Event:
         wake = asyncio.Event()
@@ -155,6 +185,14 @@ def _runs_with_events_after(cursor: int) -> list[tuple]:
     return [(row["run_id"], row["top"]) for row in rows]
 
 
+def _ended_among(run_ids: list[str]) -> set[str]:
+    ended: set[str] = set()
+    for start in range(0, len(run_ids), BATCH):
+        rows = Run.objects.filter(pk__in=run_ids[start : start + BATCH], status__in=TERMINAL)
+        ended.update(str(pk) for pk in rows.values_list("pk", flat=True))
+    return ended
+
+
 def _events_after(run_id, after: int) -> list[tuple[int, str, str]]:
     rows = RunEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")
     return list(rows.values_list("seq", "event", "data")[:BATCH])
@@ -248,8 +286,7 @@ async def event_stream(run: Run, after: int) -> AsyncIterator[bytes]:
             except TimeoutError:
                 if terminal_since is None:
                     yield KEEP_ALIVE
-                    current = await in_thread(_reload, run.pk)
-                    if current.is_terminal:
+                    if await watching.ended(run.pk):
                         terminal_since = time.monotonic()
     finally:
         await watching.unwatch(run.pk, wake)
@@ -257,7 +294,8 @@ async def event_stream(run: Run, after: int) -> AsyncIterator[bytes]:
 
 async def wait_terminal(run: Run, seconds: int) -> Run:
     """The run once it is terminal, or as it stands after `seconds`: woken by its `done` event (every
-    end of a run writes one), and reading the row every TERMINAL_CHECK_SECS in case one is lost."""
+    end of a run writes one), and asking the hub whether its row ended every TERMINAL_CHECK_SECS in
+    case one is lost."""
     if seconds <= 0 or run.is_terminal:
         return run
     deadline = time.monotonic() + seconds
@@ -269,11 +307,12 @@ async def wait_terminal(run: Run, seconds: int) -> Run:
         while not run.is_terminal:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
+                return await in_thread(_reload, run.pk)  # as it stands now
             try:
                 await asyncio.wait_for(wake.wait(), min(remaining, TERMINAL_CHECK_SECS))
             except TimeoutError:
-                run = await in_thread(_reload, run.pk)
+                if await watching.ended(run.pk):
+                    run = await in_thread(_reload, run.pk)
                 continue
             wake.clear()
             items = await watching.read(run.pk, after)

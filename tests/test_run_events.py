@@ -201,3 +201,39 @@ def test_a_web_process_reads_many_streams_at_once_through_a_bounded_pool():
         assert not [c for c in pool._available_connections if c.is_connected]  # none left open
     finally:
         client.delete(*(events.stream_key(run_id) for run_id in run_ids))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hub_answers_many_ended_checks_at_once_with_a_query_or_two(
+    settings, monkeypatch, start_run_row
+):
+    """Streams opened together fall due for their keep-alive check together: the hub answers the
+    ones that ask while a check is under way with the next query, not a query each."""
+    import asyncio
+
+    from runs import streams
+
+    settings.IS_ASGI = True  # as a web process: each check gives its thread's connection back
+
+    ended, running = start_run_row(), start_run_row()
+    ended.status, ended.finished_at = "failed", timezone.now()
+    ended.save()
+    queries: list[int] = []
+    real = streams._ended_among
+
+    def counted(run_ids):
+        queries.append(len(run_ids))
+        return real(run_ids)
+
+    monkeypatch.setattr(streams, "_ended_among", counted)
+    gone = uuid.uuid4()  # a run the table does not hold is not ended by the row
+
+    async def ask_all():
+        hub = streams.TableHub()
+        asks = [hub.ended(run_id) for run_id in [ended.pk, running.pk, gone] * 100]
+        return await asyncio.gather(*asks)
+
+    answers = asyncio.run(ask_all())
+    assert answers == [True, False, False] * 100
+    assert len(queries) <= 2, queries
+    assert sum(queries) <= 4  # each run asked about once or twice, however many clients asked
