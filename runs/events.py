@@ -7,9 +7,9 @@ writes), kept RUN_EVENTS_RETENTION_SECS after the run ends (EXPIRE), and every a
 on the run's pub/sub channel, which wakes the web processes that stream it. Without Redis they are
 rows of runs.RunEvent, which the web tier polls, and which the sweeper deletes once past retention.
 
-A run's worker coalesces its deltas into one write per RUN_EVENTS_COALESCE_SECS, written by the
-run's own thread (the provider's thread only buffers them), and stops writing deltas when the run's
-log nears RUN_EVENTS_MAX: the rest of the text then goes out as one delta at the end. An event
+A run's worker coalesces its deltas into one write per RUN_EVENTS_COALESCE_SECS (Writer), and
+stops writing deltas when the run's log nears RUN_EVENTS_MAX: the rest of the text then goes out as
+one delta at the end. An event
 that cannot be written (Redis down) is logged and dropped; it never fails the run."""
 
 import datetime as dt
@@ -147,30 +147,49 @@ def publish_end(run_id) -> None:
 
 class Writer:
     """The events of one execution of a run. delta() may be called from any thread (the provider's);
-    the run's own thread calls flush_due() when woken, and status() and end()."""
+    status() and end() from the run's own thread, which calls flush_due() when woken. With Redis a
+    fragment that is due at once is written by the thread that brings it, which saves waking the
+    run's thread for each; the database log is written only by the run's thread (a provider thread
+    holds no connection). One write of the run's events at a time keeps them in order."""
 
     def __init__(self, run: Run, wake: Callable[[], None]):
         self.run, self.wake = run, wake
         self.interval = settings.RUN_EVENTS_COALESCE_SECS
+        self.inline = isinstance(log(), RedisLog)
         self.buffer: list[str] = []
         self.last_flush = -math.inf  # the first fragment is due at once
         self.last_id = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffer
+        self._writing = threading.Lock()  # one write of this run's events at a time
 
-    def _append(self, items) -> None:
-        last = append(self.run.pk, items, _running_ttl(self.run))
+    def _take(self) -> list[tuple[str, str]]:
+        """The buffered text as a delta event (none when empty); held under `_writing`."""
+        with self._lock:
+            text, self.buffer = "".join(self.buffer), []
+        if not text:
+            return []
+        self.last_flush = time.monotonic()
+        return [(DELTA, dumps({"text": text}))]
+
+    def _append(self, items, ttl: float) -> None:
+        last = append(self.run.pk, items, ttl)
         if last is not None:
             self.last_id = last
 
     def status(self, run: Run) -> None:
-        self.flush()
-        self._append([(STATUS, dumps(run_data(run)))])
+        data = dumps(run_data(run))
+        with self._writing:
+            self._append([*self._take(), (STATUS, data)], _running_ttl(self.run))
 
     def delta(self, text: str) -> None:
         with self._lock:
             first = not self.buffer
             self.buffer.append(text)
-        if first:
+        if not first:
+            return
+        if self.inline and self.due_in() == 0:
+            self.flush()
+        else:
             self.wake()  # the run's thread works out when to write it
 
     def due_in(self) -> float | None:
@@ -186,11 +205,10 @@ class Writer:
             self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            text, self.buffer = "".join(self.buffer), []
-        if text:
-            self.last_flush = time.monotonic()
-            self._append([(DELTA, dumps({"text": text}))])
+        with self._writing:
+            items = self._take()
+            if items:
+                self._append(items, _running_ttl(self.run))
 
     def drop(self) -> None:
         """Forget buffered deltas (the run was canceled: its stream has ended)."""
@@ -198,13 +216,9 @@ class Writer:
             self.buffer = []
 
     def end(self, run: Run) -> None:
-        with self._lock:
-            text, self.buffer = "".join(self.buffer), []
         data = dumps(run_data(run))
-        items = [(DELTA, dumps({"text": text}))] if text else []
-        last = append(self.run.pk, [*items, (STATUS, data), (DONE, data)], settings.RUN_EVENTS_RETENTION_SECS)
-        if last is not None:
-            self.last_id = last
+        with self._writing:
+            self._append([*self._take(), (STATUS, data), (DONE, data)], settings.RUN_EVENTS_RETENTION_SECS)
 
 
 def purge_expired(now=None) -> int:
