@@ -57,6 +57,34 @@ def run_data(run: Run) -> dict:
     return dict(RunSerializer(run).data)
 
 
+# Appends a run's events to its stream, keeps the stream, and publishes the events themselves on the
+# run's channel (`<id> <name> <data>` lines; data is JSON, which holds no raw newline), so a web
+# process hands them to its clients without reading the stream back. A payload past
+# PUSH_MAX_BYTES is published empty: a wake, after which the clients read the stream.
+_APPEND = """
+local lines, last = {}, nil
+for i = 4, #ARGV, 2 do
+  last = redis.call('XADD', KEYS[1], '0-*', 'e', ARGV[i], 'd', ARGV[i + 1])
+  lines[#lines + 1] = string.sub(last, 3) .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1]
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local payload = table.concat(lines, '\\n')
+if #payload > tonumber(ARGV[2]) then payload = '' end
+redis.call('PUBLISH', ARGV[3], payload)
+return last
+"""
+PUSH_MAX_BYTES = 64 * 1024  # far below Redis's output buffer limit for a pub/sub client
+
+
+def pushed(payload: bytes) -> list[tuple[int, str, str]]:
+    """The events of a message published by RedisLog.append (none when it carried only a wake)."""
+    found = []
+    for line in payload.split(b"\n") if payload else ():
+        event_id, name, data = line.split(b" ", 2)
+        found.append((int(event_id), name.decode(), data.decode()))
+    return found
+
+
 class RedisLog:
     def __init__(self, url: str):
         import redis
@@ -69,17 +97,14 @@ class RedisLog:
             socket_connect_timeout=2,
         )
         self.client = redis.Redis.from_pool(pool)
+        self.script = self.client.register_script(_APPEND)
 
     def append(self, run_id, items: list[tuple[str, str]], ttl: float) -> int:
         """Append the events (name, JSON), keep the log `ttl` seconds, announce them; the last id."""
-        key = stream_key(run_id)
-        pipe = self.client.pipeline(transaction=False)
-        for name, data in items:
-            pipe.xadd(key, {"e": name, "d": data}, id="0-*")
-        pipe.expire(key, max(int(ttl), 1))
-        pipe.publish(channel(run_id), b"")
-        ids = pipe.execute()[: len(items)]
-        return int(ids[-1].split(b"-")[1])
+        flat = [part for item in items for part in item]
+        args: list[str | int] = [max(int(ttl), 1), PUSH_MAX_BYTES, channel(run_id), *flat]
+        last: bytes = self.script(keys=[stream_key(run_id)], args=args)
+        return int(last.split(b"-")[1])
 
 
 class TableLog:

@@ -3,16 +3,18 @@
 few kilobytes, not a thread.
 
 One Hub per event loop (a web process under ASGI) watches the runs its clients follow: with Redis,
-one pub/sub connection subscribed to the channel of each watched run (runs.events announces every
-append there); without, one query every RUN_EVENTS_POLL_SECS for the runs that have new events. A
-woken client reads its run's new events from the log itself. A client that goes away stops
-watching at once (its task is cancelled, and the last watcher of a run unsubscribes)."""
+one pub/sub connection subscribed to the channel of each watched run, on which runs.events publishes
+every append, events included, and the hub hands them to the run's clients; without, one query
+every RUN_EVENTS_POLL_SECS for the runs that have new events. A client reads its run's log itself
+when it starts, and whenever what it was handed does not follow on from what it has sent. A client
+that goes away stops watching at once (its task is cancelled, and the last watcher of a run
+unsubscribes)."""
 
 import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -30,11 +32,22 @@ DONE_GRACE_SECS = 5.0  # how long a terminal run's `done` may lag before the str
 TERMINAL_CHECK_SECS = 5.0  # a waiting request checks its run's row this often whatever it hears
 
 
+class Watcher:
+    """One client's watch of a run: woken when the run has new events, with the events themselves
+    when the hub was handed them."""
+
+    __slots__ = ("wake", "handed")
+
+    def __init__(self):
+        self.wake = asyncio.Event()
+        self.handed: list[tuple[int, str, str]] = []
+
+
 class Hub:
     """The runs the clients of this event loop follow, and what wakes them."""
 
     def __init__(self):
-        self.watchers: dict[str, set[asyncio.Event]] = {}
+        self.watchers: dict[str, set[Watcher]] = {}
         self.lock = asyncio.Lock()
         self.asked: dict[str, asyncio.Future[bool]] = {}
         self.checker: asyncio.Task | None = None
@@ -67,28 +80,39 @@ class Hub:
         finally:
             self.checker = None
 
-    async def watch(self, run_id) -> asyncio.Event:
-        wake = asyncio.Event()
+    async def watch(self, run_id) -> Watcher:
+        watcher = Watcher()
         async with self.lock:
             peers = self.watchers.setdefault(str(run_id), set())
-            peers.add(wake)
+            peers.add(watcher)
             if len(peers) == 1:
                 await self._started(str(run_id))
-        return wake
+        return watcher
 
-    async def unwatch(self, run_id, wake: asyncio.Event) -> None:
+    async def unwatch(self, run_id, watcher: Watcher) -> None:
         async with self.lock:
             peers = self.watchers.get(str(run_id))
             if peers is None:
                 return
-            peers.discard(wake)
+            peers.discard(watcher)
             if not peers:
                 del self.watchers[str(run_id)]
                 await self._stopped(str(run_id))
 
-    def _wake(self, run_id: str) -> None:
-        for wake in self.watchers.get(run_id, ()):
-            wake.set()
+    def _wake(self, run_id: str, handed: Sequence[tuple[int, str, str]] = ()) -> None:
+        for watcher in self.watchers.get(run_id, ()):
+            watcher.handed.extend(handed)
+            watcher.wake.set()
+
+    async def next_events(self, run_id, watcher: Watcher, after: int) -> list[tuple[int, str, str]]:
+        """The run's events after id `after`: those the watcher was handed when they follow on from
+        it without a gap, else read from the log (a message lost, or one that carried none)."""
+        watcher.wake.clear()
+        handed, watcher.handed = watcher.handed, []
+        fresh = [event for event in handed if event[0] > after]
+        if fresh and all(event[0] == after + i for i, event in enumerate(fresh, 1)):
+            return fresh
+        return await self.read(run_id, after)
 
     async def _started(self, run_id: str) -> None:
         raise NotImplementedError
@@ -125,7 +149,7 @@ class RedisHub(Hub):
 
     async def _on_message(self, message) -> None:
         name = message["channel"].decode()
-        self._wake(name.removeprefix("maschina:run:"))
+        self._wake(name.removeprefix("maschina:run:"), events.pushed(message["data"]))
 
     async def _stopped(self, run_id: str) -> None:
         assert self.pubsub is not None
@@ -259,19 +283,19 @@ async def event_stream(run: Run, after: int) -> AsyncIterator[bytes]:
         seen = await watching.read(run.pk, after - 1)
         if seen and seen[0][0] == after and seen[0][1] == events.DONE:
             return
-    wake = await watching.watch(run.pk)
+    watcher = await watching.watch(run.pk)
     try:
         keepalive = settings.RUN_EVENTS_KEEPALIVE_SECS
         terminal_since = time.monotonic() if run.is_terminal else None
+        items = await watching.read(run.pk, after)  # what came before the watch began
         while True:
-            wake.clear()
-            items = await watching.read(run.pk, after)
             for event_id, name, data in items:
                 yield sse(event_id, name, data)
                 after = event_id
                 if name == events.DONE:
                     return
             if len(items) == BATCH:
+                items = await watching.read(run.pk, after)
                 continue
             timeout = keepalive
             if terminal_since is not None:
@@ -281,15 +305,18 @@ async def event_stream(run: Run, after: int) -> AsyncIterator[bytes]:
                         yield chunk
                     return
                 timeout = min(timeout, DONE_GRACE_SECS - lag)
+            items = []
             try:
-                await asyncio.wait_for(wake.wait(), timeout)
+                await asyncio.wait_for(watcher.wake.wait(), timeout)
             except TimeoutError:
                 if terminal_since is None:
                     yield KEEP_ALIVE
                     if await watching.ended(run.pk):
                         terminal_since = time.monotonic()
+            else:
+                items = await watching.next_events(run.pk, watcher, after)
     finally:
-        await watching.unwatch(run.pk, wake)
+        await watching.unwatch(run.pk, watcher)
 
 
 async def wait_terminal(run: Run, seconds: int) -> Run:
@@ -300,7 +327,7 @@ async def wait_terminal(run: Run, seconds: int) -> Run:
         return run
     deadline = time.monotonic() + seconds
     watching = hub()
-    wake = await watching.watch(run.pk)
+    watcher = await watching.watch(run.pk)
     try:
         run = await in_thread(_reload, run.pk)  # watching now: no end can be missed after this read
         after = 0
@@ -309,17 +336,16 @@ async def wait_terminal(run: Run, seconds: int) -> Run:
             if remaining <= 0:
                 return await in_thread(_reload, run.pk)  # as it stands now
             try:
-                await asyncio.wait_for(wake.wait(), min(remaining, TERMINAL_CHECK_SECS))
+                await asyncio.wait_for(watcher.wake.wait(), min(remaining, TERMINAL_CHECK_SECS))
             except TimeoutError:
                 if await watching.ended(run.pk):
                     run = await in_thread(_reload, run.pk)
                 continue
-            wake.clear()
-            items = await watching.read(run.pk, after)
+            items = await watching.next_events(run.pk, watcher, after)
             if items:
                 after = items[-1][0]
             if any(name == events.DONE for _, name, _ in items):
                 run = await in_thread(_reload, run.pk)
         return run
     finally:
-        await watching.unwatch(run.pk, wake)
+        await watching.unwatch(run.pk, watcher)

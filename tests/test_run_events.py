@@ -204,9 +204,7 @@ def test_a_web_process_reads_many_streams_at_once_through_a_bounded_pool():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_hub_answers_many_ended_checks_at_once_with_a_query_or_two(
-    settings, monkeypatch, start_run_row
-):
+def test_the_hub_answers_many_ended_checks_at_once_with_a_query_or_two(settings, monkeypatch, start_run_row):
     """Streams opened together fall due for their keep-alive check together: the hub answers the
     ones that ask while a check is under way with the next query, not a query each."""
     import asyncio
@@ -237,3 +235,61 @@ def test_the_hub_answers_many_ended_checks_at_once_with_a_query_or_two(
     assert answers == [True, False, False] * 100
     assert len(queries) <= 2, queries
     assert sum(queries) <= 4  # each run asked about once or twice, however many clients asked
+
+
+def test_an_append_publishes_its_events_and_a_large_one_only_as_a_wake():
+    """The web tier hands a run's clients the events the worker published, without reading them
+    back; an append too large to publish is announced empty, and the clients read the log."""
+    url = redis_url_for("e2e")
+    client = redis.Redis.from_url(url)
+    log = events.RedisLog(url)
+    run_id = uuid.uuid4()
+    listener = client.pubsub()
+    listener.subscribe(events.channel(run_id))
+    assert listener.get_message(timeout=2)["type"] == "subscribe"
+    try:
+        assert log.append(run_id, [("status", '{"a":1}'), ("delta", '{"text":"x y"}')], 60) == 2
+        large = json.dumps({"text": "z" * events.PUSH_MAX_BYTES})
+        assert log.append(run_id, [("delta", large)], 60) == 3
+        first, second = (listener.get_message(timeout=2) for _ in range(2))
+        assert events.pushed(first["data"]) == [(1, "status", '{"a":1}'), (2, "delta", '{"text":"x y"}')]
+        assert second["data"] == b"" and events.pushed(second["data"]) == []
+        assert [entry_id for entry_id, _ in client.xrange(events.stream_key(run_id))] == [
+            b"0-1",
+            b"0-2",
+            b"0-3",
+        ]
+        assert 0 < client.ttl(events.stream_key(run_id)) <= 60
+    finally:
+        listener.close()
+        client.delete(events.stream_key(run_id))
+
+
+def test_a_client_uses_the_events_it_was_handed_only_when_they_follow_on():
+    import asyncio
+
+    from runs.streams import RedisHub, Watcher
+
+    url = redis_url_for("e2e")
+    client = redis.Redis.from_url(url)
+    run_id = uuid.uuid4()
+    for n in (1, 2, 3):
+        client.xadd(events.stream_key(run_id), {"e": "delta", "d": f"log {n}"}, id="0-*")
+
+    async def next_events(handed, after):
+        hub = RedisHub(url)
+        watcher = Watcher()
+        watcher.handed = handed
+        try:
+            return await hub.next_events(run_id, watcher, after)
+        finally:
+            await hub.client.aclose()
+
+    try:
+        follows = [(1, "delta", "handed 1"), (2, "delta", "handed 2"), (3, "delta", "handed 3")]
+        assert asyncio.run(next_events(follows, 1)) == follows[1:]  # sent already: dropped, not re-read
+        gap = [(3, "delta", "handed 3")]  # the message of event 2 was lost: the log has it
+        assert asyncio.run(next_events(gap, 1)) == [(2, "delta", "log 2"), (3, "delta", "log 3")]
+        assert asyncio.run(next_events([], 0)) == [(n, "delta", f"log {n}") for n in (1, 2, 3)]
+    finally:
+        client.delete(events.stream_key(run_id))
