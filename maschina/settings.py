@@ -278,6 +278,11 @@ CELERY_WORKER_CONCURRENCY = int(
     os.environ.get("MASCHINA_WORKER_CONCURRENCY")
     or (8 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 1000)
 )
+# How many of a worker process's runs do their own work (claim, settlement, events) at once; a run
+# waiting on its provider holds no slot (runs.execution). More at once add no throughput, the GIL
+# running one thread at a time, but every thread that wakes for a provider's fragment then waits
+# behind all of them.
+RUN_WORK_SLOTS = int(os.environ.get("MASCHINA_RUN_WORK_SLOTS") or 4)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

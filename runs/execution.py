@@ -9,6 +9,7 @@ for what the provider had reported by then, or for the whole answer of a call th
 closed, once it comes. A call that fails after text went out is not retried or continued on a
 fallback: the client has seen that text (CONTRACT section 9)."""
 
+import contextlib
 import logging
 import queue
 import threading
@@ -85,6 +86,20 @@ def _serve_calls(inbox):
         _free_threads.put(inbox)
 
 
+# Work slots of this process's runs (settings.RUN_WORK_SLOTS): a run holds one from its claim to its
+# last events, and gives it up while it waits on its provider or for a closed call to end.
+_slots = threading.BoundedSemaphore(settings.RUN_WORK_SLOTS)
+
+
+@contextlib.contextmanager
+def _slot_given_up():
+    _slots.release()
+    try:
+        yield
+    finally:
+        _slots.acquire()
+
+
 class _Stop(Exception):
     """The run was canceled, taken over, or reached its deadline while we waited."""
 
@@ -135,6 +150,10 @@ class Execution:
         by a round of runs.inflight that found the run canceled or taken over; take a round when one
         is due."""
         release_connection()
+        with _slot_given_up():
+            return self._wait(future, delay)
+
+    def _wait(self, future: Future | None, delay: float | None):
         until = time.monotonic() + delay if delay is not None else None
         if future is not None:
             future.add_done_callback(lambda _: self.held.changed.set())
@@ -194,7 +213,8 @@ class Execution:
             return None
         call.close()
         try:
-            completion = future.result(timeout=max(self.seconds_left(), 0) + 2)
+            with _slot_given_up():
+                completion = future.result(timeout=max(self.seconds_left(), 0) + 2)
         except FutureTimeout:
             logger.warning("run %s: the provider call did not end after it was closed", self.run.pk)
         except BaseException:  # the call's own failure: what it reported is on `call`
@@ -288,6 +308,11 @@ class Execution:
 
 
 def execute(run_id, timeout_secs=None) -> None:
+    with _slots:
+        _execute(run_id, timeout_secs)
+
+
+def _execute(run_id, timeout_secs) -> None:
     claimed = run_claim(run_id, timeout_secs)
     if claimed is None:
         resume(run_id)

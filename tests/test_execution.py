@@ -727,3 +727,42 @@ def test_an_abandoned_provider_call_never_holds_up_the_next_and_threads_are_reus
     failing = _start_call(lambda request: 1 / 0, None)
     with pytest.raises(ZeroDivisionError):
         failing.result(timeout=2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_at_most_the_work_slots_of_runs_do_their_own_work_at_once(monkeypatch, settings):
+    """Runs racing through their own work (here the claim, held open a while) take turns by
+    RUN_WORK_SLOTS; more at once would only make every provider thread wait longer for the GIL."""
+    import uuid
+
+    from runs import execution
+
+    from .concurrency import race
+
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def slow_claim(run_id, timeout_secs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return None  # not claimable: the delivery is looked at and dropped (no such run)
+
+    monkeypatch.setattr(execution, "run_claim", slow_claim)
+    outcomes = race(16, lambda: execution.execute(uuid.uuid4()))
+    assert outcomes == [None] * 16
+    assert most[0] == settings.RUN_WORK_SLOTS  # never more, and the slots are all used
+
+
+def test_a_worker_keeps_what_it_loaded_out_of_the_collectors_full_passes():
+    import gc
+
+    from maschina.celery import _freeze_what_is_loaded
+
+    try:
+        _freeze_what_is_loaded()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
