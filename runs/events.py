@@ -184,6 +184,7 @@ class Writer:
         self.buffer: list[str] = []
         self.last_flush = -math.inf  # the first fragment is due at once
         self.last_id = 0
+        self.ended = False  # by end() or drop(): a late fragment of a closed call is not written
         self._lock = threading.Lock()  # the buffer
         self._writing = threading.Lock()  # one write of this run's events at a time
 
@@ -208,6 +209,8 @@ class Writer:
 
     def delta(self, text: str) -> None:
         with self._lock:
+            if self.ended:
+                return
             first = not self.buffer
             self.buffer.append(text)
         if not first:
@@ -236,13 +239,15 @@ class Writer:
                 self._append(items, _running_ttl(self.run))
 
     def drop(self) -> None:
-        """Forget buffered deltas (the run was canceled: its stream has ended)."""
+        """Forget buffered deltas and any still to come (the run was canceled: its stream has ended)."""
         with self._lock:
-            self.buffer = []
+            self.buffer, self.ended = [], True
 
     def end(self, run: Run) -> None:
         data = dumps(run_data(run))
         with self._writing:
+            with self._lock:
+                self.ended = True
             self._append([*self._take(), (STATUS, data), (DONE, data)], settings.RUN_EVENTS_RETENTION_SECS)
 
 

@@ -88,6 +88,9 @@ def test_a_writer_coalesces_deltas_and_bounds_the_log(settings, monkeypatch):
         f"{i} " for i in range(50)
     )
     assert [seq for seq, _, _ in rows] == [1, 2, 3, 4, 5]
+    writer.delta("late ")  # a closed call's last fragment, after the run's `done`
+    writer.flush()
+    assert RunEvent.objects.filter(run_id=run.pk).count() == 5
 
     settings.RUN_EVENTS_COALESCE_SECS = 0  # every fragment due at once: the bound holds instead
     bounded = _Run()
