@@ -5,7 +5,7 @@ A. Admission while streams are held: POST /agents/{id}/run from wrk (32 clients,
    as benchmark 2) with N open event streams of N queued runs (1 000; 200 with --quick), 3 times, each
    load between two without streams (the baseline). Ratio: each load with streams over the mean of
    the two around it, the median of the rounds (target >= 0.9). The web processes' RSS before and
-   after opening them gives the memory per open stream, the first round's (target <= 50 KB).
+   after opening them gives the memory per open stream, the largest of the rounds (target <= 50 KB).
 B. Delta-to-client latency: a `celery worker` (the project's defaults) runs M runs at once (100; 20
    with --quick) against the emulator streaming 20 fragments 100 ms apart, each fragment the time at
    which the emulator sent it; one client per run follows its events. Latency = receipt - that time,
@@ -171,7 +171,7 @@ def main():
         before = admission(url, agent, key, secs)
         print(f"  gunicorn {under_gunicorn['rps']} req/s; uvicorn {before['rps']} req/s, no streams")
 
-        # A: N streams of N queued runs, held while the admission load runs again; twice, each
+        # A: N streams of N queued runs, held while the admission load runs again; ROUNDS times, each
         # between loads without streams, so a noisy minute of the machine hits both sides alike.
         from billing.selectors import plan_for
 
