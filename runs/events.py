@@ -4,8 +4,9 @@ sweeper), read by the web tier (runs.streams).
 Each event is (id, name, JSON data), its id 1, 2, 3 ... within the run. With Redis they are a Redis
 Stream per run whose entry ids are `0-<id>` (XADD with `0-*` numbers them, atomically, whoever
 writes), kept RUN_EVENTS_RETENTION_SECS after the run ends (EXPIRE), and every append is published,
-events included, on the run's pub/sub channel, which wakes the web processes that stream it. Without Redis they are
-rows of runs.RunEvent, which the web tier polls, and which the sweeper deletes once past retention.
+events included, on the run's pub/sub channel, which wakes the web processes that stream it.
+Without Redis they are rows of runs.RunEvent, which the web tier polls, and which the sweeper
+deletes once past retention.
 
 A run's worker coalesces its deltas into one write per RUN_EVENTS_COALESCE_SECS (Writer), and
 stops writing deltas when the run's log nears RUN_EVENTS_MAX: the rest of the text then goes out as
