@@ -14,7 +14,7 @@ from django.conf import settings  # noqa: E402
 from django.core import signals  # noqa: E402
 from django.db import close_old_connections, reset_queries  # noqa: E402
 
-from .loop_middleware import ASGIHandler  # noqa: E402
+from .asgi_handler import ASGIHandler  # noqa: E402
 from .request_bodies import capped_asgi_body  # noqa: E402
 
 # When a request starts, the thread made for its sync code has no connection to close and no queries

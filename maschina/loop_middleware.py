@@ -1,5 +1,5 @@
-"""Django's own middleware with its hooks called on the event loop, and the ASGI handler that loads
-them in place of the Django middleware that MIDDLEWARE names.
+"""Django's own middleware with its hooks called on the event loop, and the mixin with which the ASGI
+handler (maschina.asgi_handler) loads them in place of the Django middleware that MIDDLEWARE names.
 
 Under ASGI, Django calls every hook of a MiddlewareMixin middleware (process_request, process_view,
 process_response) through sync_to_async: a hop to the request's thread and back, about fifteen per
@@ -19,7 +19,6 @@ from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
 from django.core.exceptions import ImproperlyConfigured
-from django.core.handlers import asgi
 from django.middleware import clickjacking, common, csrf, security
 
 
@@ -119,7 +118,3 @@ class LoopFormsLoading:
             super().load_middleware(is_async)  # type: ignore[misc]
         finally:
             settings.MIDDLEWARE = declared
-
-
-class ASGIHandler(LoopFormsLoading, asgi.ASGIHandler):
-    pass
