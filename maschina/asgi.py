@@ -12,14 +12,11 @@ django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application() doe
 # Imported once the settings are loaded, as they read them.
 from django.conf import settings  # noqa: E402
 from django.core import signals  # noqa: E402
-from django.db import close_old_connections, reset_queries  # noqa: E402
 
-from .asgi_handler import ASGIHandler  # noqa: E402
+from .asgi_handler import REQUEST_STARTED_HOPS, ASGIHandler  # noqa: E402
 from .request_bodies import capped_asgi_body  # noqa: E402
 
-# When a request starts, the thread made for its sync code has no connection to close and no queries
-# to forget: these receivers would only cost every request a hop to that thread.
-signals.request_started.disconnect(close_old_connections)
-signals.request_started.disconnect(reset_queries)
+for receiver in REQUEST_STARTED_HOPS:
+    signals.request_started.disconnect(receiver)
 
 application = capped_asgi_body(ASGIHandler(), settings.MAX_REQUEST_BODY_BYTES + 1)

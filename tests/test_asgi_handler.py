@@ -9,24 +9,22 @@ import threading
 
 import pytest
 from django.core import signals
-from django.db import close_old_connections, reset_queries
 from django.http import JsonResponse
 from django.urls import path
 
-from maschina.asgi_handler import ASGIHandler
+from maschina.asgi_handler import REQUEST_STARTED_HOPS, ASGIHandler
 
 
 async def on_the_loop(request):
     return JsonResponse({"ok": True})
 
 
+VIEW_THREADS: list[int] = []  # the threads on_a_thread ran on
+
+
 def on_a_thread(request):
-    request.view_thread = threading.get_ident()
-    on_a_thread.threads.append(threading.get_ident())
+    VIEW_THREADS.append(threading.get_ident())
     return JsonResponse({"ok": True})
-
-
-on_a_thread.threads = []  # type: ignore[attr-defined]
 
 
 async def held(request):
@@ -41,12 +39,11 @@ urlpatterns = [path("loop", on_the_loop), path("thread", on_a_thread), path("hel
 def handler(settings):
     settings.ROOT_URLCONF = __name__
     settings.ALLOWED_HOSTS = ["testserver"]
-    # As maschina.asgi serves: without the request_started receivers that only cost a hop there.
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_started.disconnect(reset_queries)
+    for receiver in REQUEST_STARTED_HOPS:  # as maschina.asgi serves
+        signals.request_started.disconnect(receiver)
     yield ASGIHandler()
-    signals.request_started.connect(close_old_connections)
-    signals.request_started.connect(reset_queries)
+    for receiver in REQUEST_STARTED_HOPS:
+        signals.request_started.connect(receiver)
 
 
 @pytest.fixture
@@ -121,11 +118,11 @@ def test_an_async_views_request_is_finished_on_the_loop_with_no_thread(handler, 
 
 
 def test_a_sync_views_request_is_finished_on_the_thread_it_ran_on(handler, finished_on):
-    on_a_thread.threads.clear()
+    VIEW_THREADS.clear()
     status, made = threads_made_during(call(handler, "thread"))
     assert status == 200
-    assert on_a_thread.threads and on_a_thread.threads[0] != threading.get_ident()
-    assert finished_on == on_a_thread.threads  # where its connections are
+    assert VIEW_THREADS and VIEW_THREADS[0] != threading.get_ident()
+    assert finished_on == VIEW_THREADS  # where its connections are
     assert made >= 1
 
 
