@@ -124,13 +124,15 @@ def table_rows(results: dict) -> list[tuple]:
     r = results.get("in_flight")
     if r:
         ours, theirs = r["maschina"], r["litellm"]
+        held = r.get("backlog", ours)
         rows.append(
             (
                 "7",
                 f"completed runs/s at {r['delay_secs']} s provider latency, {r['clients']} clients, "
                 "one node; "
-                f"peak {ours['peak_in_flight']} in flight, {ours['peak_db_connections']} connections, "
-                f"{ours['rss_kib_per_in_flight_run']} KiB per run in flight",
+                f"peak {ours['peak_in_flight']} in flight ({held['peak_in_flight']} on a backlog), "
+                f"{max(ours['peak_db_connections'], held['peak_db_connections'])} connections, "
+                f"{held['rss_kib_per_in_flight_run']} KiB per run in flight",
                 f"{fmt(ours['per_second'])} runs/s",
                 f"LiteLLM proxy {fmt(theirs['per_second'])} calls/s",
                 f"{r['ratio']:.2f}",
