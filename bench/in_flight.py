@@ -69,6 +69,37 @@ class Sampler:
         return self.peak
 
 
+def start_node(env, logs, paused=False):
+    """One `celery -A maschina worker` with no option, once it answers (its consumer paused if asked);
+    returns it, its pids and its idle RSS (KiB)."""
+    from maschina.celery import app
+
+    worker = common.start_worker({**env, "PGAPPNAME": WORKER_APP}, logs, concurrency=None)
+    try:
+        common.wait_worker_ready(worker)
+        if paused:
+            app.control.cancel_consumer("maschina", reply=True, timeout=5)
+    except BaseException:
+        worker.stop()
+        raise
+    time.sleep(1)
+    # A threads worker forks nothing: its pids are read once, as walking its thousand threads'
+    # entries under /proc at every sample cost the benchmark process a share of a core.
+    pids = common.descendants(worker.proc.pid)
+    return worker, lambda: pids, common.rss_kib(pids)
+
+
+def held_figures(peak: dict, idle_rss: int) -> dict:
+    """A Sampler's peaks as results: runs in flight, connections, and RSS per in-flight run."""
+    return {
+        "peak_in_flight": peak["executing"],
+        "peak_db_connections": peak["connections"],
+        "idle_rss_mib": round(idle_rss / 1024, 1),
+        "peak_rss_mib": round(peak["rss_kib"] / 1024, 1),
+        "rss_kib_per_in_flight_run": round((peak["rss_kib"] - idle_rss) / max(peak["executing"], 1), 1),
+    }
+
+
 def wait_settled(Run, timeout=600):
     deadline = time.monotonic() + timeout
     while Run.objects.filter(settled_at__isnull=True).exists():
@@ -85,19 +116,14 @@ def backlog_phase(env, logs, url, key, agent, clients) -> dict:
     from maschina.celery import app
     from runs.models import Run
 
-    worker = common.start_worker({**env, "PGAPPNAME": WORKER_APP}, logs, concurrency=None)
+    worker, pids, idle_rss = start_node(env, logs, paused=True)
     try:
-        common.wait_worker_ready(worker)
-        app.control.cancel_consumer("maschina", reply=True, timeout=5)
-        time.sleep(1)
-        pids = common.descendants(worker.proc.pid)
-        idle_rss = common.rss_kib(pids)
         while Run.objects.count() < BACKLOG:
             common.wrk(
                 f"{url}/api/v1/agents/{agent.pk}/run", key=key, body=RUN_BODY,
                 connections=clients, seconds=2, timeout="60s",
             )  # fmt: skip
-        sampler = Sampler(lambda: pids)
+        sampler = Sampler(pids)
         started = time.monotonic()
         app.control.add_consumer("maschina", reply=True, timeout=5)
         wait_settled(Run)
@@ -113,11 +139,7 @@ def backlog_phase(env, logs, url, key, agent, clients) -> dict:
         "completed": completed,
         "drain_seconds": round(drain, 2),
         "first_start_to_last_settlement_seconds": round((span["last"] - span["first"]).total_seconds(), 2),
-        "peak_in_flight": peak["executing"],
-        "peak_db_connections": peak["connections"],
-        "idle_rss_mib": round(idle_rss / 1024, 1),
-        "peak_rss_mib": round(peak["rss_kib"] / 1024, 1),
-        "rss_kib_per_in_flight_run": round((peak["rss_kib"] - idle_rss) / max(peak["executing"], 1), 1),
+        **held_figures(peak, idle_rss),
     }
     print(f"  backlog: {result}")
     return result
@@ -151,14 +173,7 @@ def main():
         web, url = common.start_web(env, logs, workers=2, server=args.web)
         backlog = backlog_phase(env, logs, url, key, agent, args.clients)
         env = common.stack_env(broker_url=redis.url(0), anthropic_url=emulator.url)
-        worker = common.start_worker({**env, "PGAPPNAME": WORKER_APP}, logs, concurrency=None)
-        common.wait_worker_ready(worker)
-        time.sleep(1)
-        # A threads worker forks nothing: its pids are read once, as walking its thousand threads'
-        # entries under /proc at every sample cost the benchmark process a share of a core.
-        pids = common.descendants(worker.proc.pid)
-        worker_pids = lambda: pids  # noqa: E731
-        idle_rss = common.rss_kib(worker_pids())
+        worker, worker_pids, idle_rss = start_node(env, logs)
 
         # Ours: admit for `admit_secs`, then wait for the last settlement.
         meter = common.CpuMeter(
@@ -192,11 +207,7 @@ def main():
             "seconds": round(wall, 2),
             "per_second": round(completed / wall, 1),
             "admission": {k: admission[k] for k in ("rps", "p50_ms", "p99_ms", "statuses", "socket_errors")},
-            "peak_in_flight": peak["executing"],
-            "peak_db_connections": peak["connections"],
-            "idle_rss_mib": round(idle_rss / 1024, 1),
-            "peak_rss_mib": round(peak["rss_kib"] / 1024, 1),
-            "rss_kib_per_in_flight_run": round((peak["rss_kib"] - idle_rss) / max(peak["executing"], 1), 1),
+            **held_figures(peak, idle_rss),
             "cpu_ms_per_run": common.per_op_ms(cpu, completed),
         }
         print(f"  maschina: {ours}")
