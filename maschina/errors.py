@@ -31,6 +31,13 @@ def error_response(code, message, status_code, **extra):
     return JsonResponse(error_body(code, message, **extra), status=status_code)
 
 
+def method_not_allowed(request, *allowed: str) -> JsonResponse:
+    """The 405 of a view outside DRF, with the `Allow` header that RFC 9110 requires of it."""
+    response = error_response("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
+    response["Allow"] = ", ".join(allowed)
+    return response
+
+
 def _flatten(detail):
     """DRF field errors as {"field": ["message", ...]}; nested fields are joined with dots."""
     fields: dict[str, list[str]] = {}

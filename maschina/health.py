@@ -5,7 +5,7 @@ from django.db.utils import Error as DatabaseError
 from django.http import JsonResponse
 
 from .broker_circuit import broker_circuit, broker_reachable
-from .errors import error_response
+from .errors import method_not_allowed
 
 HEALTH_BROKER_TIMEOUT_SECS = 0.3  # /healthz answers well within 0.5 s
 
@@ -32,6 +32,6 @@ def _broker_ok() -> bool:
 
 def healthz(request):
     if request.method not in ("GET", "HEAD"):
-        return error_response("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
+        return method_not_allowed(request, "GET", "HEAD")
     checks = {"database": "ok" if _database_ok() else "down", "broker": "ok" if _broker_ok() else "down"}
     return JsonResponse(checks, status=200 if all(v == "ok" for v in checks.values()) else 503)

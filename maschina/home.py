@@ -3,7 +3,7 @@ admin (the API itself lives under /api/v1/)."""
 
 from django.http import HttpResponse
 
-from .errors import error_response
+from .errors import method_not_allowed
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -28,5 +28,5 @@ code{background:#f3f3f3;padding:0 .25rem}</style></head>
 
 def home(request):
     if request.method not in ("GET", "HEAD"):
-        return error_response("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
+        return method_not_allowed(request, "GET", "HEAD")
     return HttpResponse(PAGE)

@@ -20,7 +20,8 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from accounts.authentication import ApiKeyAuthentication
 from maschina.db.in_thread import in_thread
-from maschina.errors import error_response
+from maschina.errors import error_response, method_not_allowed
+from maschina.query_params import ascii_int
 from maschina.schema import errors
 
 from . import selectors, streams
@@ -169,9 +170,18 @@ run_create = _run_create_async if settings.IS_ASGI else _run_create_sync
 run_detail = _run_detail_async if settings.IS_ASGI else _run_detail_sync
 
 
-def _last_event_id(request: HttpRequest) -> int:
-    raw = request.headers.get("Last-Event-ID", "").strip()
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else 0
+# Event ids count a run's events from 1; the bound keeps a resumed id inside Redis's 64-bit stream ids.
+MAX_LAST_EVENT_ID = 10**18 - 1
+
+
+def _last_event_id(request: HttpRequest) -> int | None:
+    """The id to resume after: 0 when the header is absent (a browser's EventSource sends none
+    before its first event), None when it is not an event id (empty included)."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        return 0
+    value = ascii_int(raw.strip())
+    return value if value is not None and value <= MAX_LAST_EVENT_ID else None
 
 
 def _run_for(request: HttpRequest, run_id):
@@ -189,11 +199,19 @@ def _run_for(request: HttpRequest, run_id):
 async def run_events(request, run_id):
     """GET /runs/{id}/events: server-sent events (runs.streams.event_stream)."""
     if request.method != "GET":
-        return error_response("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
+        return method_not_allowed(request, "GET")
     found = await in_thread(_run_for, request, run_id)
     if isinstance(found, HttpResponse):
         return found
-    events = streams.event_stream(found, _last_event_id(request))
+    after = _last_event_id(request)
+    if after is None:
+        return error_response(
+            "invalid",
+            "The request has invalid fields.",
+            400,
+            fields={"Last-Event-ID": [f"Must be an event id: an integer from 0 to {MAX_LAST_EVENT_ID}."]},
+        )
+    events = streams.event_stream(found, after)
     response = StreamingHttpResponse(
         events if settings.IS_ASGI else _one_by_one(events), content_type="text/event-stream"
     )
@@ -242,7 +260,7 @@ class RunEventsApi(GenericAPIView):
         parameters=[
             OpenApiParameter(
                 "Last-Event-ID",
-                int,
+                {"type": "integer", "minimum": 0, "maximum": MAX_LAST_EVENT_ID},
                 OpenApiParameter.HEADER,
                 description="Resume after this event id (1, 2, 3 ... per run).",
             )

@@ -165,7 +165,9 @@ def test_unsafe_methods_on_unknown_paths_are_json_404_even_with_csrf_checks(cata
 
 
 def test_healthz_answers_only_get(catalog):
-    assert_error(Client(enforce_csrf_checks=True).post("/healthz"), 405, "method_not_allowed")
+    response = Client(enforce_csrf_checks=True).post("/healthz")
+    assert_error(response, 405, "method_not_allowed")
+    assert response["Allow"] == "GET, HEAD"
 
 
 def test_non_json_content_type_is_a_json_error(client):

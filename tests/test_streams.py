@@ -142,6 +142,28 @@ def test_events_auth_and_isolation_answer_json_before_any_stream(client):
     assert (bad.status_code, bad.json()["error"]["code"]) == (401, "invalid_api_key")
 
 
+@pytest.mark.parametrize("last_event_id", ["", "abc", "-1", "1.5", "\u0665", "1" * 19, "J+(*ah4V?=L"])
+def test_a_bad_last_event_id_is_refused_before_any_stream(client, last_event_id):
+    api = client()
+    run_id = start(api).json()["id"]
+    response = api.session.get(
+        f"{api.base_url}/api/v1/runs/{run_id}/events",
+        headers={"Last-Event-ID": last_event_id.encode()},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert list(response.json()["error"]["fields"]) == ["Last-Event-ID"]
+
+
+def test_events_answer_only_get_and_say_so(client):
+    api = client()
+    run_id = start(api).json()["id"]
+    response = api.session.request("TRACE", f"{api.base_url}/api/v1/runs/{run_id}/events", timeout=10)
+    assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert response.headers["Allow"] == "GET"
+
+
 def test_a_client_that_disconnects_is_forgotten_at_once(client, anthropic_emulator, stack):
     api = client()
     anthropic_emulator.queue(MODEL, Reply(delay=6))
