@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from maschina.fields import StrictCharField
+from maschina.fields import KnownFieldsOnly, StrictCharField
 from routing.snapshot import get_rules
 
 from .models import Agent
@@ -19,7 +19,7 @@ class AgentSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at", "updated_at"]
 
 
-class AgentWriteSerializer(serializers.Serializer):
+class AgentWriteSerializer(KnownFieldsOnly):
     name = StrictCharField(max_length=200)
     description = StrictCharField(required=False, allow_blank=True, max_length=10_000)
     system_prompt = StrictCharField(required=False, allow_blank=True, max_length=MAX_PROMPT_CHARS)

@@ -166,6 +166,13 @@ def test_agent_crud(make_client):
     ).json()
     assert (patched["model"], patched["system_prompt"], patched["name"]) == (None, "be terse", "writer")
     assert client.get(f"/api/v1/agents/{agent['id']}").json()["system_prompt"] == "be terse"
+    # A misspelt field is refused, not dropped (which would answer 200 and change nothing).
+    misspelt = client.patch(f"/api/v1/agents/{agent['id']}", {"system_promt": "x"}, format="json")
+    assert misspelt.status_code == 400
+    assert misspelt.json()["error"]["fields"] == {"system_promt": ["Unknown field."]}
+    assert client.get(f"/api/v1/agents/{agent['id']}").json()["system_prompt"] == "be terse"
+    unknown = client.post("/api/v1/agents", {"name": "w", "temperature": 1}, format="json")
+    assert (unknown.status_code, list(unknown.json()["error"]["fields"])) == (400, ["temperature"])
     assert client.delete(f"/api/v1/agents/{agent['id']}").status_code == 204
     assert client.get(f"/api/v1/agents/{agent['id']}").status_code == 404
 
