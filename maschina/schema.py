@@ -41,6 +41,9 @@ def errors(*statuses: int) -> dict:
 
 # DRF's CharField refuses NUL characters (PostgreSQL cannot store them): the schema says so.
 NO_NUL_PATTERN = "^[^\\u0000]*$"
+# A CharField that may not be blank strips whitespace (str.strip) first, so it needs a character
+# besides: the class names the ones JavaScript's \\s leaves out.
+NOT_BLANK_PATTERN = "^[^\\u0000]*[^\\u0000\\s\\u001c-\\u001f\\u0085][^\\u0000]*$"
 
 
 class ApiAutoSchema(AutoSchema):
@@ -62,7 +65,8 @@ class ApiAutoSchema(AutoSchema):
             and schema.get("type") == "string"
             and not {"pattern", "enum", "format"} & set(schema)
         ):
-            schema["pattern"] = NO_NUL_PATTERN
+            blank_refused = field.trim_whitespace and not field.allow_blank
+            schema["pattern"] = NOT_BLANK_PATTERN if blank_refused else NO_NUL_PATTERN
         one_of = schema.get("oneOf", [])
         if (
             len(one_of) == 2

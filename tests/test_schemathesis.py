@@ -1,8 +1,10 @@
 """Schemathesis against the running app: generated requests to every operation of /api/schema/,
-valid and invalid, over HTTP to the recommended deployment (uvicorn) on PostgreSQL, with every
-check schemathesis has: no server error, every response as documented, valid data accepted and
-invalid data refused, authentication enforced."""
+valid and invalid, over HTTP to the recommended deployment (uvicorn and a `celery worker`, on
+PostgreSQL and a Redis of our own, the providers emulated), with every check schemathesis has: no
+server error, every response as documented, valid data accepted and invalid data refused,
+authentication enforced."""
 
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -13,24 +15,52 @@ from django.contrib.auth import get_user_model
 from accounts.services import api_key_create
 from billing.plans import UNLIMITED, plan_set
 
-from .processes import BIN, ROOT, stack_env, start_uvicorn, wait_http
+from .emulators import Reply
+from .processes import (
+    BIN,
+    ROOT,
+    Api,
+    RedisServer,
+    stack_env,
+    start_uvicorn,
+    start_worker,
+    wait_http,
+    wait_worker_ready,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 CHECKS = "all"
 
 
-def test_generated_requests_find_no_server_error_and_no_schema_violation(catalog):
+def test_generated_requests_find_no_server_error_and_no_schema_violation(
+    catalog, anthropic_emulator, ollama_emulator
+):
     user = get_user_model().objects.create(username="schemathesis")
     # Rate limits lifted: generated runs would otherwise mostly test the 429 (tests/test_rate_limits.py does).
     plan_set(user=user, tier_slug="m10", requests_per_minute=UNLIMITED, max_concurrent_runs=UNLIMITED)
     _, key = api_key_create(user=user)
-    env = stack_env(broker_url="memory://")
+    # A worker ends the generated runs, so a `?wait` answers when its run does and an event stream
+    # closes, instead of each holding its connection to the limit.
+    broker = RedisServer()
+    env = stack_env(broker_url=broker.url, anthropic=anthropic_emulator, ollama=ollama_emulator)
     log_dir = tempfile.mkdtemp(prefix="maschina-schemathesis-")
     web, url = start_uvicorn(env, log_dir)
+    worker = start_worker(env, log_dir, concurrency=8)
     report = Path(log_dir) / "report"
     try:
-        wait_http(url + "/healthz", [web])
+        wait_http(url + "/healthz", [web, worker])
+        wait_worker_ready(worker)
+        # The run that POST /runs/{id}/cancel is given (tests/schemathesis.toml): executing for a
+        # while, so the first cancels find it running and the later ones find it ended.
+        anthropic_emulator.reset()
+        anthropic_emulator.queue("claude-haiku-4-5", Reply(delay=20))
+        api = Api(url, key)
+        agent = api.post("/api/v1/agents", {"name": "schemathesis"}).json()["id"]
+        run_id = api.post(
+            f"/api/v1/agents/{agent}/run", {"input": {"message": "hi"}, "model": "claude-haiku-4-5"}
+        )
+        run_id = run_id.json()["id"]
         result = subprocess.run(
             [
                 str(BIN / "python"),
@@ -59,10 +89,6 @@ def test_generated_requests_find_no_server_error_and_no_schema_violation(catalog
                 # statuses a schema cannot predict (rules across fields, the clock, what jsonb stores).
                 "--phases",
                 "examples,coverage,fuzzing,stateful",
-                # Without a worker (the broker is in memory) a run never ends: its event stream stays
-                # open (tests/test_streams.py covers it), and a `?wait` is held to its limit (60 s at most).
-                "--exclude-operation-id",
-                "runs_events",
                 "--request-timeout",
                 "65",
                 "--generation-database",
@@ -74,6 +100,7 @@ def test_generated_requests_find_no_server_error_and_no_schema_violation(catalog
                 str(report),
             ],
             cwd=ROOT,
+            env={**os.environ, "SCHEMATHESIS_CANCEL_RUN_ID": run_id},
             capture_output=True,
             text=True,
             timeout=600,
@@ -83,3 +110,5 @@ def test_generated_requests_find_no_server_error_and_no_schema_violation(catalog
         assert "No issues found" in result.stdout
     finally:
         web.stop()
+        worker.stop()
+        broker.stop()
