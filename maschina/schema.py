@@ -42,7 +42,7 @@ def errors(*statuses: int) -> dict:
 # DRF's CharField refuses NUL characters (PostgreSQL cannot store them): the schema says so.
 NO_NUL_PATTERN = "^[^\\u0000]*$"
 # A CharField that may not be blank strips whitespace (str.strip) first, so it needs a character
-# besides: the class names the ones JavaScript's \\s leaves out.
+# besides: the class names the ones JavaScript's \s leaves out.
 NOT_BLANK_PATTERN = "^[^\\u0000]*[^\\u0000\\s\\u001c-\\u001f\\u0085][^\\u0000]*$"
 
 

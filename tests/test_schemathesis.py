@@ -57,10 +57,10 @@ def test_generated_requests_find_no_server_error_and_no_schema_violation(
         anthropic_emulator.queue("claude-haiku-4-5", Reply(delay=20))
         api = Api(url, key)
         agent = api.post("/api/v1/agents", {"name": "schemathesis"}).json()["id"]
-        run_id = api.post(
+        started = api.post(
             f"/api/v1/agents/{agent}/run", {"input": {"message": "hi"}, "model": "claude-haiku-4-5"}
         )
-        run_id = run_id.json()["id"]
+        run_id = started.json()["id"]
         result = subprocess.run(
             [
                 str(BIN / "python"),
