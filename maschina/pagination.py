@@ -1,7 +1,7 @@
 from rest_framework import pagination
 
 from .errors import ApiError
-from .query_params import ascii_int
+from .query_params import MAX_ASCII_INT, ascii_int
 
 
 class LimitOffsetPagination(pagination.LimitOffsetPagination):
@@ -34,7 +34,7 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
         parameters = super().get_schema_operation_parameters(view)
         bounds = {
             self.limit_query_param: {"minimum": 1, "maximum": self.max_limit, "default": self.default_limit},
-            self.offset_query_param: {"minimum": 0, "default": 0},
+            self.offset_query_param: {"minimum": 0, "maximum": MAX_ASCII_INT, "default": 0},
         }
         for parameter in parameters:
             parameter["schema"].update(bounds.get(parameter["name"], {}))

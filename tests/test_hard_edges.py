@@ -74,6 +74,9 @@ def test_ids_in_paths_in_any_letter_case(client, agent, providers):
         "offset=-0",
         "offset=٣",
         "limit=５",
+        "limit=" + "1" * 5000,  # int() of this many digits raises
+        "offset=" + "1" * 5000,
+        "offset=" + "1" * 19,  # past the bigint an OFFSET takes
     ],
 )
 def test_numeric_query_parameters_are_ascii_digits_only(client, query):

@@ -142,7 +142,9 @@ def test_events_auth_and_isolation_answer_json_before_any_stream(client):
     assert (bad.status_code, bad.json()["error"]["code"]) == (401, "invalid_api_key")
 
 
-@pytest.mark.parametrize("last_event_id", ["", "abc", "-1", "1.5", "\u0665", "1" * 19, "J+(*ah4V?=L"])
+@pytest.mark.parametrize(
+    "last_event_id", ["", "abc", "-1", "1.5", "\u0665", "1" * 19, "1" * 5000, "J+(*ah4V?=L"]
+)
 def test_a_bad_last_event_id_is_refused_before_any_stream(client, last_event_id):
     api = client()
     run_id = start(api).json()["id"]
