@@ -176,13 +176,18 @@ class Writer:
     status() and end() from the run's own thread, which calls flush_due() when woken. With Redis a
     fragment that is due at once is written by the thread that brings it, which saves waking the
     run's thread for each; the database log is written only by the run's thread (a provider thread
-    holds no connection). One write of the run's events at a time keeps them in order."""
+    holds no connection). One write of the run's events at a time keeps them in order.
+
+    The `executing` status goes out with the first fragment, or after one coalescing interval if no
+    fragment came by then: one append fewer per run than writing it on its own."""
 
     def __init__(self, run: Run, wake: Callable[[], None]):
         self.run, self.wake = run, wake
         self.interval = settings.RUN_EVENTS_COALESCE_SECS
         self.inline = isinstance(log(), RedisLog)
         self.buffer: list[str] = []
+        self.statuses: list[tuple[str, str]] = []  # status events not written yet
+        self.status_due = math.inf
         self.last_flush = -math.inf  # the first fragment is due at once
         self.last_id = 0
         self.ended = False  # by end() or drop(): a late fragment of a closed call is not written
@@ -190,13 +195,14 @@ class Writer:
         self._writing = threading.Lock()  # one write of this run's events at a time
 
     def _take(self) -> list[tuple[str, str]]:
-        """The buffered text as a delta event (none when empty); held under `_writing`."""
+        """The waiting statuses, then the buffered text as a delta event; held under `_writing`."""
         with self._lock:
             text, self.buffer = "".join(self.buffer), []
+            statuses, self.statuses, self.status_due = self.statuses, [], math.inf
         if not text:
-            return []
+            return statuses
         self.last_flush = time.monotonic()
-        return [(DELTA, dumps({"text": text}))]
+        return [*statuses, (DELTA, dumps({"text": text}))]
 
     def _append(self, items, ttl: float) -> None:
         last = append(self.run.pk, items, ttl)
@@ -204,9 +210,11 @@ class Writer:
             self.last_id = last
 
     def status(self, run: Run) -> None:
+        """The run's status as it stands, written with the next fragments or within one interval."""
         data = dumps(run_data(run))
-        with self._writing:
-            self._append([*self._take(), (STATUS, data)], _running_ttl(self.run))
+        with self._lock:
+            self.statuses.append((STATUS, data))
+            self.status_due = min(self.status_due, time.monotonic() + self.interval)
 
     def delta(self, text: str) -> None:
         with self._lock:
@@ -222,11 +230,14 @@ class Writer:
             self.wake()  # the run's thread works out when to write it
 
     def due_in(self) -> float | None:
-        """Seconds until the buffered deltas are due to be written; None when there are none."""
+        """Seconds until the waiting events are due to be written; None when there are none."""
         with self._lock:
+            now = time.monotonic()
+            due = max(0.0, self.status_due - now) if self.statuses else None
             if not self.buffer or self.last_id >= settings.RUN_EVENTS_MAX - 3:
-                return None  # near the bound, the rest waits for end()
-            return max(0.0, self.last_flush + self.interval - time.monotonic())
+                return due  # near the bound, the text waits for end()
+            text_due = max(0.0, self.last_flush + self.interval - now)
+            return text_due if due is None else min(due, text_due)
 
     def flush_due(self) -> None:
         due = self.due_in()
@@ -242,7 +253,7 @@ class Writer:
     def drop(self) -> None:
         """Forget buffered deltas and any still to come (the run was canceled: its stream has ended)."""
         with self._lock:
-            self.buffer, self.ended = [], True
+            self.buffer, self.statuses, self.ended = [], [], True
 
     def end(self, run: Run) -> None:
         data = dumps(run_data(run))

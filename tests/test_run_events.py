@@ -4,6 +4,7 @@ forgets runs past retention."""
 
 import datetime as dt
 import json
+import time
 import uuid
 
 import pytest
@@ -107,6 +108,40 @@ def test_a_writer_coalesces_deltas_and_bounds_the_log(settings, monkeypatch):
         f"{i} " for i in range(50)
     )
     events.log.cache_clear()
+
+
+def test_the_executing_status_goes_out_with_the_first_fragment_or_after_one_interval(settings, monkeypatch):
+    url = redis_url_for("e2e")
+    settings.RUN_EVENTS_REDIS_URL = url
+    settings.RUN_EVENTS_COALESCE_SECS = 0.2
+    events.log.cache_clear()
+    monkeypatch.setattr(events, "run_data", lambda run: {"id": str(run.pk)})
+    client = redis.Redis.from_url(url)
+    published = client.pubsub()
+    try:
+        answered, silent = _Run(), _Run()
+        published.subscribe(events.channel(answered.pk))
+        published.get_message(timeout=1)  # the subscription's confirmation
+        writer = events.Writer(answered, wake=lambda: None)
+        writer.status(answered)
+        assert ids_of_redis(client, answered.pk) == []  # not on its own
+        writer.delta("first ")  # from the provider's thread: due at once, written with the status
+        assert ids_of_redis(client, answered.pk) == [1, 2]
+        message = published.get_message(timeout=1)
+        assert [name for _, name, _ in events.pushed(message["data"])] == ["status", "delta"]  # one append
+
+        writer = events.Writer(silent, wake=lambda: None)
+        writer.status(silent)
+        writer.flush_due()
+        assert ids_of_redis(client, silent.pk) == []
+        assert 0 < writer.due_in() <= 0.2
+        time.sleep(0.25)
+        writer.flush_due()  # the run's thread, woken when it is due
+        assert ids_of_redis(client, silent.pk) == [1]
+    finally:
+        published.close()
+        client.delete(events.stream_key(answered.pk), events.stream_key(silent.pk))
+        events.log.cache_clear()
 
 
 @pytest.mark.django_db
