@@ -15,6 +15,7 @@ import socket
 import threading
 
 import anthropic
+import httpcore2
 import httpx2
 from django.conf import settings
 
@@ -50,10 +51,61 @@ def _client() -> anthropic.Anthropic:
                 open_telemetry=None
                 if settings.ANTHROPIC_OPEN_TELEMETRY
                 else False,  # None: the SDK reads its env
-                http_client=anthropic.DefaultHttpxClient(verify=_tls[0]),
+                http_client=_small_reads(anthropic.DefaultHttpxClient(verify=_tls[0])),
             )
             _clients[key] = client
         return client
+
+
+# A call waiting on its provider sits in a read, whose buffer is allocated before the read blocks:
+# httpcore asks for 64 KiB, which a node holding a thousand calls keeps a thousand of. The events of
+# a stream are small, so reads of READ_BYTES cost no more calls to read an answer.
+READ_BYTES = 4096
+
+
+class _SmallReadStream(httpcore2.NetworkStream):
+    def __init__(self, stream: httpcore2.NetworkStream):
+        self.stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.stream.read(min(max_bytes, READ_BYTES), timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore2.NetworkStream:
+        return _SmallReadStream(self.stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str):
+        return self.stream.get_extra_info(info)
+
+
+class _SmallReads(httpcore2.NetworkBackend):
+    def __init__(self, backend: httpcore2.NetworkBackend):
+        self.backend = backend
+
+    def connect_tcp(self, *args, **kwargs) -> httpcore2.NetworkStream:
+        return _SmallReadStream(self.backend.connect_tcp(*args, **kwargs))
+
+    def connect_unix_socket(self, *args, **kwargs) -> httpcore2.NetworkStream:
+        return _SmallReadStream(self.backend.connect_unix_socket(*args, **kwargs))
+
+    def sleep(self, seconds: float) -> None:
+        self.backend.sleep(seconds)
+
+
+def _small_reads(client: httpx2.Client) -> httpx2.Client:
+    """The SDK's client with reads of at most READ_BYTES on each of its connection pools (httpx
+    takes no network backend, so it is set on the pools the SDK's transports made)."""
+    transports = [client._transport, *client._mounts.values()]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        if pool is not None:
+            pool._network_backend = _SmallReads(pool._network_backend)
+    return client
 
 
 def _classify(exc: anthropic.APIStatusError) -> ProviderError:
