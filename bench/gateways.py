@@ -177,11 +177,16 @@ def main():
                 }
             )
             before = Run.objects.count()
+            profiler = common.Profiler(  # with BENCH_PROFILE only
+                f"gateways-c{connections}",
+                common.descendants(web.proc.pid) + common.descendants(worker.proc.pid),
+            )
             meter.start()
             started = time.time()
             load = common.wrk(run_url, key=key, body=RUN_BODY, connections=connections, seconds=seconds)
             settled_all()
             cpu = meter.stop()
+            profiler.stop()
             runs = Run.objects.filter(created_at__gte=_ts(started))
             n = runs.count()
             span = runs.aggregate(first=Min("created_at"), last=Max("settled_at"))
