@@ -6,44 +6,51 @@ The SDK's own retries are off (max_retries=0) and every call carries its timeout
 The SDK builds and sends the request and turns an error status into its exception, which we map to
 a CONTRACT code. Calls stream (`create(stream=True)`): each text fragment goes to the call's
 `on_delta` as it arrives, the input usage (with cache writes and reads) comes from message_start and
-the output usage from the last message_delta, and closing the stream (a cancel) closes its
+the output usage from the last message_delta, and closing the call (a cancel) cancels it, which closes its
 connection. OpenTelemetry spans are off unless ANTHROPIC_OPEN_TELEMETRY is set: without an exporter
-configured they record nothing and still cost CPU."""
+configured they record nothing and still cost CPU.
 
+The calls are coroutines on the process's provider loop (providers.aio): a call waiting on its
+provider holds a task and its connection, not a thread, nor a read buffer (asyncio reads only
+what has arrived)."""
+
+import asyncio
 import itertools
-import socket
 import threading
 
 import anthropic
-import httpcore2
 import httpx2
 from django.conf import settings
 
+from . import aio
 from .base import Call, Completion, CompletionRequest, ProviderError, checked_tokens, retry_after_secs
 
-# The SDK's clients, by (key, base URL, telemetry, shard). A worker holds hundreds of calls at once,
-# and a client's connection pool looks over all of its connections whenever a request takes one or
-# gives one back, under one lock: the threads are dealt out to SHARDS clients in turn, so each pool
+# The SDK's async clients, by (loop, key, base URL, telemetry, shard), all on the process's provider
+# loop (providers.aio), where a call waiting on its provider holds no thread. A worker holds hundreds
+# of calls at once, and a client's connection pool looks over all of its connections whenever a
+# request takes one or gives one back: calls are dealt out to SHARDS clients in turn, so each pool
 # holds a share of the connections. The clients share one TLS context (its certificates loaded once).
-SHARDS = 16
-_clients: dict[tuple[str, str | None, bool, int], anthropic.Anthropic] = {}
+SHARDS = 64
+_clients: dict[tuple, anthropic.AsyncAnthropic] = {}
 _lock = threading.Lock()
-_thread = threading.local()
 _turns = itertools.count()
 _tls: list = []
 
 
-def _client() -> anthropic.Anthropic:
-    shard = getattr(_thread, "shard", None)
-    if shard is None:
-        shard = _thread.shard = next(_turns) % SHARDS
-    key = (settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_OPEN_TELEMETRY, shard)
+def _client() -> anthropic.AsyncAnthropic:
+    key = (
+        aio.loop(),
+        settings.ANTHROPIC_API_KEY,
+        settings.ANTHROPIC_BASE_URL,
+        settings.ANTHROPIC_OPEN_TELEMETRY,
+        next(_turns) % SHARDS,
+    )
     with _lock:
         client = _clients.get(key)
         if client is None:
             if not _tls:
                 _tls.append(httpx2.create_ssl_context())
-            client = anthropic.Anthropic(
+            client = anthropic.AsyncAnthropic(
                 api_key=settings.ANTHROPIC_API_KEY,
                 base_url=settings.ANTHROPIC_BASE_URL,
                 max_retries=0,
@@ -51,61 +58,10 @@ def _client() -> anthropic.Anthropic:
                 open_telemetry=None
                 if settings.ANTHROPIC_OPEN_TELEMETRY
                 else False,  # None: the SDK reads its env
-                http_client=_small_reads(anthropic.DefaultHttpxClient(verify=_tls[0])),
+                http_client=anthropic.DefaultAsyncHttpxClient(verify=_tls[0]),
             )
             _clients[key] = client
         return client
-
-
-# A call waiting on its provider sits in a read, whose buffer is allocated before the read blocks:
-# httpcore asks for 64 KiB, which a node holding a thousand calls keeps a thousand of. The events of
-# a stream are small, so reads of READ_BYTES cost no more calls to read an answer.
-READ_BYTES = 4096
-
-
-class _SmallReadStream(httpcore2.NetworkStream):
-    def __init__(self, stream: httpcore2.NetworkStream):
-        self.stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self.stream.read(min(max_bytes, READ_BYTES), timeout)
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.stream.write(buffer, timeout)
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore2.NetworkStream:
-        return _SmallReadStream(self.stream.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str):
-        return self.stream.get_extra_info(info)
-
-
-class _SmallReads(httpcore2.NetworkBackend):
-    def __init__(self, backend: httpcore2.NetworkBackend):
-        self.backend = backend
-
-    def connect_tcp(self, *args, **kwargs) -> httpcore2.NetworkStream:
-        return _SmallReadStream(self.backend.connect_tcp(*args, **kwargs))
-
-    def connect_unix_socket(self, *args, **kwargs) -> httpcore2.NetworkStream:
-        return _SmallReadStream(self.backend.connect_unix_socket(*args, **kwargs))
-
-    def sleep(self, seconds: float) -> None:
-        self.backend.sleep(seconds)
-
-
-def _small_reads(client: httpx2.Client) -> httpx2.Client:
-    """The SDK's client with reads of at most READ_BYTES on each of its connection pools (httpx
-    takes no network backend, so it is set on the pools the SDK's transports made)."""
-    transports = [client._transport, *client._mounts.values()]
-    for transport in transports:
-        pool = getattr(transport, "_pool", None)
-        if pool is not None:
-            pool._network_backend = _SmallReads(pool._network_backend)
-    return client
 
 
 def _classify(exc: anthropic.APIStatusError) -> ProviderError:
@@ -159,11 +115,28 @@ def _stream_error(data) -> ProviderError:
 
 
 def complete(request: CompletionRequest) -> Completion:
-    if not settings.ANTHROPIC_API_KEY:
-        raise ProviderError("provider_not_configured", "ANTHROPIC_API_KEY is not set.")
+    """The call, waited for on this thread."""
+    return aio.submit(complete_async(request)).result()
+
+
+async def complete_async(request: CompletionRequest) -> Completion:
+    """The call, on the provider loop. Closing its `call` (from any thread) cancels it there, which
+    closes its connection at once; the call then ends with ProviderError("canceled"), whatever it
+    was awaiting, and never as a canceled future."""
     call = request.call or Call()
     try:
-        raw = _client().messages.with_raw_response.create(
+        return await _complete(request, call)
+    except asyncio.CancelledError:
+        if call.closed:
+            raise ProviderError("canceled", "The call was closed.") from None
+        raise
+
+
+async def _complete(request: CompletionRequest, call: Call) -> Completion:
+    if not settings.ANTHROPIC_API_KEY:
+        raise ProviderError("provider_not_configured", "ANTHROPIC_API_KEY is not set.")
+    try:
+        raw = await _client().messages.with_raw_response.create(
             model=request.model,
             max_tokens=request.max_tokens,
             system=request.system,
@@ -178,9 +151,15 @@ def complete(request: CompletionRequest) -> Completion:
     except anthropic.APIStatusError as exc:
         raise _classify(exc) from exc
     response = raw.http_response
-    call.attach(_closer(response))
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    assert task is not None  # a coroutine run by the loop runs in a task
+
+    def close() -> None:
+        loop.call_soon_threadsafe(task.cancel)
+
+    call.attach(close)
     try:
-        return _read(anthropic.Stream.raw_events(response), call)
+        return await _read(anthropic.AsyncStream.raw_events(response), call)
     except Exception as exc:
         if call.closed:  # closed by the waiting thread (a cancel, the deadline): whatever broke, that did
             raise ProviderError("canceled", "The call was closed.") from exc
@@ -192,35 +171,17 @@ def complete(request: CompletionRequest) -> Completion:
             raise ProviderError("provider_unavailable", f"The stream broke: {exc}", retriable=True) from exc
         raise
     finally:
-        response.close()
+        await response.aclose()
 
 
-def _closer(response):
-    """Close the call from another thread: shut its socket down first, which wakes a read blocked on
-    a silent stream at once (closing the response alone leaves that read waiting for the next bytes),
-    then close the response. The socket is shut down beneath TLS, as the reading thread owns that."""
-    stream = response.extensions.get("network_stream")
-    sock = stream.get_extra_info("socket") if stream is not None else None
-
-    def close():
-        if isinstance(sock, socket.socket):
-            try:
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:  # already closed by its reader
-                pass
-        response.close()
-
-    return close
-
-
-def _read(events, call: Call) -> Completion:
+async def _read(events, call: Call) -> Completion:
     """Read the stream's events to its end, reporting fragments and usage to `call` as they come.
     The events' JSON is read as it is (not into the SDK's typed models), so a count of the wrong
     type is refused rather than coerced, and no per-event objects cost the worker CPU."""
     parts: list[str] = []
     stopped = False
     try:
-        for sse in events:
+        async for sse in events:
             kind = sse.event
             if kind == "content_block_delta":
                 delta = sse.json()["delta"]

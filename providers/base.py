@@ -35,12 +35,13 @@ class ProviderError(Exception):
 
 
 class Call:
-    """One provider call in flight, shared by the thread that makes it and the one that waits on it.
+    """One provider call in flight, shared by the thread or loop that makes it and the thread that
+    waits on it.
 
     A streaming runner hands each text fragment to `on_delta` as it arrives and records the usage the
-    stream has reported so far; `close()` (a cancel, the deadline) closes the call's connection, which
-    ends the runner's read at once. A runner that cannot be closed attaches nothing, and the waiting
-    thread then waits for its answer instead."""
+    stream has reported so far; `close()` (a cancel, the deadline), from any thread, closes the call's
+    connection, which ends the runner's read at once. A runner that cannot be closed attaches nothing,
+    and the waiting thread then waits for its answer instead."""
 
     def __init__(self, on_delta: Callable[[str], None] | None = None):
         self.on_delta = on_delta

@@ -216,7 +216,7 @@ class Writer:
             self.statuses.append((STATUS, data))
             self.status_due = min(self.status_due, time.monotonic() + self.interval)
 
-    def delta(self, text: str) -> None:
+    def delta(self, text: str, inline: bool = True) -> None:
         with self._lock:
             if self.ended:
                 return
@@ -224,10 +224,14 @@ class Writer:
             self.buffer.append(text)
         if not first:
             return
-        if self.inline and self.due_in() == 0:
+        if inline and self.inline and self.due_in() == 0:
             self.flush()
         else:
             self.wake()  # the run's thread works out when to write it
+
+    def delta_woken(self, text: str) -> None:
+        """delta() for a thread that must not wait on a write: the run's thread writes it."""
+        self.delta(text, inline=False)
 
     def due_in(self) -> float | None:
         """Seconds until the waiting events are due to be written; None when there are none."""

@@ -1,7 +1,9 @@
 """Executing one run: claim it, call its provider with our retries and the model's fallbacks, store
-what the provider reported, finish and settle. The provider call runs on a helper thread so this
-one can notice a cancel, a takeover or the deadline while it is in flight (CONTRACT section 7); the
-heartbeats and the checks for all the runs of a process are rounds of runs.inflight.
+what the provider reported, finish and settle. The provider call runs elsewhere, so this thread
+can notice a cancel, a takeover or the deadline while it is in flight (CONTRACT section 7): a
+coroutine runner's on the process's provider loop (providers.aio), where a waiting call holds no
+thread, any other's on a helper thread. The heartbeats and the checks for all the runs of a
+process are rounds of runs.inflight.
 
 The call streams its text to the run's events (runs.events), written by this thread. A call that
 is stopped (a cancel, the deadline) is closed, which closes its connection, and the run is billed
@@ -25,7 +27,16 @@ from django.utils import timezone
 
 from maschina import logs, metrics
 from maschina.db import release_connection
-from providers import RUNNERS, Call, Completion, CompletionRequest, ProviderError, provider_model_id
+from providers import (
+    ASYNC_RUNNERS,
+    RUNNERS,
+    Call,
+    Completion,
+    CompletionRequest,
+    ProviderError,
+    aio,
+    provider_model_id,
+)
 from routing.access import usable_fallback
 from routing.snapshot import get_rules
 
@@ -181,7 +192,10 @@ class Execution:
                 self.call_counted = False
                 run_count_call(self.run.pk, -1)
             raise _Stop("timeout")
-        self.call = Call(on_delta=self.events.delta)
+        coroutine = ASYNC_RUNNERS.get(provider)
+        # A fragment brought by the provider loop wakes this thread to write it: the loop never
+        # waits on Redis.
+        self.call = Call(on_delta=self.events.delta_woken if coroutine else self.events.delta)
         request = CompletionRequest(
             model=provider_model_id(provider, model_id),
             system=self.run.system_prompt,
@@ -194,7 +208,7 @@ class Execution:
             self.call_counted = False
         else:
             run_count_call(self.run.pk)
-        self.future = _start_call(RUNNERS[provider], request)
+        self.future = aio.submit(coroutine(request)) if coroutine else _start_call(RUNNERS[provider], request)
         completion = self.wait(future=metrics.provider_timed(provider, self.future))
         if not self.call.streamed:  # a runner that does not stream: its text is one delta
             self.events.delta(completion.text)

@@ -338,6 +338,41 @@ def test_cancel_before_the_provider_answers_bills_what_its_late_answer_reported(
     assert model == "claude-haiku-4-5" and sent < 20
 
 
+def _threads_inside(path_part: str) -> int:
+    """How many threads are running code of a file whose path contains `path_part` just now."""
+    import sys
+
+    count = 0
+    for frame in sys._current_frames().values():
+        while frame is not None and path_part not in frame.f_code.co_filename:
+            frame = frame.f_back
+        count += frame is not None
+    return count
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runs_waiting_on_anthropic_hold_no_thread_inside_the_call(start_run, providers):
+    """The calls are coroutines on the provider loop: with twenty runs waiting on their answers, no
+    thread is inside the Anthropic runner (a thread per call would be twenty), and each run still
+    completes and is billed once."""
+    runs = [start_run(model="claude-haiku-4-5") for _ in range(20)]
+    providers[0].queue("claude-haiku-4-5", *[Reply(delay=1.5) for _ in runs])
+    deliveries = [threading.Thread(target=execute_and_close, args=(str(run.pk),)) for run in runs]
+    for delivery in deliveries:
+        delivery.start()
+    deadline = time.monotonic() + 10
+    while providers[0].in_flight < len(runs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert providers[0].in_flight == len(runs)
+    assert _threads_inside("providers/anthropic.py") == 0
+    for delivery in deliveries:
+        delivery.join(20)
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.COMPLETED
+        assert_settled(run, 62)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_cancel_of_a_call_that_cannot_be_closed_bills_its_answer(start_run, providers):
     """Ollama's call is not a stream: its answer after the cancel is billed exactly as reported."""

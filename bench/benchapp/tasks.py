@@ -16,7 +16,7 @@ def run_without_provider(run_id: str, timeout_secs: int, answer: dict) -> None:
     call (the claim, the settlement, the token alerts), `answer` (a Completion's fields) standing in
     for the provider's. It measures what a run costs besides the call; it is not a way to run anything.
     Skipped too, so the breakdown is if anything faster than a run could be: the Execution's set-up,
-    the rules snapshot's read and the hand-off to the provider-call thread."""
+    the rules snapshot's read and the hand-off to the provider loop."""
     claimed = run_claim(run_id, timeout_secs)
     if claimed is None:
         raise RuntimeError(
