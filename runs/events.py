@@ -13,6 +13,7 @@ stops writing deltas when the run's log nears RUN_EVENTS_MAX: the rest of the te
 one delta at the end. An event that cannot be written (Redis down) is logged and dropped; it never
 fails the run."""
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -175,7 +176,8 @@ class Writer:
     """The events of one execution of a run. delta() may be called from any thread (the provider's);
     status() and end() from the run's own thread, which calls flush_due() when woken. With Redis a
     fragment that is due at once is written by the thread that brings it, which saves waking the
-    run's thread for each; the database log is written only by the run's thread (a provider thread
+    run's thread for each, unless that thread runs the provider loop, which never waits on Redis;
+    the database log is written only by the run's thread (a provider thread
     holds no connection). One write of the run's events at a time keeps them in order.
 
     The `executing` status goes out with the first fragment, or after one coalescing interval if no
@@ -216,7 +218,7 @@ class Writer:
             self.statuses.append((STATUS, data))
             self.status_due = min(self.status_due, time.monotonic() + self.interval)
 
-    def delta(self, text: str, inline: bool = True) -> None:
+    def delta(self, text: str) -> None:
         with self._lock:
             if self.ended:
                 return
@@ -224,14 +226,10 @@ class Writer:
             self.buffer.append(text)
         if not first:
             return
-        if inline and self.inline and self.due_in() == 0:
+        if self.inline and self.due_in() == 0 and not _on_event_loop():
             self.flush()
         else:
             self.wake()  # the run's thread works out when to write it
-
-    def delta_woken(self, text: str) -> None:
-        """delta() for a thread that must not wait on a write: the run's thread writes it."""
-        self.delta(text, inline=False)
 
     def due_in(self) -> float | None:
         """Seconds until the waiting events are due to be written; None when there are none."""
@@ -265,6 +263,15 @@ class Writer:
             with self._lock:
                 self.ended = True
             self._append([*self._take(), (STATUS, data), (DONE, data)], settings.RUN_EVENTS_RETENTION_SECS)
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread runs an event loop (the provider calls'), which must never wait on Redis."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def purge_expired(now=None) -> int:

@@ -193,9 +193,7 @@ class Execution:
                 run_count_call(self.run.pk, -1)
             raise _Stop("timeout")
         coroutine = ASYNC_RUNNERS.get(provider)
-        # A fragment brought by the provider loop wakes this thread to write it: the loop never
-        # waits on Redis.
-        self.call = Call(on_delta=self.events.delta_woken if coroutine else self.events.delta)
+        self.call = Call(on_delta=self.events.delta)
         request = CompletionRequest(
             model=provider_model_id(provider, model_id),
             system=self.run.system_prompt,
