@@ -11,7 +11,7 @@ from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
-from maschina.broker import RedisError
+from maschina.broker import RedisError, task_publisher
 from maschina.broker_circuit import broker_circuit
 
 from .models import Run, RunStatus
@@ -91,16 +91,28 @@ def _publish(run_id, timeout_secs: int, *, queued: bool = False, priority: int =
 
     soft, hard = task_time_limits(timeout_secs)
     kwargs = {"timeout_secs": timeout_secs} if queued else {}
+    publisher = task_publisher()  # Redis: the message apply_async would write, in one LPUSH
     try:
         # Task id = run id: the run is findable in any Celery tool, and a duplicate publish is the same task.
-        execute_run.apply_async(
-            args=[str(run_id)],  # type: ignore[arg-type]  # celery-stubs want a tuple; any sequence does
-            kwargs=kwargs,
-            task_id=str(run_id),
-            soft_time_limit=soft,
-            time_limit=hard,
-            priority=priority,
-        )
+        if publisher is not None:
+            publisher.publish(
+                execute_run.name,
+                [str(run_id)],
+                kwargs,
+                task_id=str(run_id),
+                queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+                priority=priority,
+                time_limits=(soft, hard),
+            )
+        else:
+            execute_run.apply_async(
+                args=[str(run_id)],  # type: ignore[arg-type]  # celery-stubs want a tuple; any sequence does
+                kwargs=kwargs,
+                task_id=str(run_id),
+                soft_time_limit=soft,
+                time_limit=hard,
+                priority=priority,
+            )
     except (KombuError, RedisError, OSError) as exc:
         logger.warning("run %s not dispatched (%s); the sweeper will retry", run_id, exc)
         broker_circuit.failed()

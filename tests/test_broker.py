@@ -12,3 +12,52 @@ def test_celery_publishes_through_our_transport_and_each_channel_keeps_one_clien
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
         assert channel._create_client(asynchronous=True) is not first
+
+
+def test_the_lean_publisher_writes_the_message_apply_async_writes():
+    """Field by field what Celery (with kombu's Redis transport) pushes for a run's task, at each
+    priority step, with and without the timeout: only the per-message tag and the reply address (a
+    result queue no run uses) may differ. On a queue of its own, so no worker takes the messages."""
+    import base64
+    import json
+    import uuid
+
+    from maschina.broker import task_publisher
+    from runs.tasks import execute_run
+
+    publisher = task_publisher()
+    assert publisher is not None  # the suite's broker is Redis
+    queue = f"maschina-test-{uuid.uuid4().hex}"
+    client = publisher.client
+    try:
+        for priority, kwargs in ((0, {"timeout_secs": 60}), (3, {}), (6, {"timeout_secs": 5}), (9, {})):
+            task_id = str(uuid.uuid4())
+            execute_run.apply_async(
+                args=[task_id],
+                kwargs=kwargs,
+                task_id=task_id,
+                soft_time_limit=80,
+                time_limit=100,
+                priority=priority,
+                queue=queue,
+            )
+            publisher.publish(
+                execute_run.name,
+                [task_id],
+                kwargs,
+                task_id=task_id,
+                queue=queue,
+                priority=priority,
+                time_limits=(80, 100),
+            )
+            key = publisher.queue_key(queue, priority)
+            assert key == (queue if priority == 0 else f"{queue}\x06\x16{priority}")
+            ours, celerys = (json.loads(m) for m in client.lrange(key, 0, -1))  # LPUSH: newest first
+            assert client.delete(key) == 1
+            for message in (ours, celerys):
+                message["properties"].pop("delivery_tag")
+                message["properties"].pop("reply_to")
+            assert base64.b64decode(ours["body"]) == base64.b64decode(celerys["body"])
+            assert ours == celerys, priority
+    finally:
+        client.delete(*[publisher.queue_key(queue, p) for p in (0, 3, 6, 9)], f"_kombu.binding.{queue}")
