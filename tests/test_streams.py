@@ -86,7 +86,8 @@ def start(api, wait=None, model=MODEL, message="hello"):
 
 def test_deltas_arrive_while_the_model_generates_and_concatenate_to_the_output(client, anthropic_emulator):
     api = client()
-    words = [f"w{i} " for i in range(10)]
+    tag = time.monotonic_ns()  # this test's fragments, told apart from any other run's on the shared emulator
+    words = [f"w{i}-{tag} " for i in range(10)]
     anthropic_emulator.queue(MODEL, Reply(chunks=words, delta_delay=0.2))
     run_id = start(api).json()["id"]
     stream = EventStream(api, run_id)
@@ -103,8 +104,8 @@ def test_deltas_arrive_while_the_model_generates_and_concatenate_to_the_output(c
     assert "".join(text for _, text in deltas) == "".join(words) == done["output"]["text"]
     assert done_at - deltas[0][0] > 1.0  # the first fragment came long before the end
     # Each fragment reached the client soon after the emulator sent it (same machine, same clock).
-    sent = [at for at, _ in anthropic_emulator.deltas]
-    assert deltas[0][0] - sent[0] < 0.5
+    sent = next(at for at, text in list(anthropic_emulator.deltas) if text == words[0])
+    assert deltas[0][0] - sent < 0.5
     run = api.get(f"/api/v1/runs/{run_id}").json()
     assert usage(run) == (32, 30, 62)
 
