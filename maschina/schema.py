@@ -67,16 +67,20 @@ class ApiAutoSchema(AutoSchema):
         ):
             blank_refused = field.trim_whitespace and not field.allow_blank
             schema["pattern"] = NOT_BLANK_PATTERN if blank_refused else NO_NUL_PATTERN
+        return schema
+
+    def _insert_field_validators(self, field, schema):
+        super()._insert_field_validators(field, schema)
         one_of = schema.get("oneOf", [])
         if (
             len(one_of) == 2
             and one_of[0].get("pattern") == NO_NUL_PATTERN
             and one_of[1] == {"type": "string", "maxLength": 0}
         ):
-            # A blank string's branch (allow_blank): the first admits "" already, and under oneOf a
-            # value both admit is refused, so "" would read as invalid.
-            schema = {**{k: v for k, v in schema.items() if k != "oneOf"}, **one_of[0]}
-        return schema
+            # The blank string's branch drf-spectacular adds for allow_blank beside a pattern: the
+            # pattern admits "" already, and under oneOf a value both branches admit is invalid.
+            del schema["oneOf"]
+            schema.update(one_of[0])
 
     def _get_response_bodies(self, direction="response"):
         bodies = super()._get_response_bodies(direction)

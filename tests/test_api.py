@@ -362,3 +362,27 @@ def test_a_run_admitted_after_an_edit_is_priced_by_it_whatever_the_refresh_inter
     assert response.json()["usage"]["multiplier"] == "2"
     with django_assert_num_queries(2):  # key (with the revision) and run: the unchanged rules cost nothing
         assert client.get(f"/api/v1/runs/{response.json()['id']}").status_code == 200
+
+
+def test_a_text_field_that_may_be_blank_admits_the_blank_string_in_the_schema(catalog):
+    """drf-spectacular gives such a field oneOf [its pattern, a blank string]; "" matches both, and
+    oneOf then refuses it (schemathesis's stateful phase sent an agent "description": "" as invalid).
+    Every field reads as one string schema whose pattern admits ""."""
+    import json
+    import re
+
+    out = io.StringIO()
+    call_command("spectacular", "--format", "openapi-json", stdout=out)
+    schemas = json.loads(out.getvalue())["components"]["schemas"]
+    for name in ("AgentWriteRequest", "PatchedAgentWriteRequest"):
+        description = schemas[name]["properties"]["description"]
+        assert "oneOf" not in description
+        assert description["type"] == "string" and description["maxLength"] == 10_000
+        assert re.fullmatch(description["pattern"], "")
+    blank_branch = {"type": "string", "maxLength": 0}
+    assert not [
+        (name, field)
+        for name, schema in schemas.items()
+        for field, prop in schema.get("properties", {}).items()
+        if blank_branch in prop.get("oneOf", [])
+    ]
