@@ -12,12 +12,9 @@ configured they record nothing and still cost CPU.
 
 The calls are coroutines on the process's provider loop (providers.aio): a call waiting on its
 provider holds a task and its connection, not a thread, nor a read buffer (asyncio reads only
-what has arrived). They go out through the SDK's aiohttp transport (DefaultAioHttpClient): its
-parser is C and it runs on asyncio itself, where httpx's async transport goes through anyio, which
-cost the worker about a third more CPU per call (docs/operations.md)."""
+what has arrived)."""
 
 import asyncio
-import atexit
 import itertools
 import threading
 
@@ -61,25 +58,10 @@ def _client() -> anthropic.AsyncAnthropic:
                 open_telemetry=None
                 if settings.ANTHROPIC_OPEN_TELEMETRY
                 else False,  # None: the SDK reads its env
-                http_client=anthropic.DefaultAioHttpClient(verify=_tls[0]),
+                http_client=anthropic.DefaultAsyncHttpxClient(verify=_tls[0]),
             )
             _clients[key] = client
         return client
-
-
-@atexit.register
-def _close_clients() -> None:
-    """Close the clients' sessions on their loop at exit, as aiohttp asks (else it logs each as an
-    error when it is collected)."""
-    with _lock:
-        clients = list(_clients.items())
-        _clients.clear()
-    for (loop, *_), client in clients:
-        if loop.is_running():
-            try:
-                asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=1)
-            except Exception:  # exiting: a session left open only costs that log line
-                pass
 
 
 def _classify(exc: anthropic.APIStatusError) -> ProviderError:
