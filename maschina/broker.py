@@ -38,15 +38,25 @@ class Transport(redis.Transport):
     Channel = Channel
 
 
+PUBLISH_CONNECTIONS = 32  # per process: a publish holds one for a single LPUSH
+
+
 class TaskPublisher:
     """Publishes task messages to a Redis broker as Celery with kombu's Redis transport does."""
 
     def __init__(self, url: str, steps: Sequence[int], connect_timeout: float, timeout: float):
         import redis as redis_py
 
-        self.client = redis_py.Redis.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=timeout
+        # A full pool makes a publish wait for a connection rather than fail (redis-py's default pool
+        # raises past 100), which would open the broker's circuit on a healthy broker.
+        pool = redis_py.BlockingConnectionPool.from_url(
+            url,
+            max_connections=PUBLISH_CONNECTIONS,
+            timeout=timeout,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=timeout,
         )
+        self.client = redis_py.Redis.from_pool(pool)
         self.steps = sorted(steps)
         self.reply_to = str(uuid.uuid4())  # results are ignored; Celery sends an address all the same
 

@@ -91,8 +91,8 @@ def _publish(run_id, timeout_secs: int, *, queued: bool = False, priority: int =
 
     soft, hard = task_time_limits(timeout_secs)
     kwargs = {"timeout_secs": timeout_secs} if queued else {}
-    publisher = task_publisher()  # Redis: the message apply_async would write, in one LPUSH
     try:
+        publisher = task_publisher()  # Redis: the message apply_async would write, in one LPUSH
         # Task id = run id: the run is findable in any Celery tool, and a duplicate publish is the same task.
         if publisher is not None:
             publisher.publish(

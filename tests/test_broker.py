@@ -61,3 +61,48 @@ def test_the_lean_publisher_writes_the_message_apply_async_writes():
             assert ours == celerys, priority
     finally:
         client.delete(*[publisher.queue_key(queue, p) for p in (0, 3, 6, 9)], f"_kombu.binding.{queue}")
+
+
+def test_publishes_past_the_pool_bound_wait_for_a_connection_rather_than_fail():
+    """A process's publishes share a bounded pool: the 33rd at once waits for a connection (redis-py's
+    default pool would raise past its bound, and the broker's circuit would open on a healthy
+    broker). 200 publishes from 200 threads released together all arrive."""
+    import threading
+    import uuid
+
+    import redis
+
+    from maschina.broker import PUBLISH_CONNECTIONS, task_publisher
+
+    publisher = task_publisher()
+    assert publisher is not None
+    pool = publisher.client.connection_pool
+    assert isinstance(pool, redis.BlockingConnectionPool) and pool.max_connections == PUBLISH_CONNECTIONS
+    queue = f"maschina-test-{uuid.uuid4().hex}"
+    start, errors = threading.Barrier(200), []
+
+    def publish():
+        start.wait()
+        task_id = str(uuid.uuid4())
+        try:
+            publisher.publish(
+                "runtime.execute_run",
+                [task_id],
+                {},
+                task_id=task_id,
+                queue=queue,
+                priority=0,
+                time_limits=(80, 100),
+            )
+        except Exception as exc:  # collected: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish) for _ in range(200)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == [] and publisher.client.llen(queue) == 200
+    finally:
+        publisher.client.delete(queue)
