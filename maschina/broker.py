@@ -12,6 +12,7 @@ message preparation cost an admission about four times the push itself (docs/arc
 tests/test_broker.py holds it to Celery's own message, field by field."""
 
 import base64
+import bisect
 import functools
 import json
 import os
@@ -42,7 +43,8 @@ PUBLISH_CONNECTIONS = 32  # per process: a publish holds one for a single LPUSH
 
 
 class TaskPublisher:
-    """Publishes task messages to a Redis broker as Celery with kombu's Redis transport does."""
+    """Publishes messages of tasks whose results are ignored (as every task here is) to a Redis
+    broker, as Celery with kombu's Redis transport does."""
 
     def __init__(self, url: str, steps: Sequence[int], connect_timeout: float, timeout: float):
         import redis as redis_py
@@ -61,8 +63,9 @@ class TaskPublisher:
         self.reply_to = str(uuid.uuid4())  # results are ignored; Celery sends an address all the same
 
     def queue_key(self, queue: str, priority: int) -> str:
-        """The list of `queue` at the step kombu files `priority` under (Channel._q_for_pri)."""
-        step = max([s for s in self.steps if s <= priority] or [self.steps[0]])
+        """The list of `queue` at the step kombu files `priority` under: clamped to 0-9
+        (_get_message_priority), then the step at or below it (Channel.priority, _q_for_pri)."""
+        step = self.steps[bisect.bisect(self.steps, min(max(priority, 0), 9)) - 1]
         return f"{queue}{redis.Channel.sep}{step}" if step else queue
 
     def publish(
