@@ -161,8 +161,11 @@ class Execution:
         by a round of runs.inflight that found the run canceled or taken over; take a round when one
         is due."""
         release_connection()
-        with _slot_given_up():
-            return self._wait(future, delay)
+        try:
+            with _slot_given_up():
+                return self._wait(future, delay)
+        finally:
+            inflight.stop_waiting(self.held)
 
     def _wait(self, future: Future | None, delay: float | None):
         until = time.monotonic() + delay if delay is not None else None
@@ -173,7 +176,11 @@ class Execution:
                 return future.result()
             self.check()
             self.events.flush_due()
-            step = settings.CANCEL_POLL_SECS
+            # Until the next round if this thread takes them, else at the latest when check()
+            # would find the deadline passed.
+            step = inflight.poll_step(self.held)
+            if step is None:
+                step = self.seconds_left() + 1.01
             due = self.events.due_in()
             if due is not None:
                 step = min(step, due)
@@ -181,7 +188,7 @@ class Execution:
                 step = min(step, until - time.monotonic())
                 if step <= 0:
                     return None
-            self.held.changed.wait(step)
+            self.held.changed.wait(max(step, 0))
             self.held.changed.clear()
             inflight.watch_if_due()
 

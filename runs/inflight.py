@@ -8,9 +8,12 @@ HEARTBEAT_STALE_SECS after the last heartbeat (a claim sets the first). The data
 grows with worker processes, not with the runs they hold, and a waiting run holds no database
 connection.
 
-The round is taken by whichever waiting thread finds it due (watch_if_due), on that thread's own
+The round is taken by a waiting thread that finds it due (watch_if_due), on that thread's own
 connection, so there is no thread to keep alive and a run executed in-process sees what its caller's
-transaction sees."""
+transaction sees. One waiting run at a time, the watcher, wakes every CANCEL_POLL_SECS for it
+(poll_step); the others sleep until a round, their answer or their deadline wakes them, so a
+thousand waiting runs cost a few wake-ups a second rather than thousands. A watcher that stops
+waiting hands the rounds to another waiting run (stop_waiting)."""
 
 import logging
 import threading
@@ -31,16 +34,18 @@ class Held:
     """One run this process holds: its claim, and what the watcher last found (ok, canceled, lost).
     `changed` is set when that changes, or when whoever waits on the run should look again."""
 
-    __slots__ = ("changed", "state", "token")
+    __slots__ = ("changed", "state", "token", "waiting")
 
     def __init__(self, token: uuid.UUID):
         self.token = token
         self.state = "ok"
         self.changed = threading.Event()
+        self.waiting = False  # its thread is waiting (on its provider, or a backoff)
 
 
 _held: dict[uuid.UUID, Held] = {}
 _lock = threading.Lock()
+_watcher: Held | None = None  # the waiting run whose thread wakes for the rounds
 _round = threading.Lock()
 _last_round = 0.0  # time.monotonic() of the last round
 _last_heartbeat = 0.0  # and of the last round that heartbeat
@@ -56,7 +61,35 @@ def hold(run_id: uuid.UUID, token: uuid.UUID) -> Held:
 
 def release(run_id: uuid.UUID) -> None:
     with _lock:
-        _held.pop(run_id, None)
+        held = _held.pop(run_id, None)
+    if held is not None:
+        stop_waiting(held)
+
+
+def poll_step(held: Held) -> float | None:
+    """How long `held`'s waiting thread may sleep before it looks for a due round: CANCEL_POLL_SECS
+    if it is the process's watcher (it becomes one if there is none), else None: a round that
+    finds its run canceled or taken over wakes it."""
+    global _watcher
+    with _lock:
+        held.waiting = True
+        if _watcher is None:
+            _watcher = held
+        return settings.CANCEL_POLL_SECS if _watcher is held else None
+
+
+def stop_waiting(held: Held) -> None:
+    """`held`'s thread no longer waits: if it was the watcher, another waiting run becomes it and is
+    woken to take the rounds."""
+    global _watcher
+    with _lock:
+        held.waiting = False
+        if _watcher is not held:
+            return
+        _watcher = next((other for other in _held.values() if other.waiting), None)
+        successor = _watcher
+    if successor is not None:
+        successor.changed.set()
 
 
 def held_count() -> int:
