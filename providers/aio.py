@@ -32,6 +32,11 @@ def loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def started() -> asyncio.AbstractEventLoop | None:
+    """This process's loop, if it has started one (a forked child's copy of its parent's does not count)."""
+    return _loop if _pid == os.getpid() else None
+
+
 def submit(coroutine: Coroutine[Any, Any, T]) -> Future[T]:
     """Run the coroutine on the loop; its future can be waited on from any thread."""
     return asyncio.run_coroutine_threadsafe(coroutine, loop())

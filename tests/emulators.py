@@ -4,11 +4,13 @@ They are real HTTP servers, so the runners go through the real anthropic SDK and
 answers from a script: queued replies per model (consumed in order), else the default reply.
 Anthropic's answers a request with `"stream": true` as the Messages API does: server-sent events
 (message_start with the input usage, a content_block_delta per fragment of text, message_delta with
-the output usage, message_stop), with a delay between fragments if asked."""
+the output usage, message_stop), with a delay between fragments if asked. Given an SSL context,
+an emulator serves HTTPS, as the real providers do."""
 
 import json
 import random
 import re
+import ssl
 import threading
 import time
 from collections import defaultdict, deque
@@ -40,7 +42,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class Emulator:
-    def __init__(self, name):
+    def __init__(self, name, tls: ssl.SSLContext | None = None):
         self.name = name
         self.calls = []  # (path, request json, headers)
         self.script = defaultdict(deque)
@@ -58,7 +60,10 @@ class Emulator:
         self._gate = None  # while set by hold(), every call waits here until release()
         self.server = _Server(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:  # each connection's handshake happens as it is accepted
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def hold(self):
@@ -153,7 +158,7 @@ class Emulator:
                         self.send_header(key, value)
                     self.end_headers()
                     self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                     pass  # the client gave up (a timeout or a cancel): what we are testing
 
             def _stream(self, payload, reply, body):
@@ -187,7 +192,7 @@ class Emulator:
                             sent += 1
                         self._chunk(f"event: {event}\ndata: {json.dumps(data)}\n\n")
                     self._chunk("")
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                     with emulator._lock:
                         emulator.disconnects.append((payload.get("model"), sent))
                     self.close_connection = True

@@ -2,6 +2,8 @@
 billing per multiplier, idempotency, retries and fallbacks, failures, timeouts, cancel, sweeper."""
 
 import datetime as dt
+import ssl
+import subprocess
 import threading
 import time
 from decimal import Decimal
@@ -11,6 +13,8 @@ from django.utils import timezone
 
 from billing.models import LedgerEntry, ModelUsage, UsagePeriod
 from billing.selectors import plan_for
+from providers import aio
+from providers import anthropic as anthropic_runner
 from routing.models import CatalogModel, RuleEffect, TierModelRule
 from runs import sweeper
 from runs.admission import run_create
@@ -19,7 +23,7 @@ from runs.models import Run, RunStatus
 from runs.services import run_cancel
 from runs.tasks import execute_run
 
-from .emulators import Reply, anthropic_error
+from .emulators import AnthropicEmulator, Reply, anthropic_error
 
 # The emulators' default usage: Anthropic 20 input + 5 cache writes + 7 cache reads, 30 output;
 # Ollama 12 prompt, 8 eval.
@@ -405,6 +409,71 @@ def test_cancel_mid_stream_closes_the_connection_and_bills_what_was_reported(sta
     run.refresh_from_db()
     assert (run.status, run.output) == (RunStatus.CANCELED, None)
     assert (run.input_tokens, run.output_tokens) == (32, 1)  # message_start's; no message_delta came
+    assert_settled(run, 99)  # (32 + 1) x 3
+
+
+@pytest.fixture(scope="module")
+def tls_certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1: (certificate file, key file)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    request = (
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+    )
+    subprocess.run(
+        ["openssl", *request.split(), "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_provider(providers, settings, monkeypatch, tls_certificate):
+    """An Anthropic emulator on HTTPS, trusted through SSL_CERT_FILE as a deployment behind its own
+    CA would be; the runner's clients and TLS context made anew for it, and closed after."""
+    cert, key = tls_certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    emulator = AnthropicEmulator("anthropic-tls", tls=context)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    clients: dict = {}
+    monkeypatch.setattr(anthropic_runner, "_clients", clients)
+    monkeypatch.setattr(anthropic_runner, "_tls", [])
+    settings.ANTHROPIC_BASE_URL = emulator.url
+    yield emulator
+    for client in clients.values():
+        aio.submit(client.close()).result(timeout=5)
+    emulator.close()
+
+
+@pytest.mark.django_db
+def test_a_run_completes_over_https(start_run, tls_provider):
+    run = start_run(model="claude-haiku-4-5", message="over tls")
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert (run.status, run.output) == (RunStatus.COMPLETED, {"text": "echo: over tls"})
+    assert tls_provider.calls_for("claude-haiku-4-5")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_mid_stream_over_tls_drops_the_connection_at_once(start_run, tls_provider):
+    """A TLS connection closed politely waits for the provider's own close (up to 30 s) while the
+    provider may go on generating: a cancel drops it, so the provider's next write fails."""
+    tls_provider.queue("claude-sonnet-4-6", Reply(chunks=["word "] * 100, delta_delay=0.05))
+    run = start_run(model="claude-sonnet-4-6")
+    worker = start_in_flight(run, tls_provider)
+    deadline = time.monotonic() + 5
+    while len(tls_provider.deltas) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run_cancel(run=Run.objects.get(pk=run.pk))
+    canceled_at = time.monotonic()
+    worker.join(10)
+    while not tls_provider.disconnects and time.monotonic() - canceled_at < 3:
+        time.sleep(0.01)
+    assert time.monotonic() - canceled_at < 1.0  # the provider saw the connection go within a second
+    [(model, sent)] = tls_provider.disconnects
+    assert model == "claude-sonnet-4-6" and 3 <= sent < 40
+    run.refresh_from_db()
+    assert (run.status, run.input_tokens, run.output_tokens) == (RunStatus.CANCELED, 32, 1)
     assert_settled(run, 99)  # (32 + 1) x 3
 
 
