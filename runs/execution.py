@@ -161,11 +161,11 @@ class Execution:
         by a round of runs.inflight that found the run canceled or taken over; take a round when one
         is due."""
         release_connection()
-        try:
-            with _slot_given_up():
+        with _slot_given_up():
+            try:
                 return self._wait(future, delay)
-        finally:
-            inflight.stop_waiting(self.held)
+            finally:  # before queueing for a slot again, so the rounds go on meanwhile
+                inflight.stop_waiting(self.held)
 
     def _wait(self, future: Future | None, delay: float | None):
         until = time.monotonic() + delay if delay is not None else None

@@ -67,15 +67,19 @@ def release(run_id: uuid.UUID) -> None:
 
 
 def poll_step(held: Held) -> float | None:
-    """How long `held`'s waiting thread may sleep before it looks for a due round: CANCEL_POLL_SECS
-    if it is the process's watcher (it becomes one if there is none), else None: a round that
-    finds its run canceled or taken over wakes it."""
+    """How long `held`'s waiting thread may sleep before it looks for a due round: until the next
+    round is due if it is the process's watcher (it becomes one if there is none), else None: a
+    round that finds its run canceled or taken over wakes it. The watcher sleeps at least a tenth
+    of the interval, so it does not spin while another thread takes a slow round."""
     global _watcher
     with _lock:
         held.waiting = True
         if _watcher is None:
             _watcher = held
-        return settings.CANCEL_POLL_SECS if _watcher is held else None
+        if _watcher is not held:
+            return None
+    interval = settings.CANCEL_POLL_SECS
+    return max(_last_round + interval - time.monotonic(), interval / 10)
 
 
 def stop_waiting(held: Held) -> None:
