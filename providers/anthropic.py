@@ -19,6 +19,7 @@ about a third less CPU per call (bench/README.md). Closing a call drops its conn
 provider's own close while the provider may go on generating."""
 
 import asyncio
+import atexit
 import itertools
 import threading
 
@@ -66,6 +67,27 @@ def _client() -> anthropic.AsyncAnthropic:
             )
             _clients[key] = client
         return client
+
+
+@atexit.register
+def _close_clients() -> None:
+    """Close this process's clients on its loop at exit, as aiohttp asks (it logs an error for each
+    session collected open). A forked child's copies of its parent's clients belong to no running
+    loop and are left alone."""
+    loop = aio.started()
+    with _lock:
+        clients = [client for (owner, *_), client in _clients.items() if owner is loop]
+        _clients.clear()
+    if loop is None or not clients:
+        return
+
+    async def close_all() -> None:
+        await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=2)
+    except Exception:  # exiting: a session left open costs only that log line
+        pass
 
 
 def _classify(exc: anthropic.APIStatusError) -> ProviderError:

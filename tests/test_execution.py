@@ -439,10 +439,14 @@ def tls_provider(providers, settings, monkeypatch, tls_certificate):
     monkeypatch.setattr(anthropic_runner, "_clients", clients)
     monkeypatch.setattr(anthropic_runner, "_tls", [])
     settings.ANTHROPIC_BASE_URL = emulator.url
-    yield emulator
-    for client in clients.values():
-        aio.submit(client.close()).result(timeout=5)
-    emulator.close()
+    try:
+        yield emulator
+    finally:
+        try:
+            for client in clients.values():
+                aio.submit(client.close()).result(timeout=5)
+        finally:
+            emulator.close()
 
 
 @pytest.mark.django_db
