@@ -61,9 +61,7 @@ def hold(run_id: uuid.UUID, token: uuid.UUID) -> Held:
 
 def release(run_id: uuid.UUID) -> None:
     with _lock:
-        held = _held.pop(run_id, None)
-    if held is not None:
-        stop_waiting(held)
+        _held.pop(run_id, None)
 
 
 def poll_step(held: Held) -> float | None:

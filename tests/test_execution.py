@@ -13,7 +13,6 @@ from django.utils import timezone
 
 from billing.models import LedgerEntry, ModelUsage, UsagePeriod
 from billing.selectors import plan_for
-from providers import aio
 from providers import anthropic as anthropic_runner
 from routing.models import CatalogModel, RuleEffect, TierModelRule
 from runs import sweeper
@@ -435,16 +434,14 @@ def tls_provider(providers, settings, monkeypatch, tls_certificate):
     context.load_cert_chain(cert, key)
     emulator = AnthropicEmulator("anthropic-tls", tls=context)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    clients: dict = {}
-    monkeypatch.setattr(anthropic_runner, "_clients", clients)
+    monkeypatch.setattr(anthropic_runner, "_clients", {})
     monkeypatch.setattr(anthropic_runner, "_tls", [])
     settings.ANTHROPIC_BASE_URL = emulator.url
     try:
         yield emulator
     finally:
         try:
-            for client in clients.values():
-                aio.submit(client.close()).result(timeout=5)
+            anthropic_runner._close_clients()  # this fixture's clients, as the process's at exit
         finally:
             emulator.close()
 
