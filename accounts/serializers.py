@@ -3,7 +3,7 @@
 from django.utils import timezone
 from rest_framework import serializers
 
-from maschina.fields import KnownFieldsOnly, StrictCharField, StrictIntegerField
+from maschina.fields import BIGINT_MAX, KnownFieldsOnly, StrictCharField, StrictIntegerField
 from routing.access import model_list_problem
 from routing.snapshot import get_rules
 
@@ -44,7 +44,9 @@ class ModelListField(serializers.Field):
 class KeyCreateSerializer(KnownFieldsOnly):
     name = StrictCharField(min_length=1, max_length=100)
     models = ModelListField(required=False, allow_null=True, default=None)
-    monthly_token_limit = StrictIntegerField(required=False, allow_null=True, default=None, min_value=0)
+    monthly_token_limit = StrictIntegerField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=BIGINT_MAX
+    )
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
     def validate_expires_at(self, value):

@@ -2,6 +2,7 @@
 and summed over a date range. A range's cost is the number of lines in it, never the ledger's size."""
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from django.db.models import F, Sum
 from .models import NO_ID, UsageDay
 
 MAX_DAYS = 366
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 GROUPS = ("day", "model", "agent", "key")
 FIGURES = ("runs", "input_tokens", "output_tokens", "billed_tokens")
 _COLUMN = {"day": "day", "model": "model", "agent": "agent_id", "key": "key_id"}
@@ -72,7 +74,7 @@ def parse_range(
             dates[name] = default
             continue
         try:
-            if len(raw) != 10 or not raw.isascii():
+            if not _DATE.fullmatch(raw):  # fromisoformat alone also takes week dates (2026-W49-1)
                 raise ValueError(raw)
             dates[name] = dt.date.fromisoformat(raw)
         except ValueError:

@@ -13,6 +13,9 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+BIGINT_MAX = 2**63 - 1  # the largest value a BigIntegerField (PostgreSQL bigint) column holds
+
+
 class StrictIntegerField(serializers.IntegerField):
     default_error_messages = {"invalid": "Must be an integer."}
 

@@ -155,7 +155,12 @@ def model_listed(allowed_models: list[str] | None, model_id: str) -> bool:
 def model_list_problem(rules: Rules, value) -> str | None:
     """Why `value` is not a key's model list (a non-empty list of catalog ids and patterns; an id a
     pattern row covers, such as ollama/qwen2, is in the catalog), or None."""
-    if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
+    # isprintable() refuses what jsonb cannot store (NUL, lone surrogates) and no model id holds.
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(item, str) and item and item.isprintable() for item in value)
+    ):
         return "Must be null or a non-empty list of model ids."
     unknown = [item for item in value if item not in rules.models and rules.lookup(item) is None]
     return f"Not in the catalog: {', '.join(unknown[:10])}." if unknown else None

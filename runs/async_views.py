@@ -19,7 +19,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from accounts.authentication import ApiKeyAuthentication
 from maschina.db.in_thread import in_thread
-from maschina.errors import error_response, method_not_allowed
+from maschina.errors import ApiError, error_response, method_not_allowed
 from maschina.query_params import MAX_ASCII_INT, ascii_int
 from maschina.schema import errors
 
@@ -51,6 +51,8 @@ def _authenticate(request: HttpRequest):
         found = ApiKeyAuthentication().authenticate(request)
     except exceptions.AuthenticationFailed as failed:
         return _unauthorized("invalid_api_key", str(failed.detail))
+    except ApiError as refused:  # an expired key
+        return _unauthorized(refused.code, refused.message)
     if found is None:
         return _unauthorized("not_authenticated", "Authentication credentials were not provided.")
     return found

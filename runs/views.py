@@ -59,12 +59,12 @@ class RunCreateApi(GenericAPIView):
     @metrics.admission_observed
     def post(self, request, agent_id):
         idempotency_key = idempotency.idempotency_key_of(request)
+        agent = agent_get(owner=request.user, agent_id=agent_id)  # the 404 before the body's 400 or 413
         digest = idempotency.request_digest(agent_id, request.data) if idempotency_key else ""
         if idempotency_key:
             replayed = _replayed(request, idempotency_key, digest)
             if replayed is not None:
                 return replayed
-        agent = agent_get(owner=request.user, agent_id=agent_id)
         plan = plan_for(request.user)
         tier = get_rules().tiers[plan.tier_id]
         body = _valid(RunCreateSerializer, request.data, tier=tier)

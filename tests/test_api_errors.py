@@ -156,6 +156,12 @@ def test_auth_and_ownership_are_checked_before_the_body_size(client, make_client
         "POST", f"/api/v1/agents/{theirs.id}/run", body, content_type="application/json"
     )
     assert_error(response, 404, "not_found")
+    for bad in (body, "{not json"):  # with an Idempotency-Key too, which reads the body to compare it
+        response = client.generic(
+            "POST", f"/api/v1/agents/{theirs.id}/run", bad, content_type="application/json",
+            HTTP_IDEMPOTENCY_KEY="retry-1",
+        )  # fmt: skip
+        assert_error(response, 404, "not_found")
 
 
 @pytest.mark.parametrize("path", ["/api/v1/agents/", "/api/v1/agents/not-a-uuid/run", "/nothing"])

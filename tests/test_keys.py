@@ -84,6 +84,7 @@ def test_create_shows_the_secret_once_and_lists_never_do(make_client):
         ({"monthly_token_limit": "100"}, "monthly_token_limit"),
         ({"monthly_token_limit": True}, "monthly_token_limit"),
         ({"monthly_token_limit": 1.5}, "monthly_token_limit"),
+        ({"monthly_token_limit": 2**63}, "monthly_token_limit"),  # past a bigint column
         ({"expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
         ({"expires_at": "tomorrow"}, "expires_at"),
         ({"expires_at": 12}, "expires_at"),
@@ -155,6 +156,30 @@ def test_an_expired_key_answers_api_key_expired(make_client):
     response = expiring.get("/api/v1/keys")
     assert response.status_code == 401 and response.json()["error"]["code"] == "api_key_expired"
     assert response["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("model", ["ollama/\\u0000x", "ollama/\\ud800"])
+def test_a_model_id_jsonb_cannot_store_is_refused(make_client, model):
+    client = make_client("m1")
+    body = '{"name": "ci", "models": ["' + model + '"]}'  # a NUL, a lone surrogate: raw JSON escapes
+    response = client.post("/api/v1/keys", body, content_type="application/json")
+    assert response.status_code == 400 and "models" in response.json()["error"]["fields"]
+    assert ApiKey.objects.count() == 1  # the client's own
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/runs/{id}/events", "/api/v1/runs/{id}?wait=x", "/api/v1/runs/{id}?wait=1"]
+)
+def test_an_expired_key_is_401_on_the_held_and_streamed_answers_too(make_client, make_agent, path):
+    client = make_client("m1")
+    agent = make_agent(client.user)
+    run_id = client.post(
+        f"/api/v1/agents/{agent.id}/run", {"input": {"message": "hi"}}, format="json"
+    ).json()["id"]
+    ApiKey.objects.filter(pk=client.key.pk).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+    response = client.get(path.format(id=run_id))
+    assert response.status_code == 401, response.content[:300]
+    assert response.json()["error"]["code"] == "api_key_expired" and response["WWW-Authenticate"] == "Bearer"
 
 
 def test_last_used_at_is_written_at_most_once_a_minute(make_client):

@@ -160,6 +160,8 @@ def test_the_default_range_is_this_month_to_today(make_client):
         ("group_by=week", "group_by"),
         ("group_by=", "group_by"),
         ("from=２０２６-11-01", "from"),
+        ("from=2026-W49-1", "from"),  # an ISO week date, which date.fromisoformat takes
+        ("to=20261207", "to"),
     ],
 )
 def test_bad_queries_are_400_invalid_even_when_csv_is_asked_for(make_client, query, field):
