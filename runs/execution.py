@@ -242,6 +242,11 @@ class Execution:
             return completion.input_tokens, completion.output_tokens
         return call.reported()
 
+    def forget_call(self):
+        """A call that failed before any text went out bills nothing: forget it, so that a cancel or
+        the deadline during the backoff or the switch to a fallback does not bill what it reported."""
+        self.call = self.future = None
+
     def call_with_retries(self, provider: str, model_id: str) -> Completion:
         """Up to PROVIDER_MAX_ATTEMPTS calls with capped exponential backoff; raises the last error."""
         for attempt in range(settings.PROVIDER_MAX_ATTEMPTS):
@@ -254,6 +259,7 @@ class Execution:
                 delay = min(settings.PROVIDER_BACKOFF_CAP_SECS, max(backoff, error.retry_after or 0))
                 if delay >= self.seconds_left():
                     raise
+                self.forget_call()
                 logger.info(
                     "run %s: %s on attempt %d, retrying in %.2fs", self.run.pk, error.code, attempt + 1, delay
                 )
@@ -294,6 +300,7 @@ class Execution:
                     error.code,
                     fallback.id,
                 )
+                self.forget_call()
                 # Billed at the fallback's multiplier, but never above the one the run was admitted
                 # (and reserved) at, should an operator have raised the fallback's since.
                 multiplier = min(fallback.multiplier, self.run.multiplier)

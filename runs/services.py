@@ -225,7 +225,8 @@ def run_finish(run_id, status: str, error: dict | None = None, token=None, usage
     """executing -> a terminal status, and settlement, in one transaction. With a token, only while
     this claim holds the run. A run that is already terminal (canceled, or finished by another
     delivery or the sweeper) keeps its status and is only settled, if it is not already.
-    `usage` (input, output tokens): what a call that did not complete had reported, billed with it."""
+    `usage` (input, output tokens): what a call that did not complete had reported, billed with it,
+    also when a cancel ended the run just before (run_record_usage)."""
     executing = Run.objects.filter(pk=run_id, status=RunStatus.EXECUTING)
     if token is not None:
         executing = executing.filter(claim=token)
@@ -234,7 +235,9 @@ def run_finish(run_id, status: str, error: dict | None = None, token=None, usage
         executing = executing.filter(input_tokens__isnull=True)
         changes.update(input_tokens=usage[0], output_tokens=usage[1])
     with transaction.atomic():
-        executing.update(**changes)
+        if not executing.update(**changes) and usage is not None and token is not None:
+            # Canceled just before: billed for what the provider reported all the same.
+            run_record_usage(run_id, token, *usage)
         run_settle(run_id)
 
 

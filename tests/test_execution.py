@@ -511,6 +511,43 @@ def test_a_stream_that_breaks_after_text_went_out_fails_without_retry_billed_as_
 
 
 @pytest.mark.django_db
+def test_a_cancel_just_before_the_workers_own_end_still_bills_what_was_reported(
+    start_run, providers, monkeypatch
+):
+    from runs import execution
+
+    providers[0].queue("claude-sonnet-4-6", Reply(chunks=["a ", "b ", "c "], fail_after=2, fail_mode="drop"))
+    run = start_run(model="claude-sonnet-4-6")
+    finish = execution.run_finish
+
+    def canceled_first(run_id, *args, **kwargs):  # the user's cancel commits first
+        run_cancel(run=Run.objects.get(pk=run_id))
+        return finish(run_id, *args, **kwargs)
+
+    monkeypatch.setattr(execution, "run_finish", canceled_first)
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELED
+    assert (run.input_tokens, run.output_tokens) == (32, 1)  # what the broken stream had reported
+    assert_settled(run, 99)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_during_the_backoff_does_not_bill_the_failed_attempt(start_run, providers, settings):
+    settings.PROVIDER_BACKOFF_BASE_SECS = 3
+    providers[0].queue("claude-haiku-4-5", Reply(fail_after=0))  # message_start, then it fails
+    run = start_run(model="claude-haiku-4-5")
+    worker = start_in_flight(run, providers[0])
+    time.sleep(0.7)  # the attempt failed; the worker waits out its backoff
+    run_cancel(run=Run.objects.get(pk=run.pk))
+    worker.join(10)
+    assert not worker.is_alive() and len(providers[0].calls) == 1
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELED
+    assert_settled(run, None)  # as the same failed attempt is when no cancel comes
+
+
+@pytest.mark.django_db
 def test_a_stream_that_fails_before_its_first_delta_is_retried(start_run, providers):
     providers[0].queue("claude-haiku-4-5", Reply(fail_after=0), Reply(fail_after=0, fail_mode="drop"))
     run = start_run(model="claude-haiku-4-5")
