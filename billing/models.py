@@ -101,9 +101,8 @@ class Throttle(models.Model):
 
 
 class KeyUsage(models.Model):
-    """An API key's counters for one UTC month, kept only for a key with a monthly_token_limit
-    (CONTRACT section 10), which admission enforces on them: its runs, billed and reserved tokens.
-    GET /usage's `by_key` sums the month's usage lines (UsageDay) instead, for every key."""
+    """An API key's counters for one UTC month: its runs, billed and reserved tokens (the key's
+    monthly_token_limit, CONTRACT section 10, and the `by_key` lines of GET /usage)."""
 
     key = models.ForeignKey("accounts.ApiKey", on_delete=models.CASCADE, related_name="+", db_index=False)
     period = models.DateField()

@@ -48,13 +48,6 @@ class Admitted:
     in_flight: int
 
 
-def _key_counted(key_id: uuid.UUID | None, key_limit: int | None) -> uuid.UUID | None:
-    """The key whose month admission counts and reserves on (billing.KeyUsage): only a key with a
-    monthly_token_limit has one, which the limit needs; what any key ran is on the usage lines
-    (billing.history), so a key without a limit costs its runs no writes of its own."""
-    return key_id if key_limit is not None else None
-
-
 def _checked_token_limit(tokens: int, limit: int | None) -> int | None:
     """The token limit a reservation of `tokens` is checked against, or None: no limit, or a
     0-token reservation (a 0x model), admitted even at a token limit of 0 (CONTRACT section 6)."""
@@ -83,7 +76,6 @@ def quota_reserve_inserting(
     first runs alert: the caller then goes quota_reserve's way, which tells which limit refused, and
     records the alert in the run's transaction."""
     insert_sql, insert_params = insert_run
-    key_id = _key_counted(key_id, key_limit)
     token_limit = _checked_token_limit(tokens, limits.tokens)
     key_token_limit = _checked_token_limit(tokens, key_limit)
     params = {
@@ -150,7 +142,6 @@ def quota_reserve(
     locked in the order of every settlement (the user's counters, the throttle, the key's), and
     read under those locks, so what is checked is what is written."""
     now = now or timezone.now()
-    key_id = _key_counted(key_id, key_limit)
     counter = UsagePeriod.objects.filter(user_id=user_id, period=period)
     usage = _locked(counter, UsagePeriod(user_id=user_id, period=period))
     throttles = Throttle.objects.filter(user_id=user_id)

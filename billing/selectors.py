@@ -1,10 +1,8 @@
 import datetime as dt
 
-from django.db import connection
-
 from routing.selectors import DEFAULT_TIER
 
-from .models import NO_ID, ModelUsage, Plan, Throttle, UsageDay, UsagePeriod
+from .models import KeyUsage, ModelUsage, Plan, Throttle, UsagePeriod
 from .periods import period_end, period_start
 from .plans import Limits
 from .throttle import MinuteWindow, bucket_level, window_of
@@ -30,41 +28,17 @@ def _remaining(limit, used):
     return None if limit is None else max(limit - used, 0)
 
 
-def _by_key(user, period: dt.date) -> list[tuple]:
-    """(key id, name, runs, billed tokens) of the month's runs admitted with a key, from the month's
-    usage lines (a key has counter rows only when it has a monthly_token_limit to enforce), oldest
-    key first; a deleted key's lines are left out, as its runs are. The lines are summed by key
-    before the keys are joined, so a month of many lines costs one lookup per key, not per line."""
-    key_id = UsageDay._meta.get_field("key_id")
-    sql = """
-SELECT k.id, k.name, s.runs, s.billed
-  FROM (SELECT key_id, CAST(SUM(runs) AS BIGINT) AS runs, CAST(SUM(billed_tokens) AS BIGINT) AS billed
-          FROM billing_usageday
-         WHERE user_id = %s AND day >= %s AND day < %s AND key_id <> %s
-         GROUP BY key_id) AS s
-  JOIN accounts_apikey AS k ON k.id = s.key_id
- ORDER BY k.created_at, k.id"""
-    day = UsageDay._meta.get_field("day")
-    params = [
-        user.pk,
-        day.get_db_prep_value(period, connection),
-        day.get_db_prep_value(period_end(period).date(), connection),
-        key_id.get_db_prep_value(NO_ID, connection),
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return [(key_id.to_python(key), name, runs, billed) for key, name, runs, billed in rows]
-
-
 def usage_report(*, user, tier_slug: str, limits: Limits, period: dt.date) -> dict:
-    """GET /usage: three indexed reads of counter rows and of the month's usage lines, never a sum
-    over the ledger."""
+    """GET /usage: three indexed reads of counter rows, never a sum over the ledger."""
     row = UsagePeriod.objects.filter(user=user, period=period).first() or UsagePeriod(
         user=user, period=period
     )
     by_model = ModelUsage.objects.filter(user=user, period=period).order_by("model")
-    by_key = _by_key(user, period)
+    by_key = (
+        KeyUsage.objects.filter(user=user, period=period)
+        .order_by("key__created_at", "key_id")
+        .values_list("key_id", "key__name", "runs", "tokens_used")
+    )
     return {
         "tier": tier_slug,
         "period": {"start": period_start(period), "end": period_end(period)},

@@ -59,9 +59,8 @@ RETURNING throttle.bucket_used, throttle.active_runs
 """
 
 # After ADMIT_THROTTLE (it always yields the one row, or fails): the run counted on its key's
-# row for the period, and its tokens reserved there if they fit the key's monthly_token_limit (a
-# NULL room: a 0-token reservation); refused the same way as ADMIT_THROTTLE. Only a key with a
-# monthly_token_limit has such a row: billing.quota passes no key otherwise.
+# row for the period, and its tokens reserved there if they fit the key's monthly_token_limit
+# (a NULL room: no limit, or a 0-token reservation); refused the same way as ADMIT_THROTTLE.
 ADMIT_KEY = """
 INSERT INTO billing_keyusage AS key_usage (key_id, period, user_id, runs, tokens_used, tokens_reserved)
 SELECT %(key_id)s::uuid, %(period)s, %(user_id)s, 1, 0,

@@ -46,7 +46,7 @@ def test_a_slot_comes_back_however_the_run_ends(stack, make_user, make_agent, an
     url, worker = stack
     user = make_user("m1", max_concurrent_runs=1)
     agent = make_agent(user)
-    key, raw = api_key_create(user=user, monthly_token_limit=10**9)  # a key with its own month
+    key, raw = api_key_create(user=user)
     api = Api(url, raw)
 
     def start(**body):

@@ -70,7 +70,7 @@ def test_default_configuration_runs_a_model_end_to_end(ollama_emulator, anthropi
             ("claude-haiku-4-5", 1, 62),
             ("ollama/mistral", 1, 0),
         ]
-        # The limits' ORM way: both runs' slots came back and the key's line sums both runs; the
+        # The limits' ORM way: both runs' slots came back and the key's month was settled; the
         # minute bucket (m1: 60, one back a second) counts this run.
         (line,) = usage["by_key"]
         assert (line["runs"], line["billed_tokens"]) == (2, 62)

@@ -264,39 +264,6 @@ def test_usage_lists_runs_and_billed_tokens_by_key(
     assert run(other, agent).json()["key"] == created["id"]
 
 
-def test_only_a_key_with_a_monthly_token_limit_keeps_counter_rows(make_user, make_agent, providers):
-    from billing.selectors import plan_for
-    from runs.admission import run_create
-    from runs.tasks import execute_run
-
-    user = make_user("m1")
-    agent = make_agent(user)
-    free, raw = api_key_create(user=user, name="free")
-    capped, _ = api_key_create(user=user, name="capped", monthly_token_limit=10**6)
-    for key in (free, capped, free):
-        run_ = run_create(
-            user=user, plan=plan_for(user), agent=agent, key=key, input={"message": "hi"},
-            model=None, timeout_secs=60, max_tokens=100,
-        )  # fmt: skip
-        execute_run(str(run_.pk))
-    billed = {
-        key.pk: sum(Run.objects.filter(key=key, status="completed").values_list("billed_tokens", flat=True))
-        for key in (free, capped)
-    }
-    assert all(billed.values())
-    assert list(KeyUsage.objects.values_list("key_id", "runs", "tokens_used", "tokens_reserved")) == [
-        (capped.pk, 1, billed[capped.pk], 0)
-    ]
-    # by_key comes from the month's usage lines, oldest key first, whether the key is capped or not
-    by_key = client_for(raw).get("/api/v1/usage").json()["by_key"]
-    assert by_key == [
-        {"key": str(free.pk), "name": "free", "runs": 2, "billed_tokens": billed[free.pk]},
-        {"key": str(capped.pk), "name": "capped", "runs": 1, "billed_tokens": billed[capped.pk]},
-    ]
-    capped.delete()  # a deleted key's runs leave by_key, as its counter rows went with it
-    assert [line["name"] for line in client_for(raw).get("/api/v1/usage").json()["by_key"]] == ["free"]
-
-
 def test_a_fallback_the_key_does_not_list_is_not_taken(make_user, make_agent, providers):
     from billing.selectors import plan_for
     from runs.admission import run_create
