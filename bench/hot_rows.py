@@ -36,13 +36,8 @@ def main():
     common.recreate_database()
     common.django_setup("memory://")
     made = common.migrate_and_seed()
-    from django.db import connections
-
-    # The threads' connections count as "our backends" (common.pg_backend_pids); the setup's did not.
-    os.environ["PGAPPNAME"] = "maschina-hot-rows"
-    connections.close_all()
-
     from django.contrib.auth import get_user_model
+    from django.db import connections
 
     from accounts.models import ApiKey
     from billing.selectors import plan_for
@@ -52,6 +47,8 @@ def main():
 
     user, _, agent = made["bench"]
     key = ApiKey.objects.get(user=user)
+    # The threads' connections count as "our backends" (common.pg_backend_pids); the setup's did not.
+    os.environ["PGAPPNAME"] = "maschina-hot-rows"
     connections.close_all()
     started, finished = threading.Barrier(args.threads + 1), threading.Barrier(args.threads + 1)
 
