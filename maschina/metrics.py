@@ -5,6 +5,7 @@ worker process writes its samples to files there and GET /metrics sums them all:
 gunicorn workers and Celery workers show as one service. Without it, each process serves its own.
 The queue depth is read from the database when scraped, so it is right whichever process answers."""
 
+import asyncio
 import functools
 import os
 import socket
@@ -86,17 +87,16 @@ def over_reservation() -> None:
     RUNS_OVER_RESERVATION.inc()
 
 
-def provider_timed(provider: str, future: Future) -> Future:
-    """Times a provider call from now until its future is done; returns the future."""
+def provider_timed(provider: str, future: Future | asyncio.Future) -> None:
+    """Times a provider call from now until its future is done."""
     started = time.perf_counter()
 
-    def done(finished: Future) -> None:
-        error = finished.exception()
+    def done(finished: Future | asyncio.Future) -> None:
+        error = None if finished.cancelled() else finished.exception()
         outcome = "ok" if error is None else getattr(error, "code", None) or error.__class__.__name__
         PROVIDER_SECONDS.labels(provider, outcome).observe(time.perf_counter() - started)
 
     future.add_done_callback(done)
-    return future
 
 
 def in_flight(by: int) -> None:

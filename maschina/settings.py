@@ -120,7 +120,8 @@ TEMPLATES = [
     },
 ]
 
-# Celery's pool for the worker: threads, one run each (see CELERY_WORKER_POOL below); `-P` or
+# Celery's pool for the worker: a few threads that hand runs to the provider loop (see
+# CELERY_WORKER_POOL below); `-P` or
 # MASCHINA_WORKER_POOL picks another. A worker on threads pools its database connections; one that forks
 # must not (a fork copies no pool thread), and holds one connection per process anyway.
 WORKER_POOL = os.environ.get("MASCHINA_WORKER_POOL", "threads")
@@ -270,16 +271,17 @@ CELERY_TASK_PUBLISH_RETRY = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# A run is a provider call that waits on the network for seconds, so a worker holds many on threads
-# (docs/operations.md has the measurements behind the choice). SQLite serialises writes, so the
-# embedded default runs a handful.
-CELERY_WORKER_POOL = WORKER_POOL
+# A run is a provider call that waits on the network for seconds, so a worker holds many: a run waits
+# as a coroutine on the provider loop, and the concurrency counts the runs a worker process holds, not
+# its threads (runs.worker_pool; docs/operations.md has the measurements behind the choice). SQLite
+# serialises writes, so the embedded default runs a handful.
+CELERY_WORKER_POOL = "runs.worker_pool:TaskPool" if WORKER_POOL == "threads" else WORKER_POOL
 CELERY_WORKER_CONCURRENCY = int(
     os.environ.get("MASCHINA_WORKER_CONCURRENCY")
     or (8 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 1000)
 )
-# How many of a worker process's runs do their own work (claim, settlement, events) at once; a run
-# waiting on its provider holds no slot (runs.execution). More at once add no throughput, the GIL
+# How many of a worker process's runs do their own work (claim, settlement, events) at once: its work
+# threads (runs.execution). More at once add no throughput, the GIL
 # running one thread at a time, but every thread that wakes for a provider's fragment then waits
 # behind all of them.
 RUN_WORK_SLOTS = int(os.environ.get("MASCHINA_RUN_WORK_SLOTS") or 4)

@@ -1,26 +1,32 @@
 """Executing one run: claim it, call its provider with our retries and the model's fallbacks, store
-what the provider reported, finish and settle. The provider call runs elsewhere, so this thread
-can notice a cancel, a takeover or the deadline while it is in flight (CONTRACT section 7): a
-coroutine runner's on the process's provider loop (providers.aio), where a waiting call holds no
-thread, any other's on a helper thread. The heartbeats and the checks for all the runs of a
-process are rounds of runs.inflight.
+what the provider reported, finish and settle.
 
-The call streams its text to the run's events (runs.events), written by this thread. A call that
-is stopped (a cancel, the deadline) is closed, which closes its connection, and the run is billed
-for what the provider had reported by then, or for the whole answer of a call that cannot be
-closed, once it comes. A call that fails after text went out is not retried or continued on a
-fallback: the client has seen that text (CONTRACT section 9)."""
+A claimed run is a coroutine on the process's provider loop (providers.aio) until it ends: waiting on
+its provider, a backoff or a cancel, it holds no thread, so one worker process holds a thousand runs
+in flight. Its database work, and its events, are handed to a few work threads (RUN_WORK_SLOTS),
+which give their connection back after each step. A worker's task returns once the run is claimed
+(start()), so the broker's message is acknowledged then: from there on the run's row keeps it, and
+the sweeper takes over a run whose worker died (its heartbeat, a round of runs.inflight, goes stale).
+execute() runs one to its end instead, its database work on the calling thread (a task called
+directly, as the tests do), so the run sees what the caller's transaction sees.
 
-import contextlib
+The call streams its text to the run's events (runs.events). A call that is stopped (a cancel, the
+deadline) is closed, which closes its connection, and the run is billed for what the provider had
+reported by then, or for the whole answer of a call that cannot be closed, once it comes. A call
+that fails after text went out is not retried or continued on a fallback: the client has seen that
+text (CONTRACT section 9)."""
+
+import asyncio
+import contextvars
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
@@ -66,16 +72,15 @@ DATABASE_DOWN = (OperationalError, InterfaceError)
 _Runner = Callable[[CompletionRequest], Completion]
 _Inbox = queue.SimpleQueue[tuple[_Runner, CompletionRequest, Future[Completion]]]  # one call at a time
 
-# Inboxes of the provider-call threads that are free. A thread serves one call at a time and frees
-# itself when the call returns; a call abandoned on a cancel or the deadline keeps its thread until
-# its own timeout (the run's deadline), so it never holds up the next run's call, which takes another
-# free thread or starts one. Kept threads save starting one per call, which showed in the worker's
-# CPU profile; there are never more than the calls once in flight at the same time.
+# Inboxes of the provider-call threads that are free, for the runners that are not coroutines. A
+# thread serves one call at a time and frees itself when the call returns; a call abandoned on a
+# cancel or the deadline keeps its thread until its own timeout (the run's deadline), so it never
+# holds up the next run's call, which takes another free thread or starts one.
 _free_threads: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
 
 
 def _start_call(runner: _Runner, request: CompletionRequest) -> Future:
-    """Run the provider call on a thread of its own, so this one can notice a cancel while it waits."""
+    """Run the provider call on a thread of its own, so the run can notice a cancel while it waits."""
     future: Future[Completion] = Future()
     try:
         inbox = _free_threads.get_nowait()
@@ -91,24 +96,116 @@ def _serve_calls(inbox):
         runner, request, future = inbox.get()
         try:
             future.set_result(runner(request))
-        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+        except BaseException as exc:  # handed to the waiting run, which re-raises it
             future.set_exception(exc)
         del runner, request, future  # nothing of a finished call outlives it
         _free_threads.put(inbox)
 
 
-# Work slots of this process's runs (settings.RUN_WORK_SLOTS): a run holds one from its claim to its
-# last events, and gives it up while it waits on its provider or for a closed call to end.
+# Work slots of this process's runs (settings.RUN_WORK_SLOTS): the threads doing the runs' database
+# work at once. More add no throughput, the GIL running one thread at a time, but every fragment of a
+# provider's answer then waits behind all of them.
 _slots = threading.BoundedSemaphore(settings.RUN_WORK_SLOTS)
+_lock = threading.Lock()
+_work_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child starts its own
+_capacity: threading.BoundedSemaphore | None = None
+_watching: int | None = None  # the pid whose loop prompts the rounds of runs.inflight
+_detached: set[Future] = set()  # the ends of the runs start() left on the loop
 
 
-@contextlib.contextmanager
-def _slot_given_up():
-    _slots.release()
+def _work() -> ThreadPoolExecutor:
+    global _work_pool
+    if _work_pool is None or _work_pool[0] != os.getpid():
+        with _lock:
+            if _work_pool is None or _work_pool[0] != os.getpid():
+                _work_pool = (
+                    os.getpid(),
+                    ThreadPoolExecutor(settings.RUN_WORK_SLOTS, thread_name_prefix="run-work"),
+                )
+    return _work_pool[1]
+
+
+def set_capacity(runs: int) -> None:
+    """How many runs this process holds at once (the worker's concurrency; runs.worker_pool)."""
+    global _capacity
+    _capacity = threading.BoundedSemaphore(runs)
+
+
+def _in_flight_slots() -> threading.BoundedSemaphore:
+    global _capacity
+    if _capacity is None:
+        with _lock:
+            if _capacity is None:
+                _capacity = threading.BoundedSemaphore(settings.CELERY_WORKER_CONCURRENCY)
+    return _capacity
+
+
+def _step(fn: Callable[..., Any], *args) -> Any:
+    """One step of a run's database work, on a work thread; its connection goes back afterwards."""
     try:
-        yield
+        return fn(*args)
+    except DATABASE_DOWN:
+        connection.close()
+        raise
     finally:
-        _slots.acquire()
+        release_connection()
+
+
+class _CallerThread(Executor):
+    """The database work of a run executed in-process, done on the thread that waits for it; that
+    thread takes the rounds of runs.inflight meanwhile."""
+
+    def __init__(self):
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: Future = Future()
+        self.inbox.put((fn, args, future))
+        return future
+
+    def serve(self, until: Future) -> None:
+        until.add_done_callback(lambda _: self.inbox.put(None))
+        while True:
+            try:
+                item = self.inbox.get(timeout=settings.CANCEL_POLL_SECS)
+            except queue.Empty:
+                inflight.watch_if_due()
+                continue
+            if item is None:
+                until.result()  # re-raises what ended the run
+                return
+            fn, args, future = item
+            with _slots:
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to the run's coroutine, which re-raises it
+                    future.set_exception(exc)
+            inflight.watch_if_due()
+
+
+def _prompt_rounds(loop: asyncio.AbstractEventLoop) -> None:
+    """On the loop, every CANCEL_POLL_SECS: a work thread takes the round when this process holds runs."""
+    if _watching != os.getpid():
+        return
+    if inflight.held_count():
+        _work().submit(inflight.watch_if_due)
+    loop.call_later(settings.CANCEL_POLL_SECS, _prompt_rounds, loop)
+
+
+def _keep_watching() -> None:
+    global _watching
+    if _watching != os.getpid():
+        with _lock:
+            if _watching != os.getpid():
+                loop = aio.loop()
+                loop.call_soon_threadsafe(_prompt_rounds, loop)
+                _watching = os.getpid()
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """A provider call's outcome counts as seen (a run that stopped waiting on it does not read it)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Stop(Exception):
@@ -119,31 +216,39 @@ class _Stop(Exception):
         self.reason = reason  # canceled | lost | timeout
 
 
-def _persist(write):
-    """Run a database write that must not be lost: once the provider has answered, its answer only
-    exists in this process, so a database outage is waited out (with capped backoff) rather than
-    dropped. The task's soft time limit bounds the wait."""
-    delay = 0.25
-    while True:
-        try:
-            return write()
-        except DATABASE_DOWN as exc:
-            logger.warning("database unavailable (%s); retrying in %.2fs", exc.__class__.__name__, delay)
-            connection.close()
-            time.sleep(delay)
-            delay = min(delay * 2, settings.DB_RETRY_BACKOFF_CAP_SECS)
-
-
 class Execution:
-    def __init__(self, run: Run, token, call_counted: bool = False):
+    def __init__(self, run: Run, token, call_counted: bool = False, work: Executor | None = None):
         self.run, self.token = run, token
         self.call_counted = call_counted  # the claim already counted the next provider call
+        self.work = work or _work()
         self.deadline = run_deadline(run)
         self.completion: Completion | None = None  # the provider's answer, once there is one
-        self.held = inflight.hold(run.pk, token)  # released when execute() ends
-        self.events = events.Writer(run, wake=self.held.changed.set)
+        self.loop = aio.loop()
+        self.woken = asyncio.Event()  # set when whatever the run waits for may have happened
+        self.held = inflight.hold(run.pk, token, wake=self.wake)  # released when the run ends
+        self.events = events.Writer(run, wake=self.wake)
         self.call: Call | None = None  # the provider call in flight, or the last one
-        self.future: Future | None = None
+        self.future: asyncio.Future | None = None
+
+    def wake(self) -> None:
+        self.loop.call_soon_threadsafe(self.woken.set)
+
+    async def db(self, fn: Callable[..., Any], *args) -> Any:
+        """fn(*args) on a work thread (with this run's log context)."""
+        context = contextvars.copy_context()
+        return await asyncio.wrap_future(self.work.submit(context.run, _step, fn, *args))
+
+    async def persist(self, fn: Callable[..., Any], *args) -> Any:
+        """A database write that must not be lost: once the provider has answered, its answer only
+        exists in this process, so a database outage is waited out (with capped backoff)."""
+        delay = 0.25
+        while True:
+            try:
+                return await self.db(fn, *args)
+            except DATABASE_DOWN as exc:
+                logger.warning("database unavailable (%s); retrying in %.2fs", exc.__class__.__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, settings.DB_RETRY_BACKOFF_CAP_SECS)
 
     def seconds_left(self) -> float:
         return (self.deadline - timezone.now()).total_seconds()
@@ -156,50 +261,47 @@ class Execution:
         if self.seconds_left() < -1:
             raise _Stop("timeout")
 
-    def wait(self, future: Future | None = None, delay: float | None = None):
-        """Wait for `future` (or `delay` seconds) without a database connection, woken by the answer or
-        by a round of runs.inflight that found the run canceled or taken over; take a round when one
-        is due."""
-        release_connection()
-        with _slot_given_up():
+    async def sleep(self, seconds: float) -> None:
+        """Until woken, or `seconds` have passed."""
+        if not self.woken.is_set():
+            timer = self.loop.call_later(max(seconds, 0), self.woken.set)
             try:
-                return self._wait(future, delay)
-            finally:  # before queueing for a slot again, so the rounds go on meanwhile
-                inflight.stop_waiting(self.held)
+                await self.woken.wait()
+            finally:
+                timer.cancel()
+        self.woken.clear()
 
-    def _wait(self, future: Future | None, delay: float | None):
+    async def wait(self, future: asyncio.Future | None = None, delay: float | None = None):
+        """Wait for `future` (or `delay` seconds), woken by the answer, by a fragment's events falling
+        due, or by a round of runs.inflight that found the run canceled or taken over."""
         until = time.monotonic() + delay if delay is not None else None
         if future is not None:
-            future.add_done_callback(lambda _: self.held.changed.set())
+            future.add_done_callback(lambda _: self.woken.set())
         while True:
             if future is not None and future.done():
                 return future.result()
             self.check()
-            self.events.flush_due()
-            # Until the next round if this thread takes them, else at the latest when check()
-            # would find the deadline passed.
-            step = inflight.poll_step(self.held)
-            if step is None:
-                step = self.seconds_left() + 1.01
             due = self.events.due_in()
+            if due is not None and due <= 0:
+                await self.db(self.events.flush)
+                due = self.events.due_in()
+            # At the latest when check() would find the deadline passed.
+            step = self.seconds_left() + 1.01
             if due is not None:
                 step = min(step, due)
             if until is not None:
                 step = min(step, until - time.monotonic())
                 if step <= 0:
                     return None
-            self.held.changed.wait(max(step, 0))
-            self.held.changed.clear()
-            inflight.watch_if_due()
+            await self.sleep(step)
 
-    def call_once(self, provider: str, model_id: str) -> Completion:
+    async def call_once(self, provider: str, model_id: str) -> Completion:
         remaining = self.seconds_left()
         if remaining <= 0:
             if self.call_counted:  # counted by the claim, but it will not happen
                 self.call_counted = False
-                run_count_call(self.run.pk, -1)
+                await self.db(run_count_call, self.run.pk, -1)
             raise _Stop("timeout")
-        coroutine = ASYNC_RUNNERS.get(provider)
         self.call = Call(on_delta=self.events.delta)
         request = CompletionRequest(
             model=provider_model_id(provider, model_id),
@@ -212,9 +314,15 @@ class Execution:
         if self.call_counted:
             self.call_counted = False
         else:
-            run_count_call(self.run.pk)
-        self.future = aio.submit(coroutine(request)) if coroutine else _start_call(RUNNERS[provider], request)
-        completion = self.wait(future=metrics.provider_timed(provider, self.future))
+            await self.db(run_count_call, self.run.pk)
+        coroutine = ASYNC_RUNNERS.get(provider)
+        if coroutine is not None:
+            self.future = asyncio.ensure_future(coroutine(request))
+        else:
+            self.future = asyncio.wrap_future(_start_call(RUNNERS[provider], request))
+        self.future.add_done_callback(_retrieved)
+        metrics.provider_timed(provider, self.future)
+        completion = await self.wait(future=self.future)
         if not self.call.streamed:  # a runner that does not stream: its text is one delta
             self.events.delta(completion.text)
         return completion
@@ -222,7 +330,7 @@ class Execution:
     def streamed(self) -> bool:
         return self.call is not None and self.call.streamed
 
-    def stop_call(self) -> tuple[int, int] | None:
+    async def stop_call(self) -> tuple[int, int] | None:
         """Close the call in flight (its connection closes at once) and return the usage the provider
         reported, as (input, output) tokens: what the stream had reported when it closed, or a whole
         answer that arrived meanwhile. A call that cannot be closed is waited for until its own
@@ -231,27 +339,24 @@ class Execution:
         if call is None or future is None:
             return None
         call.close()
-        try:
-            with _slot_given_up():
-                completion = future.result(timeout=max(self.seconds_left(), 0) + 2)
-        except FutureTimeout:
+        done, _ = await asyncio.wait({future}, timeout=max(self.seconds_left(), 0) + 2)
+        if not done:
             logger.warning("run %s: the provider call did not end after it was closed", self.run.pk)
-        except BaseException:  # the call's own failure: what it reported is on `call`
-            pass
-        else:
+        elif not future.cancelled() and future.exception() is None:
+            completion = future.result()
             return completion.input_tokens, completion.output_tokens
-        return call.reported()
+        return call.reported()  # the call's own failure, or none yet: what it reported is on `call`
 
     def forget_call(self):
         """A call that failed before any text went out bills nothing: forget it, so that a cancel or
         the deadline during the backoff or the switch to a fallback does not bill what it reported."""
         self.call = self.future = None
 
-    def call_with_retries(self, provider: str, model_id: str) -> Completion:
+    async def call_with_retries(self, provider: str, model_id: str) -> Completion:
         """Up to PROVIDER_MAX_ATTEMPTS calls with capped exponential backoff; raises the last error."""
         for attempt in range(settings.PROVIDER_MAX_ATTEMPTS):
             try:
-                return self.call_once(provider, model_id)
+                return await self.call_once(provider, model_id)
             except ProviderError as error:
                 if not error.retriable or attempt == settings.PROVIDER_MAX_ATTEMPTS - 1 or self.streamed():
                     raise
@@ -263,24 +368,24 @@ class Execution:
                 logger.info(
                     "run %s: %s on attempt %d, retrying in %.2fs", self.run.pk, error.code, attempt + 1, delay
                 )
-                self.wait(delay=delay)
+                await self.wait(delay=delay)
         raise AssertionError("unreachable")
 
-    def finish(self, status, error=None, usage=None):
-        _persist(lambda: run_finish(self.run.pk, status, error, token=self.token, usage=usage))
+    async def finish(self, status, error=None, usage=None):
+        await self.persist(run_finish, self.run.pk, status, error, self.token, usage)
 
-    def execute(self):
-        rules = get_rules()
+    async def execute(self):
+        rules = await self.db(get_rules)
         tier = rules.tiers.get(self.run.tier)
         entry = rules.models.get(self.run.catalog_model)
         provider, model_id = self.run.provider, self.run.model
         while True:
             try:
-                completion = self.call_with_retries(provider, model_id)
+                completion = await self.call_with_retries(provider, model_id)
             except ProviderError as error:
                 streamed = self.streamed()
                 fallback = (
-                    usable_fallback(rules, tier, entry, run_key_models(self.run))
+                    usable_fallback(rules, tier, entry, await self.db(run_key_models, self.run))
                     if (error.retriable and tier and entry and not streamed)
                     else None
                 )
@@ -291,7 +396,7 @@ class Execution:
                     usage = None
                     if streamed and self.call is not None and error.code != "invalid_provider_usage":
                         usage = self.call.reported()
-                    self.finish(status, {"code": error.code, "message": error.message}, usage=usage)
+                    await self.finish(status, {"code": error.code, "message": error.message}, usage=usage)
                     return
                 logger.info(
                     "run %s: %s out of retries (%s), falling back to %s",
@@ -304,8 +409,10 @@ class Execution:
                 # Billed at the fallback's multiplier, but never above the one the run was admitted
                 # (and reserved) at, should an operator have raised the fallback's since.
                 multiplier = min(fallback.multiplier, self.run.multiplier)
-                if not run_switch_model(self.run.pk, self.token, fallback.id, fallback, multiplier):
-                    state = run_holder_state(self.run.pk, self.token)  # canceled or taken over meanwhile
+                if not await self.db(
+                    run_switch_model, self.run.pk, self.token, fallback.id, fallback, multiplier
+                ):
+                    state = await self.db(run_holder_state, self.run.pk, self.token)  # canceled or taken over
                     raise _Stop(state if state != "ok" else "lost")
                 self.run.model, self.run.catalog_model, self.run.provider, self.run.multiplier = (
                     fallback.id,
@@ -316,71 +423,118 @@ class Execution:
                 provider, model_id, entry = fallback.provider, fallback.id, fallback
                 continue
             self.completion = completion
-            self.complete()
+            await self.complete()
             return
 
-    def complete(self):
+    async def complete(self):
         completion = self.completion
         assert completion is not None  # only called once the provider has answered
-        counters = _persist(lambda: run_complete(self.run, self.token, completion))
+        counters = await self.persist(run_complete, self.run, self.token, completion)
         if counters is not None:
             # Settled; its token alerts in a step of their own, a database outage waited out like
             # the settlement's (a worker dying in between leaves them to the redelivery, resume()).
-            _persist(lambda: run_token_alerts_record(self.run, counters))
+            await self.persist(run_token_alerts_record, self.run, counters)
             return
         # Canceled meanwhile (billed for what the provider reported all the same), or no longer ours.
-        _persist(lambda: run_record_completion(self.run.pk, self.token, completion))
-        self.finish(RunStatus.COMPLETED)
+        await self.persist(run_record_completion, self.run.pk, self.token, completion)
+        await self.finish(RunStatus.COMPLETED)
+
+    async def run_to_end(self) -> None:
+        """The claimed run, to its end. A database outage before the provider answered ends it here,
+        unfinished: its heartbeat stops, and the sweeper or a redelivery's claim takes it over."""
+        metrics.in_flight(+1)
+        logs.bind(self.run)
+        ended = True  # whether this execution ended the run, and so writes its last events
+        try:
+            await self.db(self.events.status, self.run)
+            await self.execute()
+        except _Stop as stop:
+            if stop.reason == "lost":  # another claim or the sweeper owns the run now: nothing is ours
+                ended = False
+                if self.call is not None:
+                    self.call.close()
+            else:
+                usage = await self.stop_call()
+                if stop.reason == "timeout":
+                    await self.finish(RunStatus.TIMED_OUT, timeout_error(self.run), usage=usage)
+                else:  # canceled: the status is final and its events went out with the cancel
+                    ended = False
+                    self.events.drop()
+                    if usage is not None:
+                        await self.persist(run_record_usage, self.run.pk, self.token, *usage)
+                    await self.persist(run_settle, self.run.pk)
+        except DATABASE_DOWN:
+            ended = False
+            if self.call is not None:
+                self.call.close()
+            raise
+        except Exception:
+            logger.exception("run %s failed unexpectedly", self.run.pk)
+            await self.finish(
+                RunStatus.FAILED, {"code": "internal", "message": "An internal error occurred."}
+            )
+            raise
+        finally:
+            inflight.release(self.run.pk)
+            metrics.in_flight(-1)
+            if ended:
+                await self.db(_end_events, self)
+
+
+def start(run_id, timeout_secs=None) -> None:
+    """A worker's delivery: claim the run and leave it on the provider loop, holding no thread; returns
+    once it is claimed, or found not claimable (resume()). Waits while this process holds as many
+    runs as its capacity."""
+    capacity = _in_flight_slots()
+    capacity.acquire()
+    try:
+        claimed = _work().submit(_step, _claim, run_id, timeout_secs).result()
+    except BaseException:
+        capacity.release()
+        raise
+    if claimed is None:
+        capacity.release()
+        return
+    _keep_watching()
+    done = aio.submit(Execution(*claimed).run_to_end())
+    _detached.add(done)
+    done.add_done_callback(lambda future: _ended(run_id, future, capacity))
+
+
+def _ended(run_id, future: Future, capacity: threading.BoundedSemaphore) -> None:
+    _detached.discard(future)
+    capacity.release()
+    if not future.cancelled() and isinstance(future.exception(), DATABASE_DOWN):
+        logger.warning("run %s: database unavailable; left to the sweeper", run_id)
+
+
+def drain() -> None:
+    """Wait for the runs start() left on the loop to end (a worker's warm shutdown: their messages
+    were acknowledged, and the sweeper would otherwise call their providers again once their
+    heartbeats went stale)."""
+    pending = list(_detached)
+    if pending:
+        logger.info("waiting for %d run(s) in flight to end", len(pending))
+        wait(pending)
 
 
 def execute(run_id, timeout_secs=None) -> None:
+    """Claim and execute the run to its end, its database work on this thread."""
     with _slots:
-        _execute(run_id, timeout_secs)
+        claimed = _claim(run_id, timeout_secs)
+    if claimed is None:
+        return
+    run, token, call_counted = claimed
+    work = _CallerThread()
+    work.serve(until=aio.submit(Execution(run, token, call_counted, work).run_to_end()))
 
 
-def _execute(run_id, timeout_secs) -> None:
+def _claim(run_id, timeout_secs):
+    """The run's claim as (run, token, call counted), or None after finishing what is safe (resume())."""
     claimed = run_claim(run_id, timeout_secs)
     if claimed is None:
         resume(run_id)
-        return
-    execution = Execution(*claimed)
-    metrics.in_flight(+1)
-    logs.bind(execution.run)
-    ended = True  # whether this execution ended the run, and so writes its last events
-    try:
-        execution.events.status(execution.run)
-        execution.execute()
-    except _Stop as stop:
-        if stop.reason == "lost":  # another claim or the sweeper owns the run now: nothing is ours
-            ended = False
-            if execution.call is not None:
-                execution.call.close()
-        else:
-            usage = execution.stop_call()
-            if stop.reason == "timeout":
-                execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run), usage=usage)
-            else:  # canceled: the status is final and its events went out with the cancel
-                ended = False
-                execution.events.drop()
-                if usage is not None:
-                    _persist(lambda: run_record_usage(run_id, execution.token, *usage))
-                _persist(lambda: run_settle(run_id))
-    except SoftTimeLimitExceeded:
-        if execution.completion is not None:  # the provider answered: never throw that away
-            execution.complete()
-        else:
-            execution.finish(RunStatus.TIMED_OUT, timeout_error(execution.run))
-    except DATABASE_DOWN:
-        raise  # before the provider answered: the task retries, and the claim is taken over then
-    except Exception:
-        logger.exception("run %s failed unexpectedly", run_id)
-        execution.finish(RunStatus.FAILED, {"code": "internal", "message": "An internal error occurred."})
-        raise
-    finally:
-        inflight.release(execution.run.pk)
-        metrics.in_flight(-1)
-        if ended:
-            _end_events(execution)
+    return claimed
 
 
 def _end_events(execution: Execution) -> None:

@@ -5,20 +5,18 @@ notice a cancel or a takeover. Rather than each run writing its own heartbeat, o
 CANCEL_POLL_SECS does it for all the runs of the process: one read finds the runs that were canceled
 or taken over, and one UPDATE heartbeats the rest, in every round that comes a sixth of
 HEARTBEAT_STALE_SECS after the last heartbeat (a claim sets the first). The database's load then
-grows with worker processes, not with the runs they hold, and a waiting run holds no database
-connection.
+grows with worker processes, not with the runs they hold.
 
-The round is taken by a waiting thread that finds it due (watch_if_due), on that thread's own
-connection, so there is no thread to keep alive and a run executed in-process sees what its caller's
-transaction sees. One waiting run at a time, the watcher, wakes every CANCEL_POLL_SECS for it
-(poll_step); the others sleep until a round, their answer or their deadline wakes them, so a
-thousand waiting runs cost a few wake-ups a second rather than thousands. A watcher that stops
-waiting hands the rounds to another waiting run (stop_waiting)."""
+The rounds are taken by whichever thread does the runs' database work when one is due
+(watch_if_due): a work thread of the process, prompted by the provider loop (runs.execution), or
+the thread of a run executed in-process, on its own connection, so that run sees what its caller's
+transaction sees. A round that finds a run no longer ours wakes it (its `wake`)."""
 
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
@@ -31,29 +29,26 @@ logger = logging.getLogger(__name__)
 
 
 class Held:
-    """One run this process holds: its claim, and what the watcher last found (ok, canceled, lost).
-    `changed` is set when that changes, or when whoever waits on the run should look again."""
+    """One run this process holds: its claim, and what the last round found (ok, canceled, lost)."""
 
-    __slots__ = ("changed", "state", "token", "waiting")
+    __slots__ = ("state", "token", "wake")
 
-    def __init__(self, token: uuid.UUID):
+    def __init__(self, token: uuid.UUID, wake: Callable[[], None]):
         self.token = token
         self.state = "ok"
-        self.changed = threading.Event()
-        self.waiting = False  # its thread is waiting (on its provider, or a backoff)
+        self.wake = wake  # from any thread: whoever waits on the run looks again
 
 
 _held: dict[uuid.UUID, Held] = {}
 _lock = threading.Lock()
-_watcher: Held | None = None  # the waiting run whose thread wakes for the rounds
 _round = threading.Lock()
 _last_round = 0.0  # time.monotonic() of the last round
 _last_heartbeat = 0.0  # and of the last round that heartbeat
 
 
-def hold(run_id: uuid.UUID, token: uuid.UUID) -> Held:
+def hold(run_id: uuid.UUID, token: uuid.UUID, wake: Callable[[], None]) -> Held:
     """Watch this run while this process holds it with `token`; release() it when done."""
-    held = Held(token)
+    held = Held(token, wake)
     with _lock:
         _held[run_id] = held
     return held
@@ -62,36 +57,6 @@ def hold(run_id: uuid.UUID, token: uuid.UUID) -> Held:
 def release(run_id: uuid.UUID) -> None:
     with _lock:
         _held.pop(run_id, None)
-
-
-def poll_step(held: Held) -> float | None:
-    """How long `held`'s waiting thread may sleep before it looks for a due round: until the next
-    round is due if it is the process's watcher (it becomes one if there is none), else None: a
-    round that finds its run canceled or taken over wakes it. The watcher sleeps at least a tenth
-    of the interval, so it does not spin while another thread takes a slow round."""
-    global _watcher
-    with _lock:
-        held.waiting = True
-        if _watcher is None:
-            _watcher = held
-        if _watcher is not held:
-            return None
-    interval = settings.CANCEL_POLL_SECS
-    return max(_last_round + interval - time.monotonic(), interval / 10)
-
-
-def stop_waiting(held: Held) -> None:
-    """`held`'s thread no longer waits: if it was the watcher, another waiting run becomes it and is
-    woken to take the rounds."""
-    global _watcher
-    with _lock:
-        held.waiting = False
-        if _watcher is not held:
-            return
-        _watcher = next((other for other in _held.values() if other.waiting), None)
-        successor = _watcher
-    if successor is not None:
-        successor.changed.set()
 
 
 def held_count() -> int:
@@ -113,7 +78,7 @@ def watch_once(heartbeat: bool = True) -> None:
             ours.append(run_id)
         elif held.state == "ok":
             held.state = state
-            held.changed.set()
+            held.wake()
     if ours and heartbeat:
         runs_heartbeat(ours)
 

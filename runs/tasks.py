@@ -13,6 +13,7 @@ from . import execution, sweeper
 # limits are set per run when it is dispatched (runs.dispatch.task_time_limits). The task names are
 # the wire format of messages already queued, so they kept the name of the app the tasks came from.
 @shared_task(
+    bind=True,
     name="runtime.execute_run",
     acks_late=True,
     autoretry_for=(OperationalError, InterfaceError),
@@ -21,8 +22,13 @@ from . import execution, sweeper
     retry_jitter=True,
     max_retries=20,
 )
-def execute_run(run_id: str, timeout_secs: int | None = None) -> None:
-    execution.execute(run_id, timeout_secs)
+def execute_run(self, run_id: str, timeout_secs: int | None = None) -> None:
+    # A worker's delivery ends once the run is claimed (it goes on, threadless, on the provider loop);
+    # one called directly, or eagerly, runs it to its end.
+    if self.request.called_directly or self.request.is_eager:
+        execution.execute(run_id, timeout_secs)
+    else:
+        execution.start(run_id, timeout_secs)
 
 
 @shared_task(name="runtime.sweep_runs", acks_late=True, soft_time_limit=60, time_limit=90, ignore_result=True)

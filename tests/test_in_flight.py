@@ -77,6 +77,11 @@ def start_node(cluster, name="node", **env):
     return worker
 
 
+def node_threads(node) -> int:
+    status = open(f"/proc/{node.proc.pid}/status").read()
+    return int(status.split("Threads:")[1].split()[0])
+
+
 def test_one_node_holds_500_runs_in_flight(cluster, make_user, make_agent, anthropic_emulator):
     runs = admit(make_user, make_agent, 500, timeout_secs=300)
     # Every call is held until the node has all 500 open, however slowly this machine lets it claim
@@ -84,11 +89,14 @@ def test_one_node_holds_500_runs_in_flight(cluster, make_user, make_agent, anthr
     anthropic_emulator.hold()
     node = start_node(cluster)
     banner = node.log_path.read_text()
-    assert "concurrency: 1000 (thread)" in banner, banner  # the plain command's pool, from our configuration
+    assert "concurrency: 1000 (worker_pool)" in banner, (
+        banner
+    )  # the plain command's pool, from our configuration
     sampler = ConnectionSampler()
     try:
         publish_many(cluster, runs)
         wait_for(lambda: anthropic_emulator.in_flight >= 500, 150, "500 provider calls at once")
+        threads = node_threads(node)
         anthropic_emulator.release()
         ids = [run.pk for run in runs]
         wait_for(
@@ -101,6 +109,7 @@ def test_one_node_holds_500_runs_in_flight(cluster, make_user, make_agent, anthr
         peak_connections = sampler.stop()
     print(f"\npeak in flight {anthropic_emulator.peak_in_flight}, peak connections {peak_connections}")
     assert anthropic_emulator.peak_in_flight >= 500
+    assert threads < 50, threads  # a waiting run holds no thread
     assert 0 < peak_connections <= CONNECTION_BOUND
     assert LedgerEntry.objects.filter(run__in=ids).count() == 500
     assert set(LedgerEntry.objects.filter(run__in=ids).values_list("billed_tokens", flat=True)) == {62}
@@ -145,7 +154,7 @@ def test_a_node_killed_with_300_in_flight_loses_none(cluster, make_user, make_ag
     publish_many(cluster, runs)
     try:
         wait_for(lambda: anthropic_emulator.in_flight >= 300, 150, "300 provider calls at once")
-        os.killpg(doomed.proc.pid, signal.SIGKILL)  # its messages stay unacked in Redis
+        os.killpg(doomed.proc.pid, signal.SIGKILL)  # its runs are only in the database now
         doomed.proc.wait(5)
     finally:
         anthropic_emulator.release()
@@ -166,3 +175,20 @@ def test_a_node_killed_with_300_in_flight_loses_none(cluster, make_user, make_ag
     assert Run.objects.filter(pk__in=ids, status=RunStatus.COMPLETED).count() == 300
     assert LedgerEntry.objects.filter(run__in=ids).count() == 300
     assert audit()[1] == []
+
+
+def test_a_warm_shutdown_ends_the_runs_in_flight_first(cluster, make_user, make_agent, anthropic_emulator):
+    """A run's message is acknowledged once it is claimed; a warm shutdown (SIGTERM, as a deploy
+    stops a node) waits for the runs the node holds to end, so none is left for the sweeper to start
+    again and no provider is called twice."""
+    runs = admit(make_user, make_agent, 20)
+    anthropic_emulator.queue(runs[0].model, *[Reply(delay=2.0) for _ in runs])
+    node = start_node(cluster)
+    publish_many(cluster, runs)
+    wait_for(lambda: anthropic_emulator.in_flight >= 20, 30, "20 provider calls at once")
+    os.killpg(node.proc.pid, signal.SIGTERM)
+    assert node.proc.wait(15) == 0
+    ids = [run.pk for run in runs]
+    assert Run.objects.filter(pk__in=ids, status=RunStatus.COMPLETED, settled_at__isnull=False).count() == 20
+    assert len(anthropic_emulator.calls) == 20
+    assert LedgerEntry.objects.filter(run__in=ids).count() == 20

@@ -2,6 +2,8 @@
 taken-over ones in two statements, however many runs it holds."""
 
 import datetime as dt
+import gc
+import threading
 import time
 import uuid
 
@@ -19,30 +21,31 @@ from .test_execution import start_run  # noqa: F401  (a fixture)
 
 @pytest.fixture
 def held_runs(start_run):  # noqa: F811
-    runs, tokens = [], []
+    runs, tokens, woken = [], [], []
     long_ago = timezone.now() - dt.timedelta(minutes=5)
     for _ in range(30):
         run = start_run(model="claude-haiku-4-5")
         token = uuid.uuid4()
         Run.objects.filter(pk=run.pk).update(status=RunStatus.EXECUTING, claim=token, heartbeat_at=long_ago)
-        inflight.hold(run.pk, token)
+        inflight.hold(run.pk, token, wake=lambda run_id=run.pk: woken.append(run_id))
         runs.append(run)
         tokens.append(token)
-    yield runs, tokens
+    yield runs, tokens, woken
     for run in runs:
         inflight.release(run.pk)
 
 
 @pytest.mark.django_db
 def test_one_round_is_two_statements_for_all_held_runs(held_runs):
-    runs, tokens = held_runs
+    runs, _, woken = held_runs
     run_cancel(run=Run.objects.get(pk=runs[0].pk))
     Run.objects.filter(pk=runs[1].pk).update(claim=uuid.uuid4())  # taken over by another worker
     with CaptureQueriesContext(connection) as queries:
         inflight.watch_once()
     assert len(queries) == 2
     states = {run.pk: inflight._held[run.pk].state for run in runs}
-    assert states[runs[0].pk] == "canceled" and inflight._held[runs[0].pk].changed.is_set()
+    assert states[runs[0].pk] == "canceled"
+    assert woken == [runs[0].pk, runs[1].pk]  # each woken once, to stop
     assert states[runs[1].pk] == "lost"
     assert {states[run.pk] for run in runs[2:]} == {"ok"}
     fresh = timezone.now() - dt.timedelta(seconds=5)
@@ -53,7 +56,7 @@ def test_one_round_is_two_statements_for_all_held_runs(held_runs):
 
 @pytest.mark.django_db
 def test_a_stale_claim_is_never_told_canceled(held_runs):
-    runs, _ = held_runs
+    runs, _, _ = held_runs
     Run.objects.filter(pk=runs[0].pk).update(status=RunStatus.CANCELED, claim=uuid.uuid4())
     inflight.watch_once()
     assert inflight._held[runs[0].pk].state == "lost"  # only the holding claim settles a cancel
@@ -63,7 +66,7 @@ def test_a_stale_claim_is_never_told_canceled(held_runs):
 def test_rounds_heartbeat_every_sixth_of_the_staleness_and_look_for_cancels_every_time(
     held_runs, settings, monkeypatch
 ):
-    runs, _ = held_runs
+    runs, _, _ = held_runs
     settings.CANCEL_POLL_SECS, settings.HEARTBEAT_STALE_SECS = 0, 600  # heartbeats every 100 s
     monkeypatch.setattr(inflight, "_last_round", 0.0)
     monkeypatch.setattr(inflight, "_last_heartbeat", 0.0)
@@ -78,29 +81,30 @@ def test_rounds_heartbeat_every_sixth_of_the_staleness_and_look_for_cancels_ever
     assert inflight._held[runs[0].pk].state == "canceled"
 
 
-def test_one_waiting_run_wakes_for_the_rounds_and_hands_them_on_when_it_stops_waiting(settings, monkeypatch):
-    """Only the watcher polls, until the next round is due; when it stops waiting (its answer came,
-    or its run ended), another waiting run becomes the watcher and is woken to take the rounds, and
-    none is left when no run waits."""
-    settings.CANCEL_POLL_SECS = 0.5
-    monkeypatch.setattr(inflight, "_last_round", time.monotonic() - 0.2)  # the next round in 0.3 s
-    run_ids = [uuid.uuid4() for _ in range(3)]
-    first, second, third = (inflight.hold(run_id, uuid.uuid4()) for run_id in run_ids)
+@pytest.mark.django_db(transaction=True)
+def test_a_workers_loop_prompts_the_rounds_on_its_work_threads(start_run, settings):  # noqa: F811
+    """Runs waiting on the loop hold no thread to take the rounds: the loop prompts a work thread to,
+    every CANCEL_POLL_SECS, and a cancel found there wakes its run."""
+    from runs import execution
+
+    settings.CANCEL_POLL_SECS, settings.HEARTBEAT_STALE_SECS = 0.1, 0.6
+    run = start_run(model="claude-haiku-4-5")
+    token, woken = uuid.uuid4(), threading.Event()
+    long_ago = timezone.now() - dt.timedelta(minutes=5)
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.EXECUTING, claim=token, heartbeat_at=long_ago)
+    inflight.hold(run.pk, token, wake=woken.set)
     try:
-        assert 0.25 < inflight.poll_step(first) <= 0.3
-        assert inflight.poll_step(second) is None and inflight.poll_step(third) is None
-        assert not (second.changed.is_set() or third.changed.is_set())
-        inflight.stop_waiting(first)
-        [successor] = [held for held in (second, third) if held.changed.is_set()]
-        assert inflight.poll_step(successor) is not None
-        assert inflight.poll_step(first) is None  # waiting again, behind the new watcher
-        inflight.stop_waiting(second)
-        inflight.stop_waiting(third)
-        assert first.changed.is_set() and inflight.poll_step(first) is not None
-        monkeypatch.setattr(inflight, "_last_round", time.monotonic() - 5)  # a round overdue
-        assert inflight.poll_step(first) == 0.05  # soon, but not a spin while another takes it
-        inflight.stop_waiting(first)
-        assert inflight._watcher is None  # nobody waits: the next run to wait takes the rounds
+        execution._keep_watching()
+        deadline = time.monotonic() + 5
+        while Run.objects.get(pk=run.pk).heartbeat_at == long_ago and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert Run.objects.get(pk=run.pk).heartbeat_at > long_ago
+        run_cancel(run=Run.objects.get(pk=run.pk))
+        assert woken.wait(5) and inflight._held[run.pk].state == "canceled"
     finally:
-        for run_id in run_ids:
-            inflight.release(run_id)
+        inflight.release(run.pk)
+        execution._watching = None  # the loop stops prompting at its next tick
+        time.sleep(0.3)
+        work, execution._work_pool = execution._work(), None
+        work.shutdown(wait=True)  # its threads end, and their connections with them
+        gc.collect()
