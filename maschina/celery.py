@@ -4,7 +4,7 @@ import gc
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "maschina.settings")
 
@@ -19,3 +19,11 @@ def _freeze_what_is_loaded(**_):
     """What a worker has loaded by the time it takes tasks lives as long as the process: kept out of
     the collector's full passes, which otherwise walk all of it while every run's thread waits."""
     gc.freeze()
+
+
+@worker_init.connect
+def _count_runs_not_threads(sender, **_):
+    from runs import worker_pool
+
+    if isinstance(sender.pool_cls, type) and issubclass(sender.pool_cls, worker_pool.TaskPool):
+        worker_pool.configure(sender)

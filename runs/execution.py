@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
@@ -110,7 +110,7 @@ _lock = threading.Lock()
 _work_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child starts its own
 _capacity: threading.BoundedSemaphore | None = None
 _watching: int | None = None  # the pid whose loop prompts the rounds of runs.inflight
-_detached: set[Future] = set()  # the ends of the runs start() left on the loop
+_detached: set[asyncio.Task] = set()  # the runs start() left on the loop
 
 
 def _work() -> ThreadPoolExecutor:
@@ -224,14 +224,23 @@ class Execution:
         self.deadline = run_deadline(run)
         self.completion: Completion | None = None  # the provider's answer, once there is one
         self.loop = aio.loop()
-        self.woken = asyncio.Event()  # set when whatever the run waits for may have happened
-        self.held = inflight.hold(run.pk, token, wake=self.wake)  # released when the run ends
+        self.woken = False  # whatever the run waits for may have happened
+        self.waiter: asyncio.Future | None = None  # what sleep() awaits
+        # Released when the run ends; the rounds wake it once past its deadline, check()'s slack included.
+        self.held = inflight.hold(run.pk, token, wake=self.wake, deadline=self.deadline.timestamp() + 1)
         self.events = events.Writer(run, wake=self.wake)
         self.call: Call | None = None  # the provider call in flight, or the last one
         self.future: asyncio.Future | None = None
 
     def wake(self) -> None:
-        self.loop.call_soon_threadsafe(self.woken.set)
+        """From any thread."""
+        self.loop.call_soon_threadsafe(self.wake_here)
+
+    def wake_here(self, *_) -> None:
+        """On the loop."""
+        self.woken = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     async def db(self, fn: Callable[..., Any], *args) -> Any:
         """fn(*args) on a work thread (with this run's log context)."""
@@ -261,22 +270,26 @@ class Execution:
         if self.seconds_left() < -1:
             raise _Stop("timeout")
 
-    async def sleep(self, seconds: float) -> None:
-        """Until woken, or `seconds` have passed."""
-        if not self.woken.is_set():
-            timer = self.loop.call_later(max(seconds, 0), self.woken.set)
+    async def sleep(self, seconds: float | None) -> None:
+        """Until woken, or `seconds` have passed (None: until woken)."""
+        if not self.woken:
+            self.waiter = self.loop.create_future()
+            timer = None if seconds is None else self.loop.call_later(max(seconds, 0), self.wake_here)
             try:
-                await self.woken.wait()
+                await self.waiter
             finally:
-                timer.cancel()
-        self.woken.clear()
+                self.waiter = None
+                if timer is not None:
+                    timer.cancel()
+        self.woken = False
 
     async def wait(self, future: asyncio.Future | None = None, delay: float | None = None):
         """Wait for `future` (or `delay` seconds), woken by the answer, by a fragment's events falling
-        due, or by a round of runs.inflight that found the run canceled or taken over."""
+        due, or by a round of runs.inflight that found the run canceled, taken over or past its
+        deadline (a run waiting on its provider keeps no timer of its own)."""
         until = time.monotonic() + delay if delay is not None else None
         if future is not None:
-            future.add_done_callback(lambda _: self.woken.set())
+            future.add_done_callback(self.wake_here)
         while True:
             if future is not None and future.done():
                 return future.result()
@@ -285,14 +298,12 @@ class Execution:
             if due is not None and due <= 0:
                 await self.db(self.events.flush)
                 due = self.events.due_in()
-            # At the latest when check() would find the deadline passed.
-            step = self.seconds_left() + 1.01
-            if due is not None:
-                step = min(step, due)
+            step = due
             if until is not None:
-                step = min(step, until - time.monotonic())
-                if step <= 0:
+                left = until - time.monotonic()
+                if left <= 0:
                     return None
+                step = left if step is None else min(step, left)
             await self.sleep(step)
 
     async def call_once(self, provider: str, model_id: str) -> Completion:
@@ -496,26 +507,36 @@ def start(run_id, timeout_secs=None) -> None:
         capacity.release()
         return
     _keep_watching()
-    done = aio.submit(Execution(*claimed).run_to_end())
-    _detached.add(done)
-    done.add_done_callback(lambda future: _ended(run_id, future, capacity))
+    execution = Execution(*claimed)
+    execution.loop.call_soon_threadsafe(_detach, execution, capacity)
 
 
-def _ended(run_id, future: Future, capacity: threading.BoundedSemaphore) -> None:
-    _detached.discard(future)
-    capacity.release()
-    if not future.cancelled() and isinstance(future.exception(), DATABASE_DOWN):
-        logger.warning("run %s: database unavailable; left to the sweeper", run_id)
+def _detach(execution: Execution, capacity: threading.BoundedSemaphore) -> None:
+    """On the loop: the run's task, kept until it ends (the loop keeps only weak references)."""
+    task = execution.loop.create_task(_run_detached(execution, capacity))
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+
+
+async def _run_detached(execution: Execution, capacity: threading.BoundedSemaphore) -> None:
+    try:
+        await execution.run_to_end()
+    except DATABASE_DOWN:
+        logger.warning("run %s: database unavailable; left to the sweeper", execution.run.pk)
+    except Exception:  # logged by run_to_end; nothing waits for this task
+        pass
+    finally:
+        capacity.release()
 
 
 def drain() -> None:
     """Wait for the runs start() left on the loop to end (a worker's warm shutdown: their messages
     were acknowledged, and the sweeper would otherwise call their providers again once their
     heartbeats went stale)."""
-    pending = list(_detached)
-    if pending:
-        logger.info("waiting for %d run(s) in flight to end", len(pending))
-        wait(pending)
+    if _detached:
+        logger.info("waiting for %d run(s) in flight to end", len(_detached))
+    while _detached:
+        time.sleep(0.1)
 
 
 def execute(run_id, timeout_secs=None) -> None:

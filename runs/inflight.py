@@ -10,9 +10,11 @@ grows with worker processes, not with the runs they hold.
 The rounds are taken by whichever thread does the runs' database work when one is due
 (watch_if_due): a work thread of the process, prompted by the provider loop (runs.execution), or
 the thread of a run executed in-process, on its own connection, so that run sees what its caller's
-transaction sees. A round that finds a run no longer ours wakes it (its `wake`)."""
+transaction sees. A round that finds a run no longer ours, or past its deadline, wakes it (its
+`wake`)."""
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -29,14 +31,16 @@ logger = logging.getLogger(__name__)
 
 
 class Held:
-    """One run this process holds: its claim, and what the last round found (ok, canceled, lost)."""
+    """One run this process holds: its claim, what the last round found (ok, canceled, lost), and when
+    a round wakes it as past its deadline."""
 
-    __slots__ = ("state", "token", "wake")
+    __slots__ = ("deadline", "state", "token", "wake")
 
-    def __init__(self, token: uuid.UUID, wake: Callable[[], None]):
+    def __init__(self, token: uuid.UUID, wake: Callable[[], None], deadline: float):
         self.token = token
         self.state = "ok"
         self.wake = wake  # from any thread: whoever waits on the run looks again
+        self.deadline = deadline  # time.time()
 
 
 _held: dict[uuid.UUID, Held] = {}
@@ -46,9 +50,9 @@ _last_round = 0.0  # time.monotonic() of the last round
 _last_heartbeat = 0.0  # and of the last round that heartbeat
 
 
-def hold(run_id: uuid.UUID, token: uuid.UUID, wake: Callable[[], None]) -> Held:
+def hold(run_id: uuid.UUID, token: uuid.UUID, wake: Callable[[], None], deadline: float = math.inf) -> Held:
     """Watch this run while this process holds it with `token`; release() it when done."""
-    held = Held(token, wake)
+    held = Held(token, wake, deadline)
     with _lock:
         _held[run_id] = held
     return held
@@ -64,11 +68,16 @@ def held_count() -> int:
 
 
 def watch_once(heartbeat: bool = True) -> None:
-    """One round: find the held runs no longer ours, and heartbeat the others if `heartbeat`."""
+    """One round: wake the held runs past their deadlines, find the ones no longer ours, and heartbeat
+    the others if `heartbeat`."""
     with _lock:
         items = list(_held.items())
     if not items:
         return
+    now = time.time()
+    for _, held in items:
+        if held.deadline < now:
+            held.wake()
     found = runs_claims([run_id for run_id, _ in items])
     ours = []
     for run_id, held in items:

@@ -1,25 +1,30 @@
-"""The worker's Celery pool: Celery's threads pool, whose concurrency counts the runs a worker process
-holds in flight rather than its threads. A run's task only claims the run and hands it to the provider
-loop (runs.execution.start), so a few threads deliver them all; the concurrency bounds the runs held at
-once and, as ever, how many messages the worker reserves. A warm shutdown waits for the runs it holds
-to end."""
+"""The worker's Celery pool: Celery's threads pool, with a worker's concurrency counting the runs a
+process holds in flight rather than its threads. A run's task only claims the run and hands it to the
+provider loop (runs.execution.start), so a few threads deliver them all, and the worker reserves no more
+messages than they take: a backlog stays in the broker, where another node can take it. A warm shutdown
+waits for the runs the process holds to end."""
 
-from concurrent.futures import ThreadPoolExecutor
+import logging
 
 from celery.concurrency import thread
-from celery.concurrency.base import BasePool
 
+logger = logging.getLogger(__name__)
 DELIVERY_THREADS = 8  # claims at once; more only wait for the work slots (RUN_WORK_SLOTS)
 
 
+def configure(worker) -> None:
+    """At worker_init, before the pool and the consumer are made: the concurrency the worker was given
+    becomes its capacity of runs, and Celery's own (threads, messages reserved) DELIVERY_THREADS."""
+    from . import execution  # once Django is set up
+
+    execution.set_capacity(worker.concurrency)
+    logger.info(
+        "holding up to %d runs in flight, delivered by %d threads", worker.concurrency, DELIVERY_THREADS
+    )
+    worker.concurrency = min(worker.concurrency, DELIVERY_THREADS)
+
+
 class TaskPool(thread.TaskPool):
-    def __init__(self, *args, **kwargs):
-        from . import execution  # once Django is set up
-
-        BasePool.__init__(self, *args, **kwargs)
-        execution.set_capacity(self.limit)
-        self.executor = ThreadPoolExecutor(max_workers=min(self.limit, DELIVERY_THREADS))
-
     def on_stop(self):
         from . import execution
 
