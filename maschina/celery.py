@@ -14,6 +14,14 @@ app.autodiscover_tasks(["runs", "billing"])
 
 
 @worker_ready.connect
+def _warm_up(sender, **_):
+    from runs import worker_pool
+
+    if isinstance(getattr(sender, "pool", None), worker_pool.TaskPool):
+        worker_pool.warm_up()
+
+
+@worker_ready.connect
 @worker_process_init.connect
 def _freeze_what_is_loaded(**_):
     """What a worker has loaded by the time it takes tasks lives as long as the process: kept out of

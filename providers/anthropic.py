@@ -69,6 +69,13 @@ def _client() -> anthropic.AsyncAnthropic:
         return client
 
 
+def warm_up() -> None:
+    """Make every shard's client now (a worker starting) rather than during its first calls."""
+    if settings.ANTHROPIC_API_KEY:
+        for _ in range(SHARDS):
+            _client()
+
+
 @atexit.register
 def _close_clients() -> None:
     """Close this process's clients on its loop at exit, as aiohttp asks (it logs an error for each

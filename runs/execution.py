@@ -125,6 +125,24 @@ def _work() -> ThreadPoolExecutor:
     return _work_pool[1]
 
 
+def warm_up() -> None:
+    """Start the provider loop and every work thread, each with its database connection (given back
+    to the pool where there is one)."""
+    aio.loop()
+    started = threading.Barrier(settings.RUN_WORK_SLOTS)  # each thread holds one, so all of them start
+    steps = [_work().submit(_step, _connect, started) for _ in range(settings.RUN_WORK_SLOTS)]
+    for step in steps:
+        try:
+            step.result()
+        except (OperationalError, InterfaceError, threading.BrokenBarrierError) as exc:
+            logger.warning("warming up: %s (the runs connect later)", exc.__class__.__name__)
+
+
+def _connect(started: threading.Barrier) -> None:
+    started.wait(timeout=5)
+    connection.ensure_connection()
+
+
 def set_capacity(runs: int) -> None:
     """How many runs this process holds at once (the worker's concurrency; runs.worker_pool)."""
     global _capacity

@@ -24,6 +24,18 @@ def configure(worker) -> None:
     worker.concurrency = min(worker.concurrency, DELIVERY_THREADS)
 
 
+def warm_up() -> None:
+    """Once the worker is ready, before its first run: what every run uses and the first ones would
+    otherwise make (the work threads and their database pool, the provider clients), so that a run
+    costs only itself and the node's idle size includes the rest."""
+    from providers import anthropic
+
+    from . import execution
+
+    execution.warm_up()
+    anthropic.warm_up()
+
+
 class TaskPool(thread.TaskPool):
     def on_stop(self):
         from . import execution
