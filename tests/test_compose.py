@@ -81,6 +81,7 @@ def test_restarts_health_checks_and_no_install_at_start():
     for name in ("postgres", "redis", "web", "worker", "sweeper"):
         assert SERVICES[name]["healthcheck"]["test"], name
     assert "/healthz" in " ".join(SERVICES["web"]["healthcheck"]["test"])
+    assert SERVICES["worker"]["stop_grace_period"] == "2m"  # a stopping node lets its runs end
     for name in APP:
         assert "pip" not in command(name), name  # installed once, in the image
 

@@ -299,11 +299,13 @@ def test_under_a_wsgi_server_both_work_holding_a_worker_each(client, anthropic_e
         anthropic_emulator.queue(MODEL, Reply(delay=0.5))
         waited = start(wsgi, wait=30)
         assert (waited.status_code, waited.json()["status"]) == (200, "completed")
-        anthropic_emulator.queue(MODEL, Reply(chunks=[f"{i} " for i in range(8)], delta_delay=0.2))
+        # 3.2 s of fragments: a stream request that reaches a gunicorn worker still starting reads the
+        # first ones late, together, and the rest must still come one by one.
+        anthropic_emulator.queue(MODEL, Reply(chunks=[f"{i} " for i in range(16)], delta_delay=0.2))
         run_id = start(wsgi).json()["id"]
         got = list(EventStream(wsgi, run_id))
         deltas = [at for at, _, name, _ in got if name == "delta"]
-        assert got[-1][2] == "done" and got[-1][3]["output"]["text"] == "".join(f"{i} " for i in range(8))
+        assert got[-1][2] == "done" and got[-1][3]["output"]["text"] == "".join(f"{i} " for i in range(16))
         assert got[-1][0] - deltas[0] > 0.8  # sent as they came, not all at the end
     finally:
         web.stop()
