@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
+from celery.exceptions import Reject
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
@@ -107,22 +108,26 @@ def _serve_calls(inbox):
 # provider's answer then waits behind all of them.
 _slots = threading.BoundedSemaphore(settings.RUN_WORK_SLOTS)
 _lock = threading.Lock()
-_work_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child starts its own
-_capacity: threading.BoundedSemaphore | None = None
+_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}  # name: (pid, pool); a forked child makes its own
+_capacity: threading.BoundedSemaphore | None = None  # set by the worker's pool: runs are then detached
 _watching: int | None = None  # the pid whose loop prompts the rounds of runs.inflight
 _detached: set[asyncio.Task] = set()  # the runs start() left on the loop
+_in_hand = 0  # runs between a delivery's start() and their end
+_draining = False  # a warm shutdown: no more deliveries are taken
+
+
+def _pool(name: str, threads: int) -> ThreadPoolExecutor:
+    made = _pools.get(name)
+    if made is None or made[0] != os.getpid():
+        with _lock:
+            made = _pools.get(name)
+            if made is None or made[0] != os.getpid():
+                made = _pools[name] = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix=name))
+    return made[1]
 
 
 def _work() -> ThreadPoolExecutor:
-    global _work_pool
-    if _work_pool is None or _work_pool[0] != os.getpid():
-        with _lock:
-            if _work_pool is None or _work_pool[0] != os.getpid():
-                _work_pool = (
-                    os.getpid(),
-                    ThreadPoolExecutor(settings.RUN_WORK_SLOTS, thread_name_prefix="run-work"),
-                )
-    return _work_pool[1]
+    return _pool("run-work", settings.RUN_WORK_SLOTS)
 
 
 def warm_up() -> None:
@@ -144,18 +149,14 @@ def _connect(started: threading.Barrier) -> None:
 
 
 def set_capacity(runs: int) -> None:
-    """How many runs this process holds at once (the worker's concurrency; runs.worker_pool)."""
+    """How many runs this process holds at once (the worker's concurrency; runs.worker_pool). Only a
+    worker on that pool detaches its runs (detaches()): it is the one that drains them when it stops."""
     global _capacity
     _capacity = threading.BoundedSemaphore(runs)
 
 
-def _in_flight_slots() -> threading.BoundedSemaphore:
-    global _capacity
-    if _capacity is None:
-        with _lock:
-            if _capacity is None:
-                _capacity = threading.BoundedSemaphore(settings.CELERY_WORKER_CONCURRENCY)
-    return _capacity
+def detaches() -> bool:
+    return _capacity is not None
 
 
 def _step(fn: Callable[..., Any], *args) -> Any:
@@ -202,12 +203,19 @@ class _CallerThread(Executor):
 
 
 def _prompt_rounds(loop: asyncio.AbstractEventLoop) -> None:
-    """On the loop, every CANCEL_POLL_SECS: a work thread takes the round when this process holds runs."""
+    """On the loop, every CANCEL_POLL_SECS: a thread of its own takes the round when this process holds
+    runs (not a work thread, where it would wait behind the runs' own work)."""
     if _watching != os.getpid():
         return
-    if inflight.held_count():
-        _work().submit(inflight.watch_if_due)
     loop.call_later(settings.CANCEL_POLL_SECS, _prompt_rounds, loop)
+    if inflight.held_count():
+        _pool("runs-rounds", 1).submit(inflight.watch_if_due, prompted=True).add_done_callback(_round_failed)
+
+
+def _round_failed(done: Future) -> None:
+    error = done.exception()
+    if error is not None:
+        logger.error("runs watch: the round failed", exc_info=error)
 
 
 def _keep_watching() -> None:
@@ -215,9 +223,9 @@ def _keep_watching() -> None:
     if _watching != os.getpid():
         with _lock:
             if _watching != os.getpid():
+                _watching = os.getpid()  # before the first prompt, which stops if it is not set
                 loop = aio.loop()
                 loop.call_soon_threadsafe(_prompt_rounds, loop)
-                _watching = os.getpid()
 
 
 def _retrieved(future: asyncio.Future) -> None:
@@ -513,20 +521,38 @@ class Execution:
 def start(run_id, timeout_secs=None) -> None:
     """A worker's delivery: claim the run and leave it on the provider loop, holding no thread; returns
     once it is claimed, or found not claimable (resume()). Waits while this process holds as many
-    runs as its capacity."""
-    capacity = _in_flight_slots()
+    runs as its capacity; a delivery taken while the worker stops goes back to the queue."""
+    global _in_hand
+    capacity = _capacity
+    assert capacity is not None, "only a worker on runs.worker_pool detaches its runs"
     capacity.acquire()
+    with _lock:
+        if _draining:
+            capacity.release()
+            raise Reject("the worker is stopping", requeue=True)
+        _in_hand += 1
+    detached = False
     try:
         claimed = _work().submit(_step, _claim, run_id, timeout_secs).result()
-    except BaseException:
-        capacity.release()
-        raise
-    if claimed is None:
-        capacity.release()
-        return
-    _keep_watching()
-    execution = Execution(*claimed)
-    execution.loop.call_soon_threadsafe(_detach, execution, capacity)
+        if claimed is not None:
+            _keep_watching()
+            try:
+                execution = Execution(*claimed)
+                execution.loop.call_soon_threadsafe(_detach, execution, capacity)
+            except BaseException:
+                inflight.release(claimed[0].pk)  # its heartbeat stops: the sweeper takes it over
+                raise
+            detached = True
+    finally:
+        if not detached:
+            _let_go(capacity)
+
+
+def _let_go(capacity: threading.BoundedSemaphore) -> None:
+    global _in_hand
+    with _lock:
+        _in_hand -= 1
+    capacity.release()
 
 
 def _detach(execution: Execution, capacity: threading.BoundedSemaphore) -> None:
@@ -544,16 +570,19 @@ async def _run_detached(execution: Execution, capacity: threading.BoundedSemapho
     except Exception:  # logged by run_to_end; nothing waits for this task
         pass
     finally:
-        capacity.release()
+        _let_go(capacity)
 
 
 def drain() -> None:
-    """Wait for the runs start() left on the loop to end (a worker's warm shutdown: their messages
-    were acknowledged, and the sweeper would otherwise call their providers again once their
-    heartbeats went stale)."""
-    if _detached:
-        logger.info("waiting for %d run(s) in flight to end", len(_detached))
-    while _detached:
+    """Take no more deliveries, and wait for the runs start() took to end (a worker's warm shutdown:
+    their messages were acknowledged, and the sweeper would otherwise call their providers again once
+    their heartbeats went stale)."""
+    global _draining
+    with _lock:
+        _draining = True
+    if _in_hand:
+        logger.info("waiting for %d run(s) in flight to end", _in_hand)
+    while _in_hand:
         time.sleep(0.1)
 
 

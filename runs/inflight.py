@@ -8,7 +8,7 @@ HEARTBEAT_STALE_SECS after the last heartbeat (a claim sets the first). The data
 grows with worker processes, not with the runs they hold.
 
 The rounds are taken by whichever thread does the runs' database work when one is due
-(watch_if_due): a work thread of the process, prompted by the provider loop (runs.execution), or
+(watch_if_due): a thread of the process's own, prompted by the provider loop (runs.execution), or
 the thread of a run executed in-process, on its own connection, so that run sees what its caller's
 transaction sees. A round that finds a run no longer ours, or past its deadline, wakes it (its
 `wake`)."""
@@ -92,13 +92,16 @@ def watch_once(heartbeat: bool = True) -> None:
         runs_heartbeat(ours)
 
 
-def watch_if_due() -> None:
-    """Take the round if it is due and no other thread is taking it."""
+def watch_if_due(prompted: bool = False) -> None:
+    """Take the round if it is due and no other thread is taking it. A round `prompted` by the loop,
+    which prompts one every CANCEL_POLL_SECS, is due a little early, so that a prompt arriving early
+    does not skip an interval."""
     global _last_round, _last_heartbeat
-    if time.monotonic() - _last_round < settings.CANCEL_POLL_SECS or not _round.acquire(blocking=False):
+    interval = settings.CANCEL_POLL_SECS * (0.5 if prompted else 1)
+    if time.monotonic() - _last_round < interval or not _round.acquire(blocking=False):
         return
     try:
-        if time.monotonic() - _last_round < settings.CANCEL_POLL_SECS:
+        if time.monotonic() - _last_round < interval:
             return
         _last_round = now = time.monotonic()
         heartbeat = now - _last_heartbeat >= settings.HEARTBEAT_STALE_SECS / 6

@@ -23,9 +23,9 @@ from . import execution, sweeper
     max_retries=20,
 )
 def execute_run(self, run_id: str, timeout_secs: int | None = None) -> None:
-    # A worker's delivery ends once the run is claimed (it goes on, threadless, on the provider loop);
-    # one called directly, or eagerly, runs it to its end.
-    if self.request.called_directly or self.request.is_eager:
+    # A delivery to a worker on the project's pool ends once the run is claimed (it goes on, threadless,
+    # on the provider loop); one called directly, eagerly, or on another pool runs it to its end.
+    if self.request.called_directly or self.request.is_eager or not execution.detaches():
         execution.execute(run_id, timeout_secs)
     else:
         execution.start(run_id, timeout_secs)

@@ -908,3 +908,24 @@ def test_a_worker_keeps_what_it_loaded_out_of_the_collectors_full_passes():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_delivery_taken_while_the_worker_stops_goes_back_to_the_queue(monkeypatch):
+    """Once a warm shutdown has begun draining the runs in hand, a delivery is not claimed: it is
+    rejected back to the queue for another node, and holds no capacity."""
+    import uuid
+
+    from celery.exceptions import Reject
+
+    from runs import execution
+
+    capacity = threading.BoundedSemaphore(1)
+    monkeypatch.setattr(execution, "_capacity", capacity)
+    monkeypatch.setattr(execution, "_draining", False)
+    execution.drain()  # nothing in hand: returns at once, and takes no more
+    claims = []
+    monkeypatch.setattr(execution, "run_claim", lambda *args: claims.append(args))
+    with pytest.raises(Reject) as rejected:
+        execution.start(uuid.uuid4())
+    assert rejected.value.requeue and claims == []
+    assert capacity.acquire(blocking=False)  # given back

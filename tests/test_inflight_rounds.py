@@ -82,9 +82,9 @@ def test_rounds_heartbeat_every_sixth_of_the_staleness_and_look_for_cancels_ever
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_workers_loop_prompts_the_rounds_on_its_work_threads(start_run, settings):  # noqa: F811
-    """Runs waiting on the loop hold no thread to take the rounds: the loop prompts a work thread to,
-    every CANCEL_POLL_SECS, and a cancel found there wakes its run."""
+def test_a_workers_loop_prompts_the_rounds_on_a_thread_of_their_own(start_run, settings):  # noqa: F811
+    """Runs waiting on the loop hold no thread to take the rounds: the loop prompts a thread of the
+    rounds' own to, every CANCEL_POLL_SECS, and a cancel found there wakes its run."""
     from runs import execution
 
     settings.CANCEL_POLL_SECS, settings.HEARTBEAT_STALE_SECS = 0.1, 0.6
@@ -105,6 +105,8 @@ def test_a_workers_loop_prompts_the_rounds_on_its_work_threads(start_run, settin
         inflight.release(run.pk)
         execution._watching = None  # the loop stops prompting at its next tick
         time.sleep(0.3)
-        work, execution._work_pool = execution._work(), None
-        work.shutdown(wait=True)  # its threads end, and their connections with them
+        pools = [pool for _, pool in execution._pools.values()]
+        execution._pools.clear()
+        for pool in pools:
+            pool.shutdown(wait=True)  # their threads end, and their connections with them
         gc.collect()
