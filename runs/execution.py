@@ -18,6 +18,7 @@ text (CONTRACT section 9)."""
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 import queue
@@ -179,7 +180,7 @@ class _CallerThread(Executor):
 
     def submit(self, fn, /, *args, **kwargs):
         future: Future = Future()
-        self.inbox.put((fn, args, future))
+        self.inbox.put((functools.partial(fn, *args, **kwargs), future))
         return future
 
     def serve(self, until: Future) -> None:
@@ -193,10 +194,10 @@ class _CallerThread(Executor):
             if item is None:
                 until.result()  # re-raises what ended the run
                 return
-            fn, args, future = item
+            step, future = item
             with _slots:
                 try:
-                    future.set_result(fn(*args))
+                    future.set_result(step())
                 except BaseException as exc:  # handed to the run's coroutine, which re-raises it
                     future.set_exception(exc)
             inflight.watch_if_due()
@@ -505,8 +506,7 @@ class Execution:
             if self.call is not None:
                 self.call.close()
             raise
-        except Exception:
-            logger.exception("run %s failed unexpectedly", self.run.pk)
+        except Exception:  # re-raised to whoever runs it, who logs it (a worker's task, or _run_detached)
             await self.finish(
                 RunStatus.FAILED, {"code": "internal", "message": "An internal error occurred."}
             )
@@ -567,8 +567,8 @@ async def _run_detached(execution: Execution, capacity: threading.BoundedSemapho
         await execution.run_to_end()
     except DATABASE_DOWN:
         logger.warning("run %s: database unavailable; left to the sweeper", execution.run.pk)
-    except Exception:  # logged by run_to_end; nothing waits for this task
-        pass
+    except Exception:  # nothing else waits for this task: its error is told here
+        logger.exception("run %s failed unexpectedly", execution.run.pk)
     finally:
         _let_go(capacity)
 
