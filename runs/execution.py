@@ -258,6 +258,8 @@ class Execution:
         self.events = events.Writer(run, wake=self.wake)
         self.call: Call | None = None  # the provider call in flight, or the last one
         self.future: asyncio.Future | None = None
+        self.rules = None  # the routing rules it runs under (begin())
+        self.events_ended = False  # its last events written (settle())
 
     def wake(self) -> None:
         """From any thread."""
@@ -285,6 +287,29 @@ class Execution:
                 logger.warning("database unavailable (%s); retrying in %.2fs", exc.__class__.__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, settings.DB_RETRY_BACKOFF_CAP_SECS)
+
+    def begin(self) -> None:
+        """Its first database step: the `executing` status, written with its first fragment, and
+        the rules it runs under. Done with the claim where a worker detaches the run, one step fewer."""
+        self.events.status(self.run)
+        self.rules = get_rules()
+
+    def settle(self, completion: Completion) -> tuple | None:
+        """The answer stored and billed (run_complete), then, in the same step, the token alerts and
+        the run's last events. The user's counters, or None if the run was no longer this claim's;
+        `events_ended` tells whether the alerts and the events were done too, which a database outage
+        after the settlement leaves to the caller, to be waited out on their own."""
+        counters = run_complete(self.run, self.token, completion)
+        if counters is None:
+            return None
+        try:
+            run_token_alerts_record(self.run, counters)
+        except DATABASE_DOWN:
+            connection.close()
+            return counters
+        _end_events(self)
+        self.events_ended = True
+        return counters
 
     def seconds_left(self) -> float:
         return (self.deadline - timezone.now()).total_seconds()
@@ -413,7 +438,7 @@ class Execution:
         await self.persist(run_finish, self.run.pk, status, error, self.token, usage)
 
     async def execute(self):
-        rules = await self.db(get_rules)
+        rules = self.rules
         tier = rules.tiers.get(self.run.tier)
         entry = rules.models.get(self.run.catalog_model)
         provider, model_id = self.run.provider, self.run.model
@@ -467,11 +492,12 @@ class Execution:
     async def complete(self):
         completion = self.completion
         assert completion is not None  # only called once the provider has answered
-        counters = await self.persist(run_complete, self.run, self.token, completion)
+        counters = await self.persist(self.settle, completion)
         if counters is not None:
-            # Settled; its token alerts in a step of their own, a database outage waited out like
-            # the settlement's (a worker dying in between leaves them to the redelivery, resume()).
-            await self.persist(run_token_alerts_record, self.run, counters)
+            if not self.events_ended:
+                # Settled, but the database went away before its token alerts: waited out like the
+                # settlement (a worker dying meanwhile leaves them to the redelivery, resume()).
+                await self.persist(run_token_alerts_record, self.run, counters)
             return
         # Canceled meanwhile (billed for what the provider reported all the same), or no longer ours.
         await self.persist(run_record_completion, self.run.pk, self.token, completion)
@@ -484,7 +510,8 @@ class Execution:
         logs.bind(self.run)
         ended = True  # whether this execution ended the run, and so writes its last events
         try:
-            await self.db(self.events.status, self.run)
+            if self.rules is None:
+                await self.db(self.begin)
             await self.execute()
         except _Stop as stop:
             if stop.reason == "lost":  # another claim or the sweeper owns the run now: nothing is ours
@@ -514,7 +541,7 @@ class Execution:
         finally:
             inflight.release(self.run.pk)
             metrics.in_flight(-1)
-            if ended:
+            if ended and not self.events_ended:
                 await self.db(_end_events, self)
 
 
@@ -533,14 +560,13 @@ def start(run_id, timeout_secs=None) -> None:
         _in_hand += 1
     detached = False
     try:
-        claimed = _work().submit(_step, _claim, run_id, timeout_secs).result()
-        if claimed is not None:
+        execution = _work().submit(_step, _claim_execution, run_id, timeout_secs).result()
+        if execution is not None:
             _keep_watching()
             try:
-                execution = Execution(*claimed)
                 execution.loop.call_soon_threadsafe(_detach, execution, capacity)
             except BaseException:
-                inflight.release(claimed[0].pk)  # its heartbeat stops: the sweeper takes it over
+                inflight.release(execution.run.pk)  # its heartbeat stops: the sweeper takes it over
                 raise
             detached = True
     finally:
@@ -603,6 +629,20 @@ def _claim(run_id, timeout_secs):
     if claimed is None:
         resume(run_id)
     return claimed
+
+
+def _claim_execution(run_id, timeout_secs) -> Execution | None:
+    """The claimed run's execution, begun (one step for the claim and the run's first one)."""
+    claimed = _claim(run_id, timeout_secs)
+    if claimed is None:
+        return None
+    try:
+        execution = Execution(*claimed)
+        execution.begin()
+    except BaseException:
+        inflight.release(claimed[0].pk)  # its heartbeat stops: the sweeper takes it over
+        raise
+    return execution
 
 
 def _end_events(execution: Execution) -> None:
