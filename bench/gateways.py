@@ -133,6 +133,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--connections", type=int, nargs="+", default=[8])
+    parser.add_argument("--worker-concurrency", type=int, default=2)
     args = parser.parse_args()
     secs, rounds = (
         (4, 1) if args.quick else (15, 3)
@@ -153,7 +154,7 @@ def main():
 
         env = common.stack_env(broker_url=redis.url(0), anthropic_url=emulator.url)
         web, url = common.start_web(env, logs, workers=2)
-        worker = common.start_worker(env, logs, concurrency=2)
+        worker = common.start_worker(env, logs, concurrency=args.worker_concurrency or None)
         common.wait_worker_ready(worker)
         peer = LiteLLM(logs, emulator.url, redis.url(13))
         run_url = f"{url}/api/v1/agents/{agent.pk}/run"
