@@ -45,7 +45,7 @@ from providers import (
     aio,
     provider_model_id,
 )
-from routing.access import usable_fallback
+from routing.access import Rules, usable_fallback
 from routing.snapshot import get_rules
 
 from . import events, inflight
@@ -258,7 +258,7 @@ class Execution:
         self.events = events.Writer(run, wake=self.wake)
         self.call: Call | None = None  # the provider call in flight, or the last one
         self.future: asyncio.Future | None = None
-        self.rules = None  # the routing rules it runs under (begin())
+        self.rules: Rules | None = None  # the routing rules it runs under (begin())
         self.events_ended = False  # its last events written (settle())
 
     def wake(self) -> None:
@@ -439,6 +439,7 @@ class Execution:
 
     async def execute(self):
         rules = self.rules
+        assert rules is not None  # read by begin(), before
         tier = rules.tiers.get(self.run.tier)
         entry = rules.models.get(self.run.catalog_model)
         provider, model_id = self.run.provider, self.run.model

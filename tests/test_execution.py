@@ -533,6 +533,36 @@ def test_a_cancel_just_before_the_workers_own_end_still_bills_what_was_reported(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_database_outage_between_the_settlement_and_its_alerts_leaves_them_to_a_step_of_their_own(
+    start_run, providers, monkeypatch
+):
+    from django.db import OperationalError
+
+    from runs import events, execution
+
+    record = execution.run_token_alerts_record
+    calls = []
+
+    def down_once(*args):  # the settlement has committed; then the database goes away for a moment
+        calls.append(args)
+        if len(calls) == 1:
+            raise OperationalError("the server closed the connection")
+        return record(*args)
+
+    monkeypatch.setattr(execution, "run_token_alerts_record", down_once)
+    run = start_run(model="claude-haiku-4-5")
+    execute_run(str(run.pk))
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED
+    assert len(calls) == 2  # waited out on their own, not by settling again
+    assert_settled(run, 62)
+    assert LedgerEntry.objects.filter(run=run).count() == 1
+    assert len(providers[0].calls) == 1
+    names = [fields[b"e"] for _, fields in events.log().client.xrange(events.stream_key(run.pk))]
+    assert names[-2:] == [b"status", b"done"] and names.count(b"done") == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_cancel_during_the_backoff_does_not_bill_the_failed_attempt(start_run, providers, settings):
     settings.PROVIDER_BACKOFF_BASE_SECS = 3
     providers[0].queue("claude-haiku-4-5", Reply(fail_after=0))  # message_start, then it fails
