@@ -105,8 +105,9 @@ def _serve_calls(inbox):
 
 
 # Work slots of this process's runs (settings.RUN_WORK_SLOTS): the threads doing the runs' database
-# work at once. More add no throughput, the GIL running one thread at a time, but every fragment of a
-# provider's answer then waits behind all of them.
+# work at once, besides the work threads (claims on delivery threads, runs executed in-process). More
+# add no throughput, the GIL running one thread at a time, but every fragment of a provider's answer
+# then waits behind all of them.
 _slots = threading.BoundedSemaphore(settings.RUN_WORK_SLOTS)
 _lock = threading.Lock()
 _pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}  # name: (pid, pool); a forked child makes its own
@@ -561,7 +562,8 @@ def start(run_id, timeout_secs=None) -> None:
         _in_hand += 1
     detached = False
     try:
-        execution = _work().submit(_step, _claim_execution, run_id, timeout_secs).result()
+        with _slots:  # on this delivery thread: handing the claim to a work thread cost as much again
+            execution = _step(_claim_execution, run_id, timeout_secs)
         if execution is not None:
             _keep_watching()
             try:

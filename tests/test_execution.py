@@ -902,12 +902,20 @@ def test_an_abandoned_provider_call_never_holds_up_the_next_and_threads_are_reus
 
 
 @pytest.mark.django_db(transaction=True)
-def test_at_most_the_work_slots_of_runs_do_their_own_work_at_once(monkeypatch, settings):
+@pytest.mark.parametrize("way", ["executed in-process", "delivered to a worker"])
+def test_at_most_the_work_slots_of_runs_do_their_own_work_at_once(way, monkeypatch, settings):
     """Runs racing through their own work (here the claim, held open a while) take turns by
-    RUN_WORK_SLOTS; more at once would only make every provider thread wait longer for the GIL."""
+    RUN_WORK_SLOTS; more at once would only make every provider thread wait longer for the GIL. A
+    worker's deliveries claim on their own threads, by the same slots."""
     import uuid
 
     from runs import execution
+
+    deliver = execution.execute
+    if way == "delivered to a worker":
+        monkeypatch.setattr(execution, "_capacity", threading.BoundedSemaphore(16))
+        monkeypatch.setattr(execution, "_draining", False)
+        deliver = execution.start
 
     from .concurrency import race
 
@@ -923,7 +931,7 @@ def test_at_most_the_work_slots_of_runs_do_their_own_work_at_once(monkeypatch, s
         return None  # not claimable: the delivery is looked at and dropped (no such run)
 
     monkeypatch.setattr(execution, "run_claim", slow_claim)
-    outcomes = race(16, lambda: execution.execute(uuid.uuid4()))
+    outcomes = race(16, lambda: deliver(uuid.uuid4()))
     assert outcomes == [None] * 16
     assert most[0] == settings.RUN_WORK_SLOTS  # never more, and the slots are all used
 
