@@ -45,7 +45,7 @@ from providers import (
     aio,
     provider_model_id,
 )
-from routing.access import Rules, usable_fallback
+from routing.access import usable_fallback
 from routing.snapshot import get_rules
 
 from . import events, inflight
@@ -254,13 +254,17 @@ class Execution:
         self.loop = aio.loop()
         self.woken = False  # whatever the run waits for may have happened
         self.waiter: asyncio.Future | None = None  # what sleep() awaits
-        # Released when the run ends; the rounds wake it once past its deadline, check()'s slack included.
-        self.held = inflight.hold(run.pk, token, wake=self.wake, deadline=self.deadline.timestamp() + 1)
-        self.events = events.Writer(run, wake=self.wake)
         self.call: Call | None = None  # the provider call in flight, or the last one
         self.future: asyncio.Future | None = None
-        self.rules: Rules | None = None  # the routing rules it runs under (begin())
         self.events_ended = False  # its last events written (settle())
+        # Made where the run was claimed, with the claim's database work: its `executing` status (written
+        # with its first fragment) and the rules it runs under, rather than in steps of their own.
+        self.events = events.Writer(run, wake=self.wake)
+        self.events.status(run)
+        self.rules = get_rules()
+        # Last, so that nothing after it can fail: released when the run ends; the rounds wake it once
+        # past its deadline, check()'s slack included.
+        self.held = inflight.hold(run.pk, token, wake=self.wake, deadline=self.deadline.timestamp() + 1)
 
     def wake(self) -> None:
         """From any thread."""
@@ -288,12 +292,6 @@ class Execution:
                 logger.warning("database unavailable (%s); retrying in %.2fs", exc.__class__.__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, settings.DB_RETRY_BACKOFF_CAP_SECS)
-
-    def begin(self) -> None:
-        """Its first database step: the `executing` status, written with its first fragment, and
-        the rules it runs under. Done with the claim where a worker detaches the run, one step fewer."""
-        self.events.status(self.run)
-        self.rules = get_rules()
 
     def settle(self, completion: Completion) -> tuple | None:
         """The answer stored and billed (run_complete), then, in the same step, the token alerts and
@@ -440,7 +438,6 @@ class Execution:
 
     async def execute(self):
         rules = self.rules
-        assert rules is not None  # read by begin(), before
         tier = rules.tiers.get(self.run.tier)
         entry = rules.models.get(self.run.catalog_model)
         provider, model_id = self.run.provider, self.run.model
@@ -512,8 +509,6 @@ class Execution:
         logs.bind(self.run)
         ended = True  # whether this execution ended the run, and so writes its last events
         try:
-            if self.rules is None:
-                await self.db(self.begin)
             await self.execute()
         except _Stop as stop:
             if stop.reason == "lost":  # another claim or the sweeper owns the run now: nothing is ours
@@ -562,7 +557,7 @@ def start(run_id, timeout_secs=None) -> None:
         _in_hand += 1
     detached = False
     try:
-        with _slots:  # on this delivery thread: handing the claim to a work thread cost as much again
+        with _slots:  # on this thread, which would only wait while a work thread did it
             execution = _step(_claim_execution, run_id, timeout_secs)
         if execution is not None:
             _keep_watching()
@@ -617,13 +612,14 @@ def drain() -> None:
 
 def execute(run_id, timeout_secs=None) -> None:
     """Claim and execute the run to its end, its database work on this thread."""
+    work = _CallerThread()
     with _slots:
         claimed = _claim(run_id, timeout_secs)
-    if claimed is None:
-        return
-    run, token, call_counted = claimed
-    work = _CallerThread()
-    work.serve(until=aio.submit(Execution(run, token, call_counted, work).run_to_end()))
+        if claimed is None:
+            return
+        run, token, call_counted = claimed
+        execution = Execution(run, token, call_counted, work)
+    work.serve(until=aio.submit(execution.run_to_end()))
 
 
 def _claim(run_id, timeout_secs):
@@ -635,17 +631,10 @@ def _claim(run_id, timeout_secs):
 
 
 def _claim_execution(run_id, timeout_secs) -> Execution | None:
-    """The claimed run's execution, begun (one step for the claim and the run's first one)."""
+    """The claimed run's execution, made in the claim's step. If making it fails, the run is not
+    held, so its heartbeat stops and the sweeper takes it over."""
     claimed = _claim(run_id, timeout_secs)
-    if claimed is None:
-        return None
-    try:
-        execution = Execution(*claimed)
-        execution.begin()
-    except BaseException:
-        inflight.release(claimed[0].pk)  # its heartbeat stops: the sweeper takes it over
-        raise
-    return execution
+    return None if claimed is None else Execution(*claimed)
 
 
 def _end_events(execution: Execution) -> None:
